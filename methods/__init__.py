@@ -1,0 +1,1 @@
+"""Methods: one module per paper or baseline, plus the building blocks they share."""
