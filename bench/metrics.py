@@ -52,21 +52,28 @@ class ConfusionMatrix:
         n_img = 1 if label.dim() <= 2 else label.shape[0]
         pred = pred.to(self.device, torch.int64).reshape(-1)
         label = label.to(self.device, torch.int64).reshape(-1)
-        if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= n):
-            bad = pred[(pred < 0) | (pred >= n)][0].item()
+        if pred.numel() == 0:
+            return
+        pmin, pmax = torch.aminmax(pred)
+        if int(pmin) < 0 or int(pmax) >= n:
+            bad = int(pmin) if int(pmin) < 0 else int(pmax)
             raise EvaluationError(
                 f"prediction value {bad} outside [0, {n}){where}: predictions must be trainIds of the "
                 f"{n} evaluated classes (255/ignore is not a valid prediction)"
             )
-        keep = label != IGNORE
-        if keep.any() and (int(label[keep].min()) < 0 or int(label[keep].max()) >= n):
-            bad = label[keep & ((label < 0) | (label >= n))][0].item()
+        lmin, lmax = torch.aminmax(label)
+        if int(lmin) < 0 or int(lmax) > IGNORE:
+            raise EvaluationError(f"label value {int(lmin) if int(lmin) < 0 else int(lmax)} is not a trainId{where}")
+        # One bincount over all 256 possible label rows: rows n..254 must be empty (invalid labels),
+        # row 255 is the ignore row and is dropped. Cheaper than masking the ignore pixels out first.
+        full = torch.bincount(label * n + pred, minlength=256 * n).reshape(256, n)
+        stray = full[n:IGNORE].sum(1).nonzero()
+        if stray.numel():
             raise EvaluationError(
-                f"label value {bad} is neither a trainId in [0, {n}) nor {IGNORE}{where}: map label ids to "
-                "trainIds with the dataset's table before evaluating"
+                f"label value {n + int(stray[0])} is neither a trainId in [0, {n}) nor {IGNORE}{where}: map "
+                "label ids to trainIds with the dataset's table before evaluating"
             )
-        idx = label[keep] * n + pred[keep]
-        self.mat += torch.bincount(idx, minlength=n * n).reshape(n, n)
+        self.mat += full[:n]
         self.images += n_img
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
