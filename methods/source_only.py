@@ -1,0 +1,77 @@
+"""Source-only: a segmenter trained with pixel-wise cross-entropy on labelled source images (Eq. 1 of
+AdaptSegNet / Eq. 2 of BiSMAP), evaluated on the target. The target oracle (``methods.oracle``) is the same
+training on the target's own labels. Every method that starts from a source-only model uses this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.data.labels import IGNORE
+from methods.base import param
+
+
+@dataclass
+class Config:
+    train_domain: str = param("source", "harness", "which labelled dataset to train on: source | target_train")
+    model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 as AdaptSegNet/ADVENT")
+    model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "code",
+                                "AdaptSegNet: affine-frozen BN with batch statistics; layer3 aux head")
+    init_weights: str | None = param(None, "harness", "local path to the DeepLab init (ImageNet/COCO)")
+    iters: int = param(150_000, "code", "AdaptSegNet stops at 150k")
+    horizon: int | None = param(250_000, "code", "AdaptSegNet's poly decays over 250k iterations")
+    batch_size: int = param(1, "code")
+    lr: float = param(2.5e-4, "paper")
+    momentum: float = param(0.9, "paper")
+    weight_decay: float = param(5e-4, "code")
+    power: float = param(0.9, "paper")
+    aux_weight: float = param(0.1, "code", "λ_seg of the layer3 head (AdaptSegNet multi-level)")
+
+
+def segmentation_ce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise cross-entropy (AdaptSegNet Eq. 1): logits upsampled bilinearly to the label size,
+    mean over non-ignore pixels. Returns 0 (with a graph) when a batch has no labelled pixel."""
+    if logits.shape[-2:] != label.shape[-2:]:
+        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=True)
+    if not (label != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), label, ignore_index=IGNORE)
+
+
+def supervised_losses(model, domain: str, aux_weight: float):
+    """The trainer's ``losses`` for supervised training of ``model`` on ``batch[domain]``."""
+
+    def losses(batch, it):
+        b = batch[domain]
+        out = model(b["image"])
+        terms = {"ce": segmentation_ce(out.logits, b["label"])}
+        if out.aux is not None and aux_weight > 0:
+            terms["ce_aux"] = aux_weight * segmentation_ce(out.aux, b["label"])
+        return {"segmenter": terms}
+
+    return losses
+
+
+def run(cfg: Config, ctx) -> dict:
+    """Train on ``ctx.datasets[cfg.train_domain]`` and evaluate the final iterate on the target val set."""
+    from bench.models import build_model
+    from bench.schedule import OptimizerSpec
+    from bench.train import Trainer, seed_everything
+
+    seed_everything(ctx.seed)  # the initial weights depend on the seed too
+    model = build_model(cfg.model, init_weights=cfg.init_weights, **cfg.model_options)
+    spec = OptimizerSpec("segmenter", kind="sgd", lr=cfg.lr, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay, power=cfg.power)
+    trainer = Trainer({"segmenter": model}, {"segmenter": spec},
+                      supervised_losses(model, cfg.train_domain, cfg.aux_weight),
+                      {cfg.train_domain: ctx.datasets[cfg.train_domain]},
+                      ctx.train_config(cfg.iters, cfg.horizon, {cfg.train_domain: cfg.batch_size}),
+                      out_dir=ctx.out_dir, callbacks=ctx.callbacks)
+    fit = trainer.fit()
+    result = ctx.evaluate(model)
+    result["train_seconds"] = fit.get("seconds")
+    result["seconds_per_iter"] = fit.get("seconds_per_iteration")
+    return result
