@@ -49,7 +49,8 @@ def cmd_run(a) -> int:
 
     args = list(a.args)
     suite = args.pop(0) if args and "=" not in args[0] else "minicity"
-    return run_suite(suite, args)
+    run_suite(suite, args)
+    return 0
 
 
 def cmd_perf_eval(a) -> int:

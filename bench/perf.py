@@ -44,3 +44,58 @@ def evaluator_throughput(images: int = 20, height: int = 1024, width: int = 2048
         assert np.array_equal(cm.numpy(), ref), "evaluator disagrees with the numpy baseline"
         lines.append(f"ConfusionMatrix ({dev:4s})   : {px / dt / 1e6:8.1f} Mpx/s  (matrix identical to numpy)")
     return "\n".join(lines)
+
+
+def train_speed(model: str = "small", iters: int = 10, batch: int = 1, size=(256, 128), device: str = "auto",
+                amp: str = "auto", warmup: int = 3) -> str:
+    """Iterations/s of one source+target training step (CE on source, forward on target) on random data.
+
+    The step is the trainer's, so AMP and channels_last are exactly what training uses. Peak memory: CUDA's
+    max allocated on a GPU, the process's max RSS on a CPU.
+    """
+    import resource
+
+    from bench.models import build_model
+    from bench.schedule import OptimizerSpec
+    from bench.train import TrainConfig, Trainer
+    from methods.source_only import segmentation_ce
+
+    class Random(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, key):
+            g = torch.Generator().manual_seed(key[0] if isinstance(key, tuple) else key)
+            return {"image": torch.randn(3, size[1], size[0], generator=g),
+                    "label": torch.randint(0, 19, (size[1], size[0]), generator=g), "name": "x"}
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random-init warning is expected here
+        net = build_model(model)
+
+    def losses(b, it):
+        out = net(b["source"]["image"])
+        net(b["target"]["image"])  # the target forward every UDA method pays
+        return {"segmenter": {"ce": segmentation_ce(out.logits, b["source"]["label"])}}
+
+    def run(n):
+        cfg = TrainConfig(max_iters=n, batch_sizes={"source": batch, "target": batch}, device=device, amp=amp,
+                          log_every=0, checkpoint_every=0, progress=False)
+        tr = Trainer({"segmenter": net}, {"segmenter": OptimizerSpec("segmenter")}, losses,
+                     {"source": Random(), "target": Random()}, cfg)
+        return tr, tr.fit()
+
+    run(warmup)
+    tr, fit = run(iters)
+    dev = tr.device
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        run(2)
+        peak = f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+    else:
+        peak = f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    spi = fit["seconds_per_iteration"]
+    return (f"{model} {size[0]}x{size[1]} batch {batch}+{batch} on {dev} amp={amp} "
+            f"threads={torch.get_num_threads()}: {1 / spi:.2f} it/s ({spi:.3f} s/it), {peak}")

@@ -100,7 +100,8 @@ def config_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_suite(name: str, overrides=()) -> int:
+def run_suite(name: str, overrides=(), results_root: Path | None = None) -> list[dict]:
+    """Run a suite; returns the per-run results (also written under ``results/<suite>/``)."""
     from bench.tables import per_class_frame, render_terminal
 
     suite = load_suite(name, overrides)
@@ -108,9 +109,10 @@ def run_suite(name: str, overrides=()) -> int:
         from bench.data.minicity import ensure_minicity
 
         mc = suite["minicity"]
-        ensure_minicity(_resolve(mc["root"]), seed=mc.get("seed", 0))
+        extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
+        ensure_minicity(_resolve(mc["root"]), seed=mc.get("seed", 0), **extra)
     methods = {m: make_config(get_method(m).Config, v) for m, v in suite["methods"].items()}
-    out_root = REPO / "results" / suite["name"]
+    out_root = Path(results_root or REPO / "results") / suite["name"]
     results = []
     for seed in suite["seeds"]:
         datasets = build_datasets(suite, seed)
@@ -120,9 +122,9 @@ def run_suite(name: str, overrides=()) -> int:
             done = run_dir / "result.json"
             if done.is_file():
                 res = json.loads(done.read_text())
-                print(f"[{mname} seed {seed}] reused {run_dir.relative_to(REPO)}")
+                print(f"[{mname} seed {seed}] reused {run_dir}")
             else:
-                print(f"[{mname} seed {seed}] training → {run_dir.relative_to(REPO)}")
+                print(f"[{mname} seed {seed}] training → {run_dir}")
                 ctx = RunContext(datasets, run_dir, seed, dict(suite["train"]), dict(suite["evaluation"]))
                 res = get_method(mname).run(cfg, ctx)
                 res.pop("confusion", None)
@@ -141,4 +143,4 @@ def run_suite(name: str, overrides=()) -> int:
         text = render_terminal(frame, title)
         (out_root / f"per_class_{subset}.txt").write_text(text)
         print(text)
-    return 0
+    return results
