@@ -110,7 +110,10 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None) -> list
 
         mc = suite["minicity"]
         extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
-        ensure_minicity(_resolve(mc["root"]), seed=mc.get("seed", 0), **extra)
+        st = ensure_minicity(_resolve(mc["root"]), seed=mc.get("seed", 0), **extra)
+        if st.get("regenerated"):
+            print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
+                  f"{st['seconds']:.0f} s")
     methods = {m: make_config(get_method(m).Config, v) for m, v in suite["methods"].items()}
     out_root = Path(results_root or REPO / "results") / suite["name"]
     results = []
