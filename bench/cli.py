@@ -44,13 +44,71 @@ def cmd_data_minicity(a) -> int:
     return 0
 
 
-def cmd_run(a) -> int:
-    from bench.suite_runner import run_suite
-
+def _suite_args(a) -> tuple[str, list[str]]:
     args = list(a.args)
-    suite = args.pop(0) if args and "=" not in args[0] else "minicity"
-    run_suite(suite, args)
+    return (args.pop(0) if args and "=" not in args[0] else "minicity"), args
+
+
+def cmd_run(a) -> int:
+    from bench.data import DataError
+    from bench.run import ResourceError
+    from bench.suite_runner import SuiteError, run_suite
+
+    suite, overrides = _suite_args(a)
+    try:
+        out = run_suite(suite, overrides, results_root=a.results, executor=a.executor, retries=a.retries,
+                        tracking_uri=a.tracking_uri)
+    except (SuiteError, DataError, ResourceError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(f"report: {out['report']}")
+    return 1 if any(o.status in ("failed", "skipped") for o in out["outcomes"].values()) else 0
+
+
+def cmd_table(a) -> int:
+    from bench.suite_runner import SuiteError, render_suite
+
+    suite, overrides = _suite_args(a)
+    try:
+        path = render_suite(suite, overrides, results_root=a.results, tracking_uri=a.tracking_uri,
+                            invocation=a.invocation)
+    except (SuiteError, LookupError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
     return 0
+
+
+def cmd_cache(a) -> int:
+    from bench.pipeline import StageCache
+
+    cache = StageCache(a.cache or (a.results or REPO / "results") / "cache")
+    if a.cache_command == "ls":
+        entries = cache.entries()
+        for e in entries:
+            m = e["meta"]
+            print(f"{e['state']:8s} {e['bytes'] / 1e6:9.1f} MB  seed {m.get('seed', '?')!s:>3}  {e['key']}")
+        total = sum(e["bytes"] for e in entries) / 1e6
+        print(f"{len(entries)} stage(s), {total:.1f} MB under {cache.root}")
+        return 0
+    if not (a.keys or a.stage or a.partial or a.all):
+        print("error: say what to clear: KEY..., --stage NAME, --partial or --all", file=sys.stderr)
+        return 2
+    removed = cache.clear(a.keys or None, a.stage, a.partial)
+    print(f"removed {len(removed)} stage(s), {sum(e['bytes'] for e in removed) / 1e6:.1f} MB from {cache.root}")
+    return 0
+
+
+def cmd_ui(a) -> int:
+    import subprocess
+
+    from bench.tracking import default_tracking_uri, ui_command
+
+    uri = a.tracking_uri or default_tracking_uri(a.results or REPO / "results")
+    cmd, env = ui_command(uri, a.port)
+    print(f"MLflow UI on http://127.0.0.1:{a.port} for {uri} (Ctrl-C stops it)")
+    cmd[0] = str(Path(sys.executable).with_name("mlflow"))
+    return subprocess.call(cmd, env=env)
 
 
 def cmd_perf_eval(a) -> int:
@@ -85,9 +143,39 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")
     m.set_defaults(func=cmd_data_minicity)
 
+    def suite_opts(q):
+        q.add_argument("args", nargs="*", help="suite name, then dotted overrides such as seeds=[0] train.device=cpu")
+        q.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
+        q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
+
     r = sub.add_parser("run", help="run a suite: bench run [SUITE] [key=value ...] (default SUITE: minicity)")
-    r.add_argument("args", nargs="*", help="suite name, then dotted overrides such as seeds=[0] train.iters=200")
+    suite_opts(r)
+    r.add_argument("--executor", choices=["ray", "local"], default="ray",
+                   help="ray (default; local cluster or RAY_ADDRESS) or local (in-process, one stage at a time)")
+    r.add_argument("--retries", type=int, default=1, help="retries of a failed stage, from its last checkpoint")
     r.set_defaults(func=cmd_run)
+    tb = sub.add_parser("table", help="re-render a suite's tables, plots and report from MLflow (no training)")
+    suite_opts(tb)
+    tb.add_argument("--invocation", help="MLflow run id of the invocation (default: the latest)")
+    tb.set_defaults(func=cmd_table)
+
+    cache = sub.add_parser("cache", help="the stage cache").add_subparsers(dest="cache_command", required=True)
+    for cname, chelp in (("ls", "list cached stages (done or partial) and their sizes"),
+                         ("clear", "delete cached stages")):
+        c = cache.add_parser(cname, help=chelp)
+        c.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
+        c.add_argument("--cache", type=Path, help="cache root (default: <results>/cache)")
+        c.set_defaults(func=cmd_cache)
+    c.add_argument("keys", nargs="*", help="key prefixes to delete")
+    c.add_argument("--stage", help="delete every entry of this stage name (e.g. source_only.train)")
+    c.add_argument("--partial", action="store_true", help="only unfinished stages")
+    c.add_argument("--all", action="store_true", help="everything")
+
+    u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 (one worker, no job runner: fits a small machine)")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--results", type=Path)
+    u.add_argument("--tracking-uri")
+    u.set_defaults(func=cmd_ui)
 
     perf = sub.add_parser("perf", help="benchmarks").add_subparsers(dest="perf_command", required=True)
     e = perf.add_parser("eval", help="evaluator throughput vs a numpy bincount-per-image baseline")

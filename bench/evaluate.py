@@ -39,3 +39,47 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
     out["protocol"] = protocol
     out["confusion"] = cm.numpy()
     return out
+
+
+QUALITATIVE_IMAGES = 3  # the first N target-val images (sorted file order) get saved predictions
+
+
+def run_eval(p: dict, ctx) -> dict:
+    """Stage ``eval``: the upstream model's final iterate on the suite's ``target_val`` under protocol
+    ``p["protocol"]``; saves the confusion matrix and the predictions of the first few val images."""
+    import numpy as np
+    from PIL import Image
+
+    from bench.protocols import get_protocol
+    from bench.train import resolve_amp
+
+    model = ctx.load_model("model").to(ctx.device)
+    ds = ctx.dataset("target_val")
+    settings = dict(p.get("settings") or {})
+    amp = resolve_amp(ctx.train.get("amp", "auto"), ctx.device)
+    out = evaluate(model, ds, protocol=p["protocol"], subsets=tuple(p["subsets"]), device=ctx.device,
+                   amp_dtype=amp, **settings)
+    np.save(ctx.out_dir / "confusion.npy", out.pop("confusion"))
+    predict = get_protocol(p["protocol"], **settings)
+    qual = ctx.out_dir / "qualitative"
+    qual.mkdir(exist_ok=True)
+    model.eval()
+    with torch.no_grad():
+        for i in range(min(QUALITATIVE_IMAGES, len(ds))):
+            item = ds[i]
+            x = item["image"][None].to(ctx.device)
+            pred = predict(model, x, tuple(item["label"].shape[-2:])).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            Image.fromarray(pred).save(qual / f"{i:02d}.png")
+    out["images"] = len(ds)
+    return out
+
+
+def eval_stage(model_stage, evaluation: dict):
+    """The harness's evaluation stage for a method's final model (shared by every experiment that ends in
+    the same model and protocol)."""
+    from methods.base import Stage
+
+    ev = dict(evaluation)
+    params = {"protocol": ev.pop("protocol", "B"), "subsets": list(ev.pop("subsets", ["19"])), "settings": ev}
+    return Stage("eval", "eval", run_eval, params, upstream={"model": model_stage}, datasets=("target_val",),
+                 version="1", gpu=model_stage.gpu)

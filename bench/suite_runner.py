@@ -1,24 +1,15 @@
-"""Load a suite, apply ``key=value`` overrides, run every method × seed, print and save per-class tables.
-
-Runs go one after the other for now; each lives in ``results/<suite>/runs/<method>-seed<k>-<confighash>/``
-so a finished run is reused and a killed one resumes from its last checkpoint, while any change of its
-config gets a fresh directory (never a stale number).
+"""Load a suite, apply ``key=value`` overrides, and run it: data checks → plan (stages keyed and
+de-duplicated across method × variant × target × seed) → the DAG on Ray or in-process → MLflow →
+tables, plots and the report under ``results/<suite>/``.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+import time
 from pathlib import Path
 
 import yaml
-
-from bench.data import build_dataset
-from bench.evaluate import evaluate
-from bench.train import TrainConfig
-from methods.base import get_method, make_config
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
@@ -57,93 +48,150 @@ def apply_override(suite: dict, text: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw)
 
 
-@dataclass
-class RunContext:
-    """What a method's ``run`` receives: datasets, where to write, how to train and evaluate."""
-
-    datasets: dict
-    out_dir: Path
-    seed: int
-    train: dict
-    evaluation: dict
-    callbacks: list = field(default_factory=list)
-
-    def train_config(self, iters: int, horizon: int | None, batch_sizes: dict) -> TrainConfig:
-        return TrainConfig(max_iters=iters, horizon=horizon, batch_sizes=batch_sizes, seed=self.seed, **self.train)
-
-    def evaluate(self, model) -> dict:
-        from bench.train import resolve_device
-
-        ev = dict(self.evaluation)
-        return evaluate(model, self.datasets["target_val"], protocol=ev.pop("protocol", "B"),
-                        subsets=tuple(ev.pop("subsets", ("19",))), device=resolve_device(self.train.get("device",
-                                                                                                            "auto")),
-                        **ev)
+class SuiteDataError(SuiteError):
+    """A dataset of the suite is missing or malformed; raised before any training."""
 
 
-def _resolve(root: str) -> Path:
-    p = Path(root)
-    return p if p.is_absolute() else REPO / p
+def ensure_data(suite: dict) -> dict:
+    """Generate MiniCity when the suite embeds it, then fingerprint every dataset of every target.
+    A missing or malformed tree stops here, before any training, with the ``bench data check`` command."""
+    from bench.data import DataError
+    from bench.plan import dataset_specs, fingerprint_datasets, resolve_root
 
-
-def build_datasets(suite: dict, seed: int) -> dict:
-    out = {}
-    for domain, spec in suite["datasets"].items():
-        spec = dict(spec)
-        opts = spec.pop("options", {}) or {}
-        out[domain] = build_dataset(spec.pop("name"), _resolve(spec.pop("root")), spec.pop("split", None),
-                                    seed=seed, **spec, **opts)
-    return out
-
-
-def config_hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def run_suite(name: str, overrides=(), results_root: Path | None = None) -> list[dict]:
-    """Run a suite; returns the per-run results (also written under ``results/<suite>/``)."""
-    from bench.tables import per_class_frame, render_terminal
-
-    suite = load_suite(name, overrides)
     if "minicity" in suite:
         from bench.data.minicity import ensure_minicity
 
         mc = suite["minicity"]
         extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
-        st = ensure_minicity(_resolve(mc["root"]), seed=mc.get("seed", 0), **extra)
+        st = ensure_minicity(resolve_root(mc["root"]), seed=mc.get("seed", 0), **extra)
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
-    methods = {m: make_config(get_method(m).Config, v) for m, v in suite["methods"].items()}
-    out_root = Path(results_root or REPO / "results") / suite["name"]
-    results = []
-    for seed in suite["seeds"]:
-        datasets = build_datasets(suite, seed)
-        for mname, cfg in methods.items():
-            h = config_hash(mname, asdict(cfg), suite["datasets"], suite["evaluation"], suite["train"], seed)
-            run_dir = out_root / "runs" / f"{mname}-seed{seed}-{h}"
-            done = run_dir / "result.json"
-            if done.is_file():
-                res = json.loads(done.read_text())
-                print(f"[{mname} seed {seed}] reused {run_dir}")
-            else:
-                print(f"[{mname} seed {seed}] training → {run_dir}")
-                ctx = RunContext(datasets, run_dir, seed, dict(suite["train"]), dict(suite["evaluation"]))
-                res = get_method(mname).run(cfg, ctx)
-                res.pop("confusion", None)
-                res.update(method=mname, seed=seed)
-                tmp = done.with_suffix(".tmp")
-                tmp.write_text(json.dumps(res, indent=1, default=float))
-                tmp.replace(done)  # written last: a run without it is incomplete
-            results.append(res)
-            print(f"[{mname} seed {seed}] mIoU {100 * res['miou_19']:.1f} (protocol {res['protocol']})")
-    for subset in suite["evaluation"].get("subsets", ["19"]):
-        frame = per_class_frame(results, subset)
-        out_root.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(out_root / f"per_class_{subset}.csv", index=False)
-        title = (f"{suite['name']}: per-class IoU (%), {subset} classes, protocol "
-                 f"{suite['evaluation'].get('protocol', 'B')}, final iterate, mean±std over seeds {suite['seeds']}")
-        text = render_terminal(frame, title)
-        (out_root / f"per_class_{subset}.txt").write_text(text)
-        print(text)
-    return results
+    out = {}
+    for target in list(suite.get("targets") or {"": {}}):
+        specs = dataset_specs(suite, target)
+        try:
+            out[target] = fingerprint_datasets(specs)
+        except DataError as e:
+            bad = next((d for d, s in specs.items() if str(s["root"]) in str(e)), None)
+            spec = specs.get(bad) or next(iter(specs.values()))
+            city = f" --city {spec['city']}" if spec.get("city") else ""
+            raise SuiteDataError(
+                f"suite {suite['name']}: dataset {bad or '?'} is not usable: {e}\n"
+                f"Check it with: bench data check {spec['name']} --root {spec['root']}{city}\n"
+                f"Where to get it and how to lay it out: datasets/README.md; or point the suite elsewhere "
+                f"with datasets.{bad or '<domain>'}.root=PATH") from e
+    return out
+
+
+def run_suite(name: str, overrides=(), results_root: Path | None = None, executor: str = "ray",
+              retries: int = 1, tracking_uri: str | None = None, cache_root: Path | None = None) -> dict:
+    """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
+    from bench.board import Board
+    from bench.plan import plan_suite
+    from bench.report import write_outputs
+    from bench.run import Scheduler, summary_lines
+    from bench.tracking import Tracker, default_tracking_uri, environment
+
+    t0 = time.perf_counter()
+    suite = load_suite(name, overrides)
+    results_root = Path(results_root or REPO / "results").resolve()
+    cache_root = Path(cache_root or results_root / "cache")
+    fingerprints = ensure_data(suite)
+    experiments, unique, specs = plan_suite(suite, fingerprints)
+    requested = sum(len(e.stages) for e in experiments)
+    cached = sum(1 for k in unique if (cache_root / k / "DONE").is_file())
+    print(f"{suite['name']}: {len(experiments)} experiments, {requested} stage requests → {len(unique)} unique "
+          f"stages ({cached} already in the cache at {cache_root}); executor {executor}")
+    labels = {}
+    for e in experiments:
+        for ps in e.stages:
+            where = f"{e.method}{'[' + e.variant + ']' if e.variant else ''} {e.target + ' ' if e.target else ''}"
+            labels.setdefault(ps.key, f"{ps.name} ({where.strip()}) seed {e.seed}")
+    board = Board(len(unique), labels)
+    train = dict(suite.get("train") or {})
+    res_cfg = suite.get("resources") or {}
+    try:
+        outcomes = Scheduler(unique, specs, train, cache_root, executor=executor, retries=retries, board=board,
+                             gpu_share=res_cfg.get("gpu")).run()
+    finally:
+        board.close()
+    uri = tracking_uri or default_tracking_uri(results_root)
+    tracker = Tracker(uri, suite["name"], results_root / "mlartifacts")
+    env = environment()
+    summary = summary_lines(outcomes)
+    invocation = log_invocation(tracker, suite, overrides, experiments, outcomes, fingerprints, env, cache_root)
+    report = write_outputs(suite, uri, invocation, results_root / suite["name"], experiments, outcomes, env,
+                           summary, wall_seconds=time.perf_counter() - t0, tracker=tracker, cache_root=cache_root)
+    tracker.end(invocation, ok=not any(o.status in ("failed", "skipped") for o in outcomes.values()))
+    for line in summary:
+        print(line)
+    return {"results": report["results"], "outcomes": outcomes, "invocation": invocation, "summary": summary,
+            "report": report["path"], "tracking_uri": uri}
+
+
+def log_invocation(tracker, suite, overrides, experiments, outcomes, fingerprints, env, cache_root) -> str:
+    """Parent run → a run per experiment (config params, final metrics) → a run per stage (curves, results)."""
+    from dataclasses import asdict
+
+    from bench.pipeline import read_metrics
+
+    inv = tracker.start(f"{suite['name']} {time.strftime('%Y-%m-%d %H:%M:%S')}", "invocation",
+                        {"suite": suite["name"], "git": env["git"], "overrides": " ".join(overrides) or "-"},
+                        params={"suite": {k: v for k, v in suite.items() if k != "methods"}})
+    for e in experiments:
+        ev = outcomes[e.eval.key]
+        fps = fingerprints[e.target]
+        tags = {"method": e.method, "variant": e.variant, "seed": e.seed, "target": e.target,
+                "protocol": e.eval.stage.params["protocol"], "cache_key": e.eval.key, "model_key": e.model.key,
+                "git": env["git"], "invocation": inv, "status": ev.status,
+                **{f"fingerprint.{d}": v["fingerprint"] for d, v in fps.items()}}
+        run = tracker.start(e.label, "experiment", tags, parent=inv, params=asdict(e.config))
+        metrics = dict(ev.result) if ev.status in ("done", "cached") else {}
+        for ps in e.stages:
+            o = outcomes[ps.key]
+            if o.status in ("done", "cached"):
+                metrics[f"seconds/{ps.name}"] = o.result.get("stage_seconds", 0.0)
+                for k, v in o.result.items():
+                    if k.startswith(("pl_", "pseudo")):
+                        metrics[f"{ps.name}/{k}"] = v
+            st = tracker.start(f"{ps.name} ({e.label})", "stage",
+                               {"stage": ps.name, "cache_key": ps.key, "seed": e.seed, "method": e.method,
+                                "cache": "hit" if o.status == "cached" else o.status, "error": o.error or "-"},
+                               parent=run, params=ps.stage.params)
+            tracker.log_history(st, read_metrics(cache_root / ps.key))
+            tracker.log_metrics(st, {**o.result, "wall_seconds": o.seconds})
+            tracker.end(st, o.status in ("done", "cached"))
+        tracker.log_metrics(run, metrics)
+        tracker.end(run, ev.status in ("done", "cached"))
+    return inv
+
+
+def render_suite(name: str, overrides=(), results_root: Path | None = None, tracking_uri: str | None = None,
+                 invocation: str | None = None, cache_root: Path | None = None) -> Path:
+    """``bench table``: rebuild tables, plots and the report of the latest (or given) invocation from MLflow
+    and the cache, without training."""
+    from bench.plan import plan_suite
+    from bench.report import write_outputs
+    from bench.run import Outcome
+    from bench.tracking import default_tracking_uri, environment, load_results
+
+    suite = load_suite(name, overrides)
+    results_root = Path(results_root or REPO / "results").resolve()
+    cache_root = Path(cache_root or results_root / "cache")
+    uri = tracking_uri or default_tracking_uri(results_root)
+    _, invocation = load_results(uri, suite["name"], invocation)
+    experiments, unique, _ = plan_suite(suite, ensure_data(suite))
+    outcomes = {}
+    for k, ps in unique.items():
+        done = (cache_root / k / "DONE").is_file()
+        o = Outcome(k, ps.name, "cached" if done else "pending")
+        if done:
+            import json
+
+            o.result = json.loads((cache_root / k / "result.json").read_text())
+        outcomes[k] = o
+    report = write_outputs(suite, uri, invocation, results_root / suite["name"], experiments, outcomes,
+                           environment(), ["(re-rendered by bench table; no stage was run)"], 0.0,
+                           cache_root=cache_root)
+    return report["path"]

@@ -54,3 +54,69 @@ def get_method(name: str):
     if name not in METHODS:
         raise KeyError(f"unknown method {name!r}; valid: {sorted(METHODS)}")
     return importlib.import_module(METHODS[name])
+
+
+# ------------------------------------------------------------------------------------------ stages
+STAGE_KINDS = ("train", "label", "fit", "eval", "data")
+
+
+@dataclasses.dataclass(eq=False)
+class Stage:
+    """One cacheable step of a method's pipeline.
+
+    ``name`` identifies the computation across methods (``"source_only.train"`` is the same stage whether
+    source-only, the oracle or CAG-UDA asks for it); ``params`` are the config values it reads (and only
+    those: a field it does not read cannot change its cache key); ``upstream`` maps an alias to the stage
+    whose output directory it reads; ``datasets`` names the suite's dataset domains it reads, whose
+    fingerprints enter the key; ``version`` is the code version of ``fn`` — bump it when the stage's
+    computation changes. ``fn(params, ctx) -> dict`` must be a module-level function (it is pickled to
+    Ray workers); it writes files under ``ctx.out_dir`` and returns JSON-serialisable metrics.
+    ``gpu`` is the (possibly fractional) GPU share it asks for when the cluster has GPUs.
+    """
+
+    name: str
+    kind: str
+    fn: Any
+    params: dict
+    upstream: dict = dataclasses.field(default_factory=dict)
+    datasets: tuple = ()
+    version: str = "1"
+    gpu: float = 1.0
+    cpu: float = 1.0
+    seeded: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in STAGE_KINDS:
+            raise ValueError(f"stage {self.name!r}: kind {self.kind!r}; valid: {STAGE_KINDS}")
+        for alias, up in self.upstream.items():
+            if not isinstance(up, Stage):
+                raise TypeError(f"stage {self.name!r}: upstream {alias!r} is {type(up).__name__}, not a Stage")
+
+
+def reads(config, *fields: str, **renamed: str) -> dict:
+    """The ``params`` of a stage: the named config fields' values (``renamed``: param name → field name,
+    for a shared stage whose fields a method names differently)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    wanted = {f: f for f in fields} | renamed
+    missing = sorted(v for v in wanted.values() if v not in names)
+    if missing:
+        raise KeyError(f"{type(config).__module__}.Config has no field(s) {missing}; valid: {sorted(names)}")
+    return {k: getattr(config, v) for k, v in wanted.items()}
+
+
+def closure(final) -> list[Stage]:
+    """Every stage the given stage(s) depend on, upstream first (a stable topological order)."""
+    order: list[Stage] = []
+    seen: set[int] = set()
+
+    def visit(s: Stage) -> None:
+        if id(s) in seen:
+            return
+        seen.add(id(s))
+        for up in s.upstream.values():
+            visit(up)
+        order.append(s)
+
+    for s in final if isinstance(final, (list, tuple)) else [final]:
+        visit(s)
+    return order

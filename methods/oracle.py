@@ -14,4 +14,4 @@ class Config(source_only.Config):
     train_domain: str = param("target_train", "harness", "the oracle trains on labelled target images")
 
 
-run = source_only.run
+stages = source_only.stages

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE
-from methods.base import param
+from methods.base import Stage, param, reads
 
 
 @dataclass
@@ -55,23 +55,37 @@ def supervised_losses(model, domain: str, aux_weight: float):
     return losses
 
 
-def run(cfg: Config, ctx) -> dict:
-    """Train on ``ctx.datasets[cfg.train_domain]`` and evaluate the final iterate on the target val set."""
+VERSION = "1"
+TRAIN_FIELDS = ("train_domain", "model", "model_options", "init_weights", "iters", "horizon", "batch_size", "lr",
+                "momentum", "weight_decay", "power", "aux_weight")
+
+
+def train_supervised(p: dict, ctx) -> dict:
+    """Stage ``source_only.train``: supervised training on ``ctx.dataset(p["train_domain"])``."""
     from bench.models import build_model
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
 
     seed_everything(ctx.seed)  # the initial weights depend on the seed too
-    model = build_model(cfg.model, init_weights=cfg.init_weights, **cfg.model_options)
-    spec = OptimizerSpec("segmenter", kind="sgd", lr=cfg.lr, momentum=cfg.momentum,
-                         weight_decay=cfg.weight_decay, power=cfg.power)
+    model = build_model(p["model"], init_weights=p["init_weights"], **p["model_options"])
+    spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
+                         weight_decay=p["weight_decay"], power=p["power"])
+    domain = p["train_domain"]
     trainer = Trainer({"segmenter": model}, {"segmenter": spec},
-                      supervised_losses(model, cfg.train_domain, cfg.aux_weight),
-                      {cfg.train_domain: ctx.datasets[cfg.train_domain]},
-                      ctx.train_config(cfg.iters, cfg.horizon, {cfg.train_domain: cfg.batch_size}),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks)
+                      supervised_losses(model, domain, p["aux_weight"]), {domain: ctx.dataset(domain)},
+                      ctx.train_config(p["iters"], p["horizon"], {domain: p["batch_size"]}),
+                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
     fit = trainer.fit()
-    result = ctx.evaluate(model)
-    result["train_seconds"] = fit.get("seconds")
-    result["seconds_per_iter"] = fit.get("seconds_per_iteration")
-    return result
+    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
+    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
+            "iterations": fit["iterations"], "resumed_from": fit["resumed_from"]}
+
+
+def train_stage(cfg: Config) -> Stage:
+    """The shared supervised-training stage; any method whose Config has these fields can start from it."""
+    return Stage("source_only.train", "train", train_supervised, reads(cfg, *TRAIN_FIELDS),
+                 datasets=(cfg.train_domain,), version=VERSION)
+
+
+def stages(cfg: Config) -> list[Stage]:
+    return [train_stage(cfg)]

@@ -1,11 +1,11 @@
-"""End to end on a tiny MiniCity: generate, train source-only and oracle, evaluate, tabulate, reuse."""
-
-import json
+"""End to end on a tiny MiniCity through Ray: generate, train source-only and oracle, evaluate, record in
+MLflow, tabulate from MLflow, then hit the cache."""
 
 import pytest
 import yaml
 
-from bench.suite_runner import SUITES_DIR, run_suite
+from bench.suite_runner import SUITES_DIR, render_suite, run_suite
+from bench.tracking import load_results
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def tiny_suite(tmp_path_factory):
     for domain, d in zip(["source", "target_train", "target_val"], ["gta5", "cityscapes", "cityscapes"]):
         suite["datasets"][domain]["root"] = str(root / d)
     suite["seeds"] = [0]
-    suite["train"].update(device="cpu", log_every=0, checkpoint_every=3)
+    suite["train"].update(device="cpu", log_every=0, checkpoint_every=3, metrics_every=2)
     for m in suite["methods"].values():
         m.update(iters=6, batch_size=2)
     path = tmp / "tiny.yaml"
@@ -26,24 +26,57 @@ def tiny_suite(tmp_path_factory):
     return path, tmp / "results"
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             object_store_memory=80 * 1024**2, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
 @pytest.mark.slow
-def test_source_only_and_oracle_end_to_end(tiny_suite, capsys):
+def test_suite_through_ray_mlflow_tables_and_cache(tiny_suite, ray_local, capsys):
     path, results = tiny_suite
-    res = run_suite(str(path), results_root=results)
-    assert [r["method"] for r in res] == ["source_only", "oracle"]
+    out = run_suite(str(path), results_root=results)
+    res = out["results"]
+    assert sorted(r["method"] for r in res) == ["oracle", "source_only"]
     for r in res:
         assert 0.0 <= r["miou_19"] <= 1.0 and r["images"] == 4 and r["protocol"] == "B"
-    out = capsys.readouterr().out
-    assert "per-class IoU" in out and "oracle" in out and "mIoU" in out
-    assert (results / "tiny" / "per_class_19.csv").is_file()
-    runs = sorted((results / "tiny" / "runs").iterdir())
-    assert len(runs) == 2 and all((r / "result.json").is_file() and (r / "model.pt").is_file() for r in runs)
+        assert 0.0 <= r["iou_19/road"] <= 1.0
+    assert {o.status for o in out["outcomes"].values()} == {"done"}
+    assert len(out["outcomes"]) == 4  # two train + two eval stages
 
-    # A second run reuses the finished runs and reproduces the same numbers.
-    again = run_suite(str(path), results_root=results)
-    assert [a["miou_19"] for a in again] == [r["miou_19"] for r in res]
-    assert "reused" in capsys.readouterr().out
+    # Tables were built from MLflow: the recorded runs give back the same numbers.
+    from_mlflow, inv = load_results(out["tracking_uri"], "tiny")
+    assert inv == out["invocation"]
+    assert sorted((r["method"], r["miou_19"]) for r in from_mlflow) == sorted((r["method"], r["miou_19"]) for r in res)
+    from mlflow.tracking import MlflowClient
 
-    # Same seed, fresh directory (a changed, unread key forces a new hash): identical metrics.
-    fresh = run_suite(str(path), ["train.log_every=1000"], results_root=results)
-    assert json.dumps([f["miou_19"] for f in fresh]) == json.dumps([r["miou_19"] for r in res])
+    client = MlflowClient(out["tracking_uri"])
+    exp = client.get_experiment_by_name("tiny")
+    stages = client.search_runs([exp.experiment_id], "tags.kind = 'stage'")
+    assert len(stages) == 4 and {r.data.tags["cache"] for r in stages} == {"done"}
+    train_run = next(r for r in stages if r.data.tags["stage"] == "source_only.train")
+    assert [m.step for m in client.get_metric_history(train_run.info.run_id, "loss/segmenter")] == [2, 4, 6]
+
+    suite_dir = results / "tiny"
+    for f in ("report.md", "tables/per_class_19.tex", "tables/per_class_19.md", "tables/per_class_19.csv",
+              "plots/per_class_19.png", "plots/training_curves.png", "plots/qualitative.png"):
+        assert (suite_dir / f).is_file(), f
+    report = (suite_dir / "report.md").read_text()
+    assert "Fidelity ledger" in report and "| lr | `0.01` | override |" in report
+    assert "source_only" in capsys.readouterr().out
+
+    # Again, with a setting no stage reads changed: every stage is a cache hit, numbers identical.
+    again = run_suite(str(path), ["train.log_every=1000"], results_root=results)
+    assert {o.status for o in again["outcomes"].values()} == {"cached"}
+    assert sorted(r["miou_19"] for r in again["results"]) == sorted(r["miou_19"] for r in res)
+
+    # A setting only the oracle reads: source-only's stages are hits, the oracle retrains.
+    third = run_suite(str(path), ["methods.oracle.lr=0.02"], results_root=results)
+    by_name = sorted((o.name, o.status) for o in third["outcomes"].values())
+    assert by_name == [("eval", "cached"), ("eval", "done"), ("source_only.train", "cached"),
+                       ("source_only.train", "done")]
+
+    assert render_suite(str(path), results_root=results).is_file()

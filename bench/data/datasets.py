@@ -49,6 +49,14 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed RGB image and its trainId label (for figures)."""
+        s = self.samples[index]
+        image = io.read_image(s.image)
+        if s.label is None:
+            return image, np.full(image.shape[:2], IGNORE, dtype=np.uint8)
+        return image, map_labels(self._read_label(s.label), self._lut)
+
     def __getitem__(self, key) -> dict:
         index, aug_seed = key if isinstance(key, tuple) else (key, None)
         s = self.samples[index]

@@ -1,0 +1,94 @@
+"""Published per-class results, transcribed from the main tables of the four reproduced papers.
+
+One wide CSV per (paper, table, benchmark) under ``results/paper/``, named ``<paper>_t<N>_<benchmark>.csv``, with
+columns ``paper, table, row, backbone``, then the table's classes (Cityscapes trainId names, in the paper's order),
+then ``mIoU`` and, for SYNTHIA tables that print it, ``mIoU*`` (13-class mean). See ``results/paper/README.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from bench.data.labels import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_ROOT = REPO / "results" / "paper"
+
+PAPERS = ("cag_uda", "ssf_dan", "bismap", "pixintrada")
+BENCHMARKS = (
+    "gta5_cityscapes", "synthia_cityscapes",
+    "crosscity_rome", "crosscity_rio", "crosscity_tokyo", "crosscity_taipei",
+)
+META_COLUMNS = ("paper", "table", "row", "backbone")
+METRIC_COLUMNS = ("mIoU", "mIoU*")
+_FILE_RE = re.compile(rf"^({'|'.join(PAPERS)})_t(\d+)_({'|'.join(BENCHMARKS)})\.csv$")
+
+
+class PaperFile(NamedTuple):
+    paper: str
+    table: int
+    benchmark: str
+    path: Path
+
+
+def paper_files(root: str | Path | None = None) -> list[PaperFile]:
+    """The available transcriptions, sorted by file name; a ``.csv`` with a malformed name raises ValueError."""
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    out = []
+    for path in sorted(root.glob("*.csv")):
+        m = _FILE_RE.match(path.name)
+        if m is None:
+            raise ValueError(f"{path}: file name is not <paper>_t<N>_<benchmark>.csv with known paper/benchmark")
+        out.append(PaperFile(m.group(1), int(m.group(2)), m.group(3), path))
+    return out
+
+
+def _read(f: PaperFile) -> pd.DataFrame:
+    """One CSV, validated: known columns, no duplicate row labels, numeric class/metric cells (empty → NaN)."""
+    frame = pd.read_csv(f.path, dtype=str, keep_default_na=False)
+    cols = list(frame.columns)
+    if tuple(cols[:4]) != META_COLUMNS:
+        raise ValueError(f"{f.path}: first columns must be {', '.join(META_COLUMNS)}, got {cols[:4]}")
+    unknown = [c for c in cols[4:] if c not in CLASS_NAMES and c not in METRIC_COLUMNS]
+    if unknown:
+        raise ValueError(f"{f.path}: unknown column(s) {unknown}; expected Cityscapes class names or mIoU/mIoU*")
+    if "mIoU" not in cols:
+        raise ValueError(f"{f.path}: no mIoU column")
+    dup = sorted(set(frame["row"][frame["row"].duplicated()]))
+    if dup:
+        raise ValueError(f"{f.path}: duplicate row label(s) {dup}")
+    if set(frame["paper"]) != {f.paper} or set(frame["table"]) != {str(f.table)}:
+        raise ValueError(f"{f.path}: paper/table cells do not match the file name")
+    try:
+        for c in cols[4:]:
+            frame[c] = pd.to_numeric(frame[c].where(frame[c] != ""), errors="raise").astype(float)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{f.path}: non-numeric value in column {c!r}: {e}") from e
+    frame["table"] = frame["table"].astype(int)
+    frame.insert(4, "benchmark", f.benchmark)
+    return frame
+
+
+def load_paper_rows(
+    benchmark: str | None = None, paper: str | None = None, root: str | Path | None = None
+) -> pd.DataFrame:
+    """All published rows (optionally one benchmark and/or paper), concatenated.
+
+    Columns: ``paper, table, row, backbone, benchmark``, then the classes present (trainId order), then
+    ``mIoU`` (and ``mIoU*`` when any selected file has it). Classes a table does not report are NaN.
+    """
+    if benchmark is not None and benchmark not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {benchmark!r}; known: {BENCHMARKS}")
+    if paper is not None and paper not in PAPERS:
+        raise ValueError(f"unknown paper {paper!r}; known: {PAPERS}")
+    files = [f for f in paper_files(root) if benchmark in (None, f.benchmark) and paper in (None, f.paper)]
+    frames = [_read(f) for f in files]
+    if not frames:
+        return pd.DataFrame(columns=[*META_COLUMNS, "benchmark", "mIoU"])
+    frame = pd.concat(frames, ignore_index=True)
+    order = [*META_COLUMNS, "benchmark", *CLASS_NAMES, *METRIC_COLUMNS]
+    return frame[[c for c in order if c in frame.columns]]

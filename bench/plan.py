@@ -1,0 +1,102 @@
+"""A suite → experiments (method × variant × target × seed) → their stages, keyed and de-duplicated."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.evaluate import eval_stage
+from bench.pipeline import PlannedStage, plan_stages
+from methods.base import get_method, make_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def resolve_root(root: str | Path) -> Path:
+    p = Path(root).expanduser()
+    return p if p.is_absolute() else REPO / p
+
+
+@dataclass
+class Experiment:
+    method: str
+    variant: str
+    target: str
+    seed: int
+    config: object
+    stages: list[PlannedStage] = field(default_factory=list)
+
+    @property
+    def model(self) -> PlannedStage:
+        return self.stages[-2]
+
+    @property
+    def eval(self) -> PlannedStage:
+        return self.stages[-1]
+
+    @property
+    def label(self) -> str:
+        parts = [self.method + (f"[{self.variant}]" if self.variant else "")]
+        if self.target:
+            parts.append(self.target)
+        return " ".join(parts + [f"seed {self.seed}"])
+
+
+def dataset_specs(suite: dict, target: str = "") -> dict:
+    """domain → build_dataset kwargs with absolute roots, after the target's overrides (Cross-City cities)."""
+    specs = copy.deepcopy(suite["datasets"])
+    for domain, over in ((suite.get("targets") or {}).get(target) or {}).items():
+        if domain not in specs:
+            raise KeyError(f"suite targets.{target}: {domain!r} is not a dataset domain; valid: {sorted(specs)}")
+        specs[domain].update(over)
+    for spec in specs.values():
+        spec["root"] = str(resolve_root(spec["root"]))
+    return specs
+
+
+def fingerprint_datasets(specs: dict) -> dict:
+    """domain → {"spec", "fingerprint"}; raises ``DataError`` (with the fix) when a tree is missing or wrong."""
+    from bench.data import build_dataset
+
+    out = {}
+    for domain, spec in specs.items():
+        s = copy.deepcopy(spec)
+        opts = s.pop("options", {}) or {}
+        ds = build_dataset(s.pop("name"), s.pop("root"), s.pop("split", None), **s, **opts)
+        key_spec = {k: v for k, v in spec.items() if k != "root"}  # the path is not the content
+        out[domain] = {"spec": key_spec, "fingerprint": ds.fingerprint(), "images": len(ds)}
+    return out
+
+
+def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
+    """(method, variant, config values) for every method and its named variants ("" = the base)."""
+    out = []
+    for name, values in suite["methods"].items():
+        values = dict(values or {})
+        variants = values.pop("variants", {}) or {}
+        out.append((name, "", values))
+        for vname, over in variants.items():
+            out.append((name, vname, {**values, **(over or {})}))
+    return out
+
+
+def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Experiment], dict, dict]:
+    """→ (experiments, unique stages by key, dataset specs by stage key)."""
+    targets = list(suite.get("targets") or {"": {}})
+    train = dict(suite.get("train") or {})
+    experiments, unique, specs_by_key = [], {}, {}
+    configs = [(m, v, make_config(get_method(m).Config, vals)) for m, v, vals in method_variants(suite)]
+    for target in targets:
+        specs = dataset_specs(suite, target)
+        fps = (fingerprints or {}).get(target) or fingerprint_datasets(specs)
+        for seed in suite["seeds"]:
+            for mname, variant, cfg in configs:
+                final = get_method(mname).stages(cfg)[-1]
+                ev = eval_stage(final, suite.get("evaluation") or {})
+                planned = plan_stages([ev], seed, fps, train)
+                for ps in planned:
+                    unique.setdefault(ps.key, ps)
+                    specs_by_key.setdefault(ps.key, specs)
+                experiments.append(Experiment(mname, variant, target, seed, cfg, planned))
+    return experiments, unique, specs_by_key

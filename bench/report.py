@@ -1,0 +1,209 @@
+"""Tables, plots and ``report.md`` for one suite invocation, built from MLflow (the one source of truth)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.data.labels import CLASS_NAMES, SUBSETS
+
+STATUS_OK = ("done", "cached")
+
+
+def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
+    """The published rows the suite puts beside ours for ``target`` → (frame or None, note)."""
+    from bench.paper_rows import load_paper_rows
+
+    spec = suite.get("paper") or {}
+    bench_name = (spec.get("targets") or {}).get(target, spec.get("benchmark"))
+    if not bench_name:
+        return None, ""
+    rows = load_paper_rows(bench_name)
+    wanted = spec.get("rows", "all")
+    if wanted != "all":
+        label = rows["paper"] + ":" + rows["row"]
+        missing = sorted(set(wanted) - set(label))
+        if missing:
+            raise KeyError(f"suite paper.rows {missing} are not transcribed for {bench_name}; "
+                           f"valid: {sorted(label)}")
+        rows = rows[label.isin(wanted)].set_index(label[label.isin(wanted)]).loc[wanted].reset_index(drop=True)
+    note = spec.get("note", f"published {bench_name} rows")
+    return rows, note
+
+
+def table_title(suite: dict, target: str, subset: str) -> str:
+    ev = suite.get("evaluation") or {}
+    where = f" ({target})" if target else ""
+    star = "; mIoU* = 13-class mean of the same confusion matrix" if subset == "16" else ""
+    return (f"{suite['name']}{where}: per-class IoU (%), {subset} classes, protocol {ev.get('protocol', 'B')}, "
+            f"final iterate; ours = mean±std over seeds {suite['seeds']}{star}")
+
+
+def _curves(experiments, outcomes, cache_root: Path) -> dict:
+    from bench.pipeline import read_metrics
+
+    curves = {}
+    for e in experiments:
+        if e.seed != min(x.seed for x in experiments):
+            continue
+        for ps in e.stages:
+            if ps.stage.kind != "train" or outcomes[ps.key].status not in STATUS_OK:
+                continue
+            rows = [r for r in read_metrics(cache_root / ps.key) if "loss/segmenter" in r]
+            if rows:
+                label = f"{e.label.rsplit(' seed', 1)[0]}: {ps.name}"
+                curves.setdefault(label, pd.DataFrame({"step": [r["step"] for r in rows],
+                                                       "value": [r["loss/segmenter"] for r in rows]}))
+    return curves
+
+
+def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Path) -> Path | None:
+    """Image, GT and each method's prediction (seed = the smallest) for the saved val images."""
+    from PIL import Image
+
+    from bench.plots import qualitative
+
+    seed = min(e.seed for e in experiments)
+    exps = [e for e in experiments if e.seed == seed and not e.target and outcomes[e.eval.key].status in STATUS_OK]
+    if not exps:
+        return None
+    qdir = cache_root / exps[0].eval.key / "qualitative"
+    n = len(list(qdir.glob("*.png")))
+    if n == 0:
+        return None
+    from bench.pipeline import StageContext
+
+    ds = StageContext(cache_root, seed, specs, {}).dataset("target_val")
+    pairs = [ds.raw(i) for i in range(n)]
+    images, gts = [p[0] for p in pairs], [p[1] for p in pairs]
+    preds = {}
+    for e in exps:
+        d = cache_root / e.eval.key / "qualitative"
+        preds[e.label.rsplit(" seed", 1)[0]] = [np.asarray(Image.open(d / f"{i:02d}.png")) for i in range(n)]
+    return qualitative(images, gts, preds, path)
+
+
+def ledger_lines(experiments) -> list[str]:
+    """The fidelity ledger: every setting of every method (variant) with its source."""
+    from methods.base import provenance
+
+    lines, seen = [], set()
+    for e in experiments:
+        name = e.method + (f" ({e.variant})" if e.variant else "")
+        if name in seen:
+            continue
+        seen.add(name)
+        lines += [f"### {name}", "", "| setting | value | source | note |", "|---|---|---|---|"]
+        for field, (value, source, note) in provenance(e.config).items():
+            lines.append(f"| {field} | `{json.dumps(value, default=str)}` | {source} | {note} |")
+        lines.append("")
+    return lines
+
+
+def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, env, summary, wall_seconds,
+                  tracker=None, cache_root: Path | None = None) -> dict:
+    """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts."""
+    from bench.plan import dataset_specs
+    from bench.plots import per_class_bars, training_curves
+    from bench.tables import ablation_frame, ablation_markdown, comparison_frame, per_class_frame, write_tables
+    from bench.tracking import load_results
+
+    out_dir = Path(out_dir)
+    cache_root = Path(cache_root or out_dir.parent / "cache")
+    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    results, _ = load_results(uri, suite["name"], invocation)
+    ev = suite.get("evaluation") or {}
+    md = [f"# {suite['name']}", "", suite.get("description", ""), ""]
+    md += ["## Results", ""]
+    for target in list(suite.get("targets") or {"": {}}):
+        rs = [r for r in results if r["target"] == target and f"miou_{ev.get('subsets', ['19'])[0]}" in r]
+        if not rs:
+            md += [f"No finished experiment for {target or 'this suite'}.", ""]
+            continue
+        for subset in ev.get("subsets", ["19"]):
+            ours = per_class_frame(rs, subset)
+            paper, note = paper_rows(suite, target)
+            classes = [CLASS_NAMES[c] for c in SUBSETS[subset]]
+            extra = ("mIoU", "mIoU*") if subset == "16" else ("mIoU",)
+            frame = comparison_frame(ours, paper, classes, extra)
+            stem = f"per_class_{subset}" + (f"_{target}" if target else "")
+            title = table_title(suite, target, subset)
+            paths = write_tables(frame, out_dir / "tables", stem, title)
+            print(paths["txt"].read_text())
+            bars = per_class_bars(frame, classes, out_dir / "plots" / f"{stem}.png", title=f"{suite['name']} {target}")
+            md += [paths["md"].read_text(), ""]
+            if note:
+                md += [f"Paper rows: {note}.", ""]
+            md += [f"![per-class IoU](plots/{bars.name})", "",
+                   f"Files: `tables/{stem}.tex` (booktabs), `.md`, `.csv`.", ""]
+            if "variant" in ours.columns:
+                for method in ours.loc[ours["variant"] != "", "method"].unique():
+                    if not ((ours["method"] == method) & (ours["variant"] == "")).any():
+                        continue  # no base run to compare the variants with
+                    abl = ablation_frame(ours[ours["method"] == method], method)
+                    abl.to_csv(out_dir / "tables" / f"ablation_{method}_{subset}.csv")
+                    md += [ablation_markdown(abl, f"Ablation: {method}"), ""]
+    curves = _curves(experiments, outcomes, cache_root)
+    if curves:
+        p = training_curves(curves, out_dir / "plots" / "training_curves.png", "segmenter loss (seed "
+                            f"{min(e.seed for e in experiments)})", "loss")
+        md += ["## Training curves", "", f"![curves](plots/{p.name})", ""]
+    try:
+        q = _qualitative(experiments, outcomes, cache_root, dataset_specs(suite), out_dir / "plots" / "qualitative.png")
+    except Exception as err:  # noqa: BLE001 - a plot must not lose the run's numbers
+        q, md = None, md + [f"(qualitative figure failed: {err})", ""]
+    if q:
+        md += ["## Qualitative (target val)", "", f"![qualitative](plots/{q.name})", ""]
+    md += protocol_lines(suite) + timing_lines(experiments, outcomes, summary, wall_seconds)
+    md += ["## Fidelity ledger", ""] + ledger_lines(experiments)
+    md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
+    md += [f"MLflow: `{uri}`, invocation run `{invocation}` (`bench ui` to browse).", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(md))
+    if tracker is not None:
+        for p in [report, *sorted((out_dir / "tables").iterdir()), *sorted((out_dir / "plots").iterdir())]:
+            tracker.log_artifact(invocation, p, None if p == report else p.parent.name)
+    return {"results": results, "path": report}
+
+
+def protocol_lines(suite) -> list[str]:
+    ev = suite.get("evaluation") or {}
+    return ["## Protocol", "",
+            f"- evaluation protocol {ev.get('protocol', 'B')} (see bench/protocols.py), subsets {ev.get('subsets')}",
+            "- model selection: final iterate (never the best checkpoint on target val)",
+            f"- seeds: {suite['seeds']}",
+            "- datasets: " + "; ".join(f"{d}: {s['name']} {s.get('split', '')} at {s['root']}"
+                                        for d, s in suite["datasets"].items()),
+            f"- train settings: {json.dumps(suite.get('train', {}))}", ""]
+
+
+def timing_lines(experiments, outcomes, summary, wall_seconds) -> list[str]:
+    requested = sum(len(e.stages) for e in experiments)
+    ran = [o for o in outcomes.values() if o.status == "done"]
+    hits = [o for o in outcomes.values() if o.status == "cached"]
+    saved_dedup = sum(outcomes[ps.key].result.get("stage_seconds", 0.0) for e in experiments for ps in e.stages
+                      if outcomes[ps.key].status in STATUS_OK) - sum(
+        o.result.get("stage_seconds", 0.0) for o in outcomes.values() if o.status in STATUS_OK)
+    lines = ["## Timings and cache", "",
+             f"- wall time of this invocation: {wall_seconds:.0f} s",
+             f"- {requested} stage requests from {len(experiments)} experiments → {len(outcomes)} unique stages: "
+             f"{len(ran)} computed ({sum(o.seconds for o in ran):.0f} s of stage time), {len(hits)} from the cache",
+             f"- stage time saved by sharing stages between experiments: {saved_dedup:.0f} s; by cache hits: "
+             f"{sum(o.result.get('stage_seconds', 0.0) for o in hits):.0f} s", ""]
+    lines += ["| stage | seed | status | seconds | key |", "|---|---|---|---|---|"]
+    seen = set()
+    for e in experiments:
+        for ps in e.stages:
+            if ps.key in seen:
+                continue
+            seen.add(ps.key)
+            o = outcomes[ps.key]
+            lines.append(f"| {ps.name} | {ps.seed} | {o.status} | {o.result.get('stage_seconds', 0.0):.1f} | "
+                         f"`{ps.key}` |")
+    lines += ["", "```", *summary, "```", ""]
+    return lines
+

@@ -1,0 +1,232 @@
+"""Run planned stages as a DAG: on Ray (default; local or ``RAY_ADDRESS=auto``) or in-process.
+
+A stage is submitted once all its upstream stages are complete. A failed stage is resubmitted (it resumes
+from its last checkpoint) up to ``retries`` times; stages that depend on a stage that finally failed are
+skipped; everything else goes on. The driver draws the only progress display, from each running stage's
+``progress.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from bench.pipeline import PROGRESS, PlannedStage, StageCache, execute_stage
+
+
+class ResourceError(RuntimeError):
+    """A stage asks for more than the cluster has (Ray would wait forever)."""
+
+
+@dataclass
+class Outcome:
+    key: str
+    name: str
+    status: str = "pending"  # done | cached | failed | skipped
+    result: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    attempts: int = 0
+    error: str = ""
+
+
+def _stage_log_run(planned, cache_root, specs, train, threads):
+    """Worker entry: run the stage with its stdout/stderr in ``<stage dir>/stage.log``."""
+    log = StageCache(cache_root).dir(planned.key) / "stage.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            return execute_stage(planned, cache_root, specs, train, threads)
+        except BaseException:
+            traceback.print_exc(file=f)
+            raise
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    lines = [ln for ln in text if ln.strip()]
+    tail = lines[-1] if lines else type(exc).__name__
+    return tail[:400]
+
+
+def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
+    """Start a local Ray (the machine's resources) or join ``RAY_ADDRESS``; returns the cluster resources."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kw)
+    return ray.cluster_resources()
+
+
+def stage_resources(planned: PlannedStage, cluster: dict) -> tuple[float, float]:
+    """(cpus, gpus) to ask Ray for: the stage's GPU share when the cluster has GPUs, else CPU only."""
+    gpus_total = float(cluster.get("GPU", 0))
+    gpu = planned.stage.gpu if gpus_total > 0 else 0.0
+    cpu = planned.stage.cpu
+    if gpu > gpus_total or cpu > float(cluster.get("CPU", 0)):
+        raise ResourceError(f"stage {planned.name} asks for {cpu} CPU / {gpu} GPU; the cluster has "
+                            f"{cluster.get('CPU', 0)} CPU / {gpus_total} GPU — lower the stage's share "
+                            "(suite resources.gpu) or add nodes")
+    return cpu, gpu
+
+
+class Scheduler:
+    """Drives the DAG; ``executor`` is "ray" or "local" (in-process, one stage at a time)."""
+
+    def __init__(self, stages: dict, specs: dict, train: dict, cache_root, executor: str = "ray",
+                 retries: int = 1, board=None, gpu_share: float | None = None) -> None:
+        self.stages, self.specs, self.train = stages, specs, train
+        self.cache = StageCache(cache_root)
+        self.executor, self.retries, self.board = executor, retries, board
+        self.gpu_share = gpu_share
+        self.outcomes = {k: Outcome(k, ps.name) for k, ps in stages.items()}
+
+    def _ready(self, key: str) -> bool:
+        return all(self.outcomes[u].status in ("done", "cached") for u in self.stages[key].upstream.values())
+
+    def _blocked(self, key: str) -> str | None:
+        for u in self.stages[key].upstream.values():
+            if self.outcomes[u].status in ("failed", "skipped"):
+                return u
+        return None
+
+    def run(self) -> dict[str, Outcome]:
+        # Complete stages are answered from the cache without a worker.
+        for key in self.stages:
+            if self.cache.is_done(key):
+                o = self.outcomes[key]
+                o.status, o.result = "cached", self.cache.result(key)
+                if self.board:
+                    self.board.finished(self.stages[key], o)
+        if self.executor == "local":
+            self._run_local()
+        elif self.executor == "ray":
+            self._run_ray()
+        else:
+            raise ValueError(f"executor {self.executor!r}; valid: ray, local")
+        return self.outcomes
+
+    def _pending(self) -> list[str]:
+        return [k for k, o in self.outcomes.items() if o.status == "pending"]
+
+    def _skip_blocked(self) -> None:
+        changed = True
+        while changed:
+            changed = False
+            for k in self._pending():
+                up = self._blocked(k)
+                if up:
+                    o = self.outcomes[k]
+                    o.status, o.error = "skipped", f"upstream {self.outcomes[up].name} ({up}) did not finish"
+                    changed = True
+                    if self.board:
+                        self.board.finished(self.stages[k], o)
+
+    def _record(self, key: str, res: dict | None, exc: BaseException | None) -> bool:
+        """Store a finished attempt; returns True when the stage should be resubmitted."""
+        o = self.outcomes[key]
+        o.attempts += 1
+        if exc is None:
+            o.status, o.result, o.seconds = "done", res["result"], res["seconds"]
+        elif o.attempts <= self.retries:
+            o.error = _error_line(exc)
+            if self.board:
+                self.board.message(f"{o.name} ({key}) failed: {o.error}; retry {o.attempts}/{self.retries} "
+                                   "from its last checkpoint")
+            return True
+        else:
+            o.status, o.error = "failed", _error_line(exc)
+        if self.board:
+            self.board.finished(self.stages[key], o)
+        return False
+
+    def _run_local(self) -> None:
+        threads = int(self.train.get("threads") or 0) or None
+        while True:
+            self._skip_blocked()
+            ready = [k for k in self._pending() if self._ready(k)]
+            if not ready:
+                return
+            key = ready[0]
+            while True:
+                if self.board:
+                    self.board.started(self.stages[key], self.cache.dir(key))
+                try:
+                    res = _stage_log_run(self.stages[key], str(self.cache.root), self.specs[key], self.train, threads)
+                    self._record(key, res, None)
+                    break
+                except Exception as e:  # noqa: BLE001 - every failure is reported in the summary
+                    if not self._record(key, None, e):
+                        break
+
+    def _run_ray(self) -> None:
+        import ray
+
+        cluster = init_ray()
+        device = str(self.train.get("device", "auto"))
+        if device.startswith("cuda") and not cluster.get("GPU"):
+            raise ResourceError("train.device is cuda but the Ray cluster has no GPU; use train.device=auto")
+        remote = ray.remote(_stage_log_run)
+        res_of = {}
+        for k, ps in self.stages.items():
+            if self.outcomes[k].status == "pending":
+                cpu, gpu = stage_resources(ps, cluster)
+                if self.gpu_share is not None and gpu > 0:
+                    gpu = min(gpu, self.gpu_share)
+                res_of[k] = (cpu, gpu)
+        running: dict = {}
+        cache_root = str(self.cache.root.resolve())
+
+        def submit(key: str) -> None:
+            cpu, gpu = res_of[key]
+            train = dict(self.train)
+            if gpu == 0 and train.get("device", "auto") == "auto":
+                train["device"] = "cpu"  # a logical GPU (or none): never touch CUDA from a CPU task
+            ref = remote.options(num_cpus=cpu, num_gpus=gpu, max_retries=0).remote(
+                self.stages[key], cache_root, self.specs[key], train, max(1, int(cpu)))
+            running[ref] = key
+            if self.board:
+                self.board.started(self.stages[key], self.cache.dir(key))
+
+        while True:
+            self._skip_blocked()
+            for k in self._pending():
+                if k not in running.values() and self._ready(k):
+                    submit(k)
+            if not running:
+                return
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            if self.board:
+                self.board.poll({k: self.cache.dir(k) / PROGRESS for k in running.values()})
+            for ref in done:
+                key = running.pop(ref)
+                try:
+                    res, exc = ray.get(ref), None
+                except Exception as e:  # noqa: BLE001
+                    res, exc = None, getattr(e, "cause", None) or e
+                if self._record(key, res, exc):
+                    submit(key)
+
+
+def summary_lines(outcomes: dict[str, Outcome]) -> list[str]:
+    """Counts and every failure with its reason."""
+    by = {}
+    for o in outcomes.values():
+        by.setdefault(o.status, []).append(o)
+    counts = ", ".join(f"{len(v)} {k}" for k, v in sorted(by.items()))
+    lines = [f"stages: {counts}"]
+    for o in by.get("failed", []) + by.get("skipped", []):
+        lines.append(f"  {o.status}: {o.name} ({o.key}) after {o.attempts} attempt(s): {o.error}")
+    return lines
+
+
+def wall(start: float) -> float:
+    return time.perf_counter() - start

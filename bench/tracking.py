@@ -1,0 +1,168 @@
+"""MLflow: the record of every run. Only the driver writes (one SQLite writer, no lock contention).
+
+Layout: an MLflow experiment per suite; a parent run per invocation (``kind=invocation``); a nested run per
+experiment (method × variant × target × seed, ``kind=experiment``) holding the resolved config as params and
+the final evaluation as metrics; under it a nested run per stage (``kind=stage``) with the stage's params,
+loss curves, results and wall time. Tables are rebuilt from these runs (``load_results``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+PARAM_MAX = 6000
+REPO = Path(__file__).resolve().parent.parent
+
+
+def default_tracking_uri(results_root: Path) -> str:
+    """An absolute SQLite URI (a relative one would land wherever the process happens to run)."""
+    return "sqlite:///" + str((Path(results_root) / "mlflow.db").resolve())
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def environment() -> dict:
+    """Versions, GPU and revision, for the report and the invocation run's tags."""
+    import importlib.metadata as md
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "git": git_revision(),
+           "cpus": os.cpu_count()}
+    for pkg in ("torch", "torchvision", "ray", "mlflow", "numpy", "pandas"):
+        try:
+            env[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            env[pkg] = "missing"
+    try:
+        import torch
+
+        env["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
+    except Exception:  # noqa: BLE001 - the report only shows it
+        env["gpu"] = "unknown"
+    return env
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _numeric(d: dict) -> dict:
+    return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class Tracker:
+    """Thin wrapper over ``MlflowClient`` with the suite's layout."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        mlflow.set_tracking_uri(uri)
+        self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:  # explicit artifact root: the default is relative to the CWD
+            art = Path(artifact_root).resolve() / experiment
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=art.as_uri())
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def start(self, name: str, kind: str, tags: dict, parent: str | None = None, params: dict | None = None) -> str:
+        all_tags = {"kind": kind, **{k: str(v) for k, v in tags.items()}}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, json.dumps(v, default=str)[:PARAM_MAX] if not isinstance(v, str) else v[:PARAM_MAX])
+                 for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
+        self.log_history(run_id, [{"step": step, **_numeric(metrics)}])
+
+    def log_history(self, run_id: str, rows: list[dict]) -> None:
+        """``rows`` = [{"step": s, key: value, ...}] as the stage's metrics.jsonl holds them."""
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        items = [Metric(k, float(v), ts, int(r.get("step", 0))) for r in rows
+                 for k, v in r.items() if k != "step" and isinstance(v, (int, float))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def load_results(uri: str, experiment: str, invocation: str | None = None) -> tuple[list[dict], str]:
+    """The experiment runs of one invocation (default: the latest one that logged experiments) as result
+    dicts (method, variant, target, seed, and every metric) → (results, invocation run id)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {experiment!r} at {uri}; run `bench run {experiment}` first")
+    if invocation is None:
+        parents = client.search_runs([exp.experiment_id], "tags.kind = 'invocation'",
+                                     order_by=["attributes.start_time DESC"], max_results=50)
+        for p in parents:
+            if client.search_runs([exp.experiment_id], f"tags.invocation = '{p.info.run_id}'", max_results=1):
+                invocation = p.info.run_id
+                break
+        if invocation is None:
+            raise LookupError(f"MLflow experiment {experiment!r} has no finished experiment runs")
+    runs = client.search_runs([exp.experiment_id],
+                              f"tags.invocation = '{invocation}' and tags.kind = 'experiment'",
+                              order_by=["attributes.start_time ASC"], max_results=10_000)
+    results = []
+    for r in runs:
+        t = r.data.tags
+        res = {"method": t["method"], "variant": t.get("variant", ""), "target": t.get("target", ""),
+               "seed": int(t["seed"]), "protocol": t.get("protocol", ""), "run_id": r.info.run_id}
+        res.update(r.data.metrics)
+        results.append(res)
+    return results, invocation
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    return [(m.step, m.value) for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
+
+
+def ui_command(uri: str, port: int = 5000) -> tuple[list[str], dict]:
+    """The ``mlflow ui`` command sized for a small machine (one worker, no job runner: ~0.5 GiB, not ~3)."""
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+            "--workers", "1"], env

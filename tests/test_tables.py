@@ -1,0 +1,187 @@
+"""Comparison tables: statistics against numpy, bolding on rounded values, LaTeX/Markdown/terminal/CSV output."""
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.data.labels import CLASS_NAMES, SUBSETS
+from bench.tables import (
+    ablation_frame,
+    ablation_markdown,
+    best_cells,
+    comparison_frame,
+    per_class_frame,
+    render_terminal,
+    to_latex,
+    to_markdown,
+    write_tables,
+)
+
+CLASSES = [CLASS_NAMES[c] for c in SUBSETS["19"]]
+METHODS = ("cag_uda", "source_only")
+
+
+def make_results(seed=0, methods=METHODS, seeds=(0, 1, 2), variants=("",)):
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in methods:
+        for v in variants:
+            for s in seeds:
+                r = {"method": m, "seed": s, "miou_19": rng.random()}
+                if v:
+                    r["variant"] = v
+                r.update({f"iou_19/{c}": rng.random() for c in CLASSES})
+                out.append(r)
+    return out
+
+
+def paper_frame(values: dict, paper="Some Paper 50%", table=3, row="AdaptSeg_Net"):
+    """A hand-built published row with only the given columns (others absent)."""
+    return pd.DataFrame([{"paper": paper, "table": table, "row": row, "backbone": "ResNet-101",
+                          "benchmark": "gta5->cityscapes", **values}])
+
+
+def test_comparison_mean_std_against_numpy():
+    results = make_results()
+    frame = comparison_frame(per_class_frame(results), paper_frame({"road": 86.5, "mIoU": 41.4}), CLASSES)
+    assert list(frame["method"]) == [*METHODS, "AdaptSeg_Net"]
+    for m in METHODS:
+        runs = [r for r in results if r["method"] == m]
+        row = frame[frame["method"] == m].iloc[0]
+        assert row["ours"] and row["seeds"] == 3 and row["source"] == "ours (3 seeds)"
+        for c, key in [*((c, f"iou_19/{c}") for c in CLASSES), ("mIoU", "miou_19")]:
+            vals = 100 * np.array([r[key] for r in runs])
+            assert row[c] == pytest.approx(vals.mean())
+            assert row[f"{c}_std"] == pytest.approx(vals.std(ddof=1))
+    paper = frame.iloc[-1]
+    assert not paper["ours"] and paper["source"] == "Some Paper 50%, Table 3"
+    assert paper["road"] == 86.5 and paper["mIoU"] == 41.4
+    assert np.isnan(paper["seeds"]) and np.isnan(paper["road_std"]) and np.isnan(paper["sidewalk"])
+
+
+def test_variants_and_ablation():
+    results = make_results(methods=("cag_uda",), variants=("", "no_dist"))
+    ours = per_class_frame(results)
+    frame = comparison_frame(ours, None, CLASSES)
+    assert list(frame["method"]) == ["cag_uda", "cag_uda (no_dist)"]
+    abl = ablation_frame(ours, "cag_uda")
+    miou = {v: 100 * np.array([r["miou_19"] for r in results if r.get("variant", "") == v]) for v in ("", "no_dist")}
+    assert list(abl["variant"]) == ["", "no_dist"]
+    assert abl.loc["cag_uda (no_dist)", "mIoU"] == pytest.approx(miou["no_dist"].mean())
+    assert abl.loc["cag_uda (no_dist)", "mIoU_std"] == pytest.approx(miou["no_dist"].std(ddof=1))
+    assert abl.loc["cag_uda (no_dist)", "gain"] == pytest.approx(miou["no_dist"].mean() - miou[""].mean())
+    assert abl.loc["cag_uda", "gain"] == 0
+    md = ablation_markdown(abl, "Ablation").splitlines()
+    gain = miou["no_dist"].mean() - miou[""].mean()
+    assert md[0] == "### Ablation" and len(md) == 2 + 2 + 2
+    assert md[-1] == (f"| cag_uda (no_dist) | 3 | {miou['no_dist'].mean():.1f} ± {miou['no_dist'].std(ddof=1):.1f} "
+                      f"| {gain:+.1f} |")
+    with pytest.raises(KeyError):
+        ablation_frame(ours, "nope")
+
+
+def test_miou_star_for_16_classes():
+    rng = np.random.default_rng(1)
+    names16 = [CLASS_NAMES[c] for c in SUBSETS["16"]]
+    results = [{"method": "m", "seed": s, "miou_16": rng.random(), "miou_13_of_16": rng.random(),
+                **{f"iou_16/{c}": rng.random() for c in names16}} for s in range(2)]
+    frame = comparison_frame(per_class_frame(results, "16"), None, names16, extra=("mIoU", "mIoU*"))
+    assert frame.loc[0, "mIoU*"] == pytest.approx(100 * np.mean([r["miou_13_of_16"] for r in results]))
+
+
+def tie_frame():
+    """Three paper rows: road 41.24 and 41.16 both display 41.2 (tie, both best); sidewalk 50.04 < 50.06."""
+    rows = [paper_frame({"road": 41.24, "sidewalk": 50.04, "mIoU": 30.0}, row="A"),
+            paper_frame({"road": 41.16, "sidewalk": 50.06, "mIoU": 29.0}, row="B"),
+            paper_frame({"road": 41.01, "sidewalk": 49.0}, row="C")]
+    return comparison_frame(None, pd.concat(rows, ignore_index=True), ["road", "sidewalk"])
+
+
+def test_best_cells_uses_rounded_values_with_ties():
+    best = best_cells(tie_frame(), ["road", "sidewalk", "mIoU"])
+    assert list(best["road"]) == [True, True, False]
+    assert list(best["sidewalk"]) == [False, True, False]
+    assert list(best["mIoU"]) == [True, False, False]  # NaN is never best
+
+
+def latex_rows(tex: str) -> list[str]:
+    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
+    return [ln for ln in body.splitlines() if ln.endswith(r"\\")]
+
+
+def test_latex_structure_escaping_and_bold():
+    results = make_results()
+    ours = per_class_frame(results)
+    frame = comparison_frame(ours, paper_frame({"road": 99.0, "mIoU": 10.0}), CLASSES)
+    tex = to_latex(frame, "Per-class IoU (%), GTA5→Cityscapes", "tab:gta")
+    assert tex.startswith(r"\begin{table}") and tex.rstrip().endswith(r"\end{table}")
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert rule in tex
+    assert r"\caption{Per-class IoU (\%), GTA5$\rightarrow$Cityscapes}" in tex and r"\label{tab:gta}" in tex
+    rows = latex_rows(tex)
+    assert len(rows) == 1 + len(frame)
+    for ln in rows:  # Method, Source, 19 classes, mIoU
+        assert len(re.findall(r"(?<!\\)&", ln)) == 2 + len(CLASSES)  # 22 columns → 21 separators
+    lines = tex.splitlines()
+    assert lines[lines.index(rows[-1]) - 1] == r"\midrule"  # separates our rows from the paper row
+    assert rows[1].startswith(r"cag\_uda & ours (3 seeds) & ")
+    assert rows[-1].startswith(r"AdaptSeg\_Net & Some Paper 50\%, Table 3 & \textbf{99.0} & --")
+    # our best mIoU is bold on the mean, the std stays outside the bold
+    best = max(METHODS, key=lambda m: frame.set_index("method").loc[m, "mIoU"])
+    r = frame.set_index("method").loc[best]
+    cell = rf"\textbf{{{r['mIoU']:.1f}}}{{\scriptsize$\pm${r['mIoU_std']:.1f}}}"
+    assert rows[1 + METHODS.index(best)].endswith(cell + r" \\")
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_compiles(tmp_path):
+    frame = comparison_frame(per_class_frame(make_results()), paper_frame({"road": 99.0}), CLASSES)
+    table = to_latex(frame, "Per-class IoU (%) & more_stuff", "tab:x")
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n"
+                                      f"\\begin{{document}}\n{table}\\end{{document}}\n", encoding="utf-8")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_markdown_rows_bold_and_dash():
+    md = to_markdown(tie_frame(), "Ties")
+    lines = md.splitlines()
+    assert lines[0] == "### Ties"
+    table = [ln for ln in lines if ln.startswith("|")]
+    assert len(table) == 2 + 3  # header, alignment, three paper rows
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in table]
+    assert cells[0] == ["Method", "Source", "road", "sidewalk", "mIoU"]
+    assert cells[2][2:] == ["**41.2**", "50.0", "**30.0**"]
+    assert cells[3][2:] == ["**41.2**", "**50.1**", "29.0"]
+    assert cells[4][2:] == ["41.0", "49.0", "–"]
+
+
+def test_markdown_ours_and_paper_rows():
+    results = make_results()
+    frame = comparison_frame(per_class_frame(results), paper_frame({"road": 99.0}), CLASSES)
+    rows = [ln for ln in to_markdown(frame, "").splitlines() if ln.startswith("|")][2:]
+    assert [r.split("|")[1].strip() for r in rows] == [*METHODS, "AdaptSeg_Net"]
+    r0 = frame.iloc[0]
+    assert f"| {r0['sidewalk']:.1f} ± {r0['sidewalk_std']:.1f} |" in rows[0].replace("**", "")
+    assert rows[2].split("|")[3].strip() == "**99.0**" and rows[2].split("|")[4].strip() == "–"
+
+
+def test_terminal_and_write_tables(tmp_path):
+    ours = per_class_frame(make_results())
+    text = render_terminal(ours, "per-run frame")  # the suite runner's call
+    assert "cag_uda" in text and "source_only" in text and "±" in text
+    frame = comparison_frame(ours, paper_frame({"road": 99.0}), CLASSES)
+    text = render_terminal(frame, "comparison")
+    assert "AdaptSeg_Net" in text and "Some Paper 50%, Table 3" in text and "–" in text and "\x1b[" not in text
+    paths = write_tables(frame, tmp_path / "out", "gta", "Per-class IoU (%)")
+    assert sorted(paths) == ["csv", "md", "tex", "txt"] and all(p.stat().st_size > 0 for p in paths.values())
+    back = pd.read_csv(paths["csv"])
+    assert list(back.columns) == list(frame.columns)
+    np.testing.assert_allclose(back["mIoU"], frame["mIoU"])
+    np.testing.assert_allclose(back["road_std"], frame["road_std"])
