@@ -80,15 +80,30 @@ def load_paper_rows(
 
     Columns: ``paper, table, row, backbone, benchmark``, then the classes present (trainId order), then
     ``mIoU`` (and ``mIoU*`` when any selected file has it). Classes a table does not report are NaN.
+
+    A SYNTHIA table that prints only the 13 classes heads their mean "mIoU"; here it becomes ``mIoU*`` (the
+    13-class mean, as everywhere in uda-bench) and ``mIoU`` (16 classes) is NaN, so the two conventions never
+    share a column.
     """
     if benchmark is not None and benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {BENCHMARKS}")
     if paper is not None and paper not in PAPERS:
         raise ValueError(f"unknown paper {paper!r}; known: {PAPERS}")
     files = [f for f in paper_files(root) if benchmark in (None, f.benchmark) and paper in (None, f.paper)]
-    frames = [_read(f) for f in files]
+    frames = [_as_uda_bench_columns(_read(f), f) for f in files]
     if not frames:
         return pd.DataFrame(columns=[*META_COLUMNS, "benchmark", "mIoU"])
     frame = pd.concat(frames, ignore_index=True)
     order = [*META_COLUMNS, "benchmark", *CLASS_NAMES, *METRIC_COLUMNS]
     return frame[[c for c in order if c in frame.columns]]
+
+
+def _as_uda_bench_columns(frame: pd.DataFrame, f: PaperFile) -> pd.DataFrame:
+    """Rename a 13-class SYNTHIA table's printed "mIoU" to ``mIoU*``."""
+    from bench.data.labels import SUBSETS
+
+    classes = {c for c in frame.columns if c in CLASS_NAMES}
+    thirteen = {CLASS_NAMES[i] for i in SUBSETS["13"]}
+    if f.benchmark == "synthia_cityscapes" and classes == thirteen and "mIoU*" not in frame.columns:
+        frame = frame.rename(columns={"mIoU": "mIoU*"})
+    return frame

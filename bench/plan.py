@@ -81,12 +81,17 @@ def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
     return out
 
 
+def method_configs(suite: dict) -> list[tuple[str, str, object]]:
+    """(method, variant, Config) for the suite: unknown methods or keys fail here, before any data is touched."""
+    return [(m, v, make_config(get_method(m).Config, vals)) for m, v, vals in method_variants(suite)]
+
+
 def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Experiment], dict, dict]:
     """→ (experiments, unique stages by key, dataset specs by stage key)."""
     targets = list(suite.get("targets") or {"": {}})
     train = dict(suite.get("train") or {})
     experiments, unique, specs_by_key = [], {}, {}
-    configs = [(m, v, make_config(get_method(m).Config, vals)) for m, v, vals in method_variants(suite)]
+    configs = method_configs(suite)
     for target in targets:
         specs = dataset_specs(suite, target)
         fps = (fingerprints or {}).get(target) or fingerprint_datasets(specs)

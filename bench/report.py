@@ -87,8 +87,9 @@ def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Pat
 
 
 def ledger_lines(experiments) -> list[str]:
-    """The fidelity ledger: every setting of every method (variant) with its source."""
-    from methods.base import provenance
+    """The fidelity ledger: every setting of every method (variant), its source, and the method's default
+    (with that default's source) wherever the suite overrides it."""
+    import dataclasses
 
     lines, seen = [], set()
     for e in experiments:
@@ -96,9 +97,18 @@ def ledger_lines(experiments) -> list[str]:
         if name in seen:
             continue
         seen.add(name)
-        lines += [f"### {name}", "", "| setting | value | source | note |", "|---|---|---|---|"]
-        for field, (value, source, note) in provenance(e.config).items():
-            lines.append(f"| {field} | `{json.dumps(value, default=str)}` | {source} | {note} |")
+        lines += [f"### {name}", "", "| setting | value | source | method default (its source) | note |",
+                  "|---|---|---|---|---|"]
+        for f in dataclasses.fields(e.config):
+            value = getattr(e.config, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            src = f.metadata.get("source", "harness")
+            shown = json.dumps(value, default=str)
+            if value == default:
+                lines.append(f"| {f.name} | `{shown}` | {src} | | {f.metadata.get('note', '')} |")
+            else:
+                lines.append(f"| {f.name} | `{shown}` | suite override | `{json.dumps(default, default=str)}` "
+                             f"({src}) | {f.metadata.get('note', '')} |")
         lines.append("")
     return lines
 
@@ -194,7 +204,7 @@ def timing_lines(experiments, outcomes, summary, wall_seconds) -> list[str]:
              f"{len(ran)} computed ({sum(o.seconds for o in ran):.0f} s of stage time), {len(hits)} from the cache",
              f"- stage time saved by sharing stages between experiments: {saved_dedup:.0f} s; by cache hits: "
              f"{sum(o.result.get('stage_seconds', 0.0) for o in hits):.0f} s", ""]
-    lines += ["| stage | seed | status | seconds | key |", "|---|---|---|---|---|"]
+    lines += ["| stage | first used by | status | seconds | key |", "|---|---|---|---|---|"]
     seen = set()
     for e in experiments:
         for ps in e.stages:
@@ -202,7 +212,7 @@ def timing_lines(experiments, outcomes, summary, wall_seconds) -> list[str]:
                 continue
             seen.add(ps.key)
             o = outcomes[ps.key]
-            lines.append(f"| {ps.name} | {ps.seed} | {o.status} | {o.result.get('stage_seconds', 0.0):.1f} | "
+            lines.append(f"| {ps.name} | {e.label} | {o.status} | {o.result.get('stage_seconds', 0.0):.1f} | "
                          f"`{ps.key}` |")
     lines += ["", "```", *summary, "```", ""]
     return lines

@@ -15,6 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
+SUITE_KEYS = {"name", "description", "minicity", "datasets", "targets", "evaluation", "seeds", "resources", "train",
+              "paper", "methods"}
+
+
 class SuiteError(ValueError):
     """A suite file or override that cannot be applied."""
 
@@ -28,6 +32,12 @@ def load_suite(name: str, overrides=()) -> dict:
     suite["name"] = path.stem
     for ov in overrides:
         apply_override(suite, ov)
+    unknown = sorted(set(suite) - SUITE_KEYS)
+    if unknown:
+        raise SuiteError(f"suite {suite['name']}: unknown key(s) {unknown}; valid: {sorted(SUITE_KEYS)}")
+    for key in ("datasets", "seeds", "methods"):
+        if not suite.get(key):
+            raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
     return suite
 
 
@@ -67,6 +77,20 @@ def ensure_data(suite: dict) -> dict:
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
+    from bench.report import paper_rows
+
+    for target in list(suite.get("targets") or {"": {}}):
+        try:
+            paper_rows(suite, target)  # a typo in paper.rows fails now, not after training
+        except (KeyError, ValueError) as e:
+            raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e
+    for mname, values in (suite.get("methods") or {}).items():
+        weights = (values or {}).get("init_weights")
+        if weights and not resolve_root(weights).is_file():
+            raise SuiteDataError(
+                f"suite {suite['name']}: methods.{mname}.init_weights {weights} does not exist "
+                f"({resolve_root(weights)}). uda-bench never downloads weights: see datasets/README.md "
+                f"(Initial weights) for where to get the file, or set methods.{mname}.init_weights=PATH")
     out = {}
     for target in list(suite.get("targets") or {"": {}}):
         specs = dataset_specs(suite, target)
@@ -88,7 +112,7 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
               retries: int = 1, tracking_uri: str | None = None, cache_root: Path | None = None) -> dict:
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
-    from bench.plan import plan_suite
+    from bench.plan import method_configs, plan_suite
     from bench.report import write_outputs
     from bench.run import Scheduler, summary_lines
     from bench.tracking import Tracker, default_tracking_uri, environment
@@ -97,6 +121,7 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     suite = load_suite(name, overrides)
     results_root = Path(results_root or REPO / "results").resolve()
     cache_root = Path(cache_root or results_root / "cache")
+    method_configs(suite)  # a bad method name or key fails before MiniCity is generated
     fingerprints = ensure_data(suite)
     experiments, unique, specs = plan_suite(suite, fingerprints)
     requested = sum(len(e.stages) for e in experiments)

@@ -63,11 +63,13 @@ TRAIN_FIELDS = ("train_domain", "model", "model_options", "init_weights", "iters
 def train_supervised(p: dict, ctx) -> dict:
     """Stage ``source_only.train``: supervised training on ``ctx.dataset(p["train_domain"])``."""
     from bench.models import build_model
+    from bench.plan import resolve_root
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
 
     seed_everything(ctx.seed)  # the initial weights depend on the seed too
-    model = build_model(p["model"], init_weights=p["init_weights"], **p["model_options"])
+    init = p["init_weights"] and resolve_root(p["init_weights"])  # suites give repo-relative paths
+    model = build_model(p["model"], init_weights=init, **p["model_options"])
     spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
                          weight_decay=p["weight_decay"], power=p["power"])
     domain = p["train_domain"]

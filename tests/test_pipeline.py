@@ -65,7 +65,7 @@ def test_suite_through_ray_mlflow_tables_and_cache(tiny_suite, ray_local, capsys
               "plots/per_class_19.png", "plots/training_curves.png", "plots/qualitative.png"):
         assert (suite_dir / f).is_file(), f
     report = (suite_dir / "report.md").read_text()
-    assert "Fidelity ledger" in report and "| lr | `0.01` | override |" in report
+    assert "Fidelity ledger" in report and "| lr | `0.01` | suite override | `0.00025` (paper) |" in report
     assert "source_only" in capsys.readouterr().out
 
     # Again, with a setting no stage reads changed: every stage is a cache hit, numbers identical.

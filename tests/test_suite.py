@@ -32,3 +32,47 @@ def test_method_registry_and_config_keys():
     prov = provenance(cfg)
     assert prov["iters"][1] == "override" and prov["lr"] == (2.5e-4, "paper", "")
     assert get_method("oracle").Config().train_domain == "target_train"
+
+
+@pytest.mark.parametrize("name", ["gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity"])
+def test_real_suites_stop_before_training_when_data_is_missing(name, tmp_path):
+    from bench.suite_runner import SuiteDataError, run_suite
+
+    s = load_suite(name)
+    assert s["seeds"] == [0, 1, 2] and "source_only" in s["methods"]
+    for domain in ("source", "target_train", "target_val"):
+        assert domain in s["datasets"]
+    # Missing weights are reported first (they are a single file)...
+    with pytest.raises(SuiteDataError, match="init_weights .* does not exist.*never downloads"):
+        run_suite(name, results_root=tmp_path, executor="local")
+    # ... then a missing dataset, with the `bench data check` command to run.
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    over = [f"methods.{m}.init_weights={weights}" for m in s["methods"]]
+    over += [f"datasets.{d}.root={tmp_path / 'nothing'}" for d in s["datasets"]]
+    with pytest.raises(SuiteDataError, match=r"(?s)is not usable.*bench data check \w+ --root .*nothing"):
+        run_suite(name, over, results_root=tmp_path, executor="local")
+    assert not (tmp_path / "cache").exists()  # nothing was started
+
+
+def test_unknown_top_level_key_is_refused():
+    with pytest.raises(SuiteError, match="unknown key.*'seedz'.*valid"):
+        load_suite("minicity", ["seedz=[1]"])
+
+
+@pytest.mark.parametrize("name", ["minicity", "gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity"])
+def test_suites_paper_rows_resolve(name):
+    from bench.report import paper_rows
+
+    s = load_suite(name)
+    for target in s.get("targets") or [""]:
+        rows, _ = paper_rows(s, target)
+        if rows is not None:
+            assert len(rows) == len(s["paper"]["rows"]) and rows["mIoU"].notna().any()
+
+
+def test_misspelt_paper_row_fails_before_training(tmp_path):
+    from bench.suite_runner import run_suite
+
+    with pytest.raises(SuiteError, match="not transcribed.*valid"):
+        run_suite("gta5_cityscapes", ['paper.rows=["cag_uda:CAG"]'], results_root=tmp_path, executor="local")

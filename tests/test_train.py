@@ -247,7 +247,8 @@ def test_generator_loss_does_not_leak_into_discriminator_grads():
         captured.update(batch=batch, rng=torch.get_rng_state())
         return inner(batch, it)
 
-    cfg = TrainConfig(max_iters=1, batch_sizes={"source": 4, "target": 3}, log_every=0)
+    # device="cpu": the reference below runs on the CPU (on a GPU machine "auto" would pick CUDA)
+    cfg = TrainConfig(max_iters=1, batch_sizes={"source": 4, "target": 3}, log_every=0, device="cpu")
     trainer = Trainer(
         {"segmenter": seg, "discriminator": disc},
         {"segmenter": OptimizerSpec("segmenter", lr=0.01), "discriminator": OptimizerSpec("discriminator")},

@@ -1,0 +1,38 @@
+"""`bench cache` and `bench ui` from the command line."""
+
+import stage_fakes as fk
+
+from bench.cli import main
+from bench.pipeline import plan_stages
+from bench.run import Scheduler
+from bench.tracking import ui_command
+from methods.base import Stage
+
+
+def test_cache_ls_and_clear(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    for finals in ([fk.chain(1, 2)], [Stage("fake.flaky", "train", fk.flaky, {"fail_times": 9})]):
+        planned = plan_stages(finals, 0, {}, {})
+        Scheduler({p.key: p for p in planned}, {p.key: {} for p in planned}, {}, cache, executor="local").run()
+    assert main(["cache", "ls", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done") == 3 and out.count("partial") == 1 and "4 stage(s)" in out
+    assert main(["cache", "clear", "--cache", str(cache)]) == 2  # refuses to guess what to delete
+    assert "say what to clear" in capsys.readouterr().err
+    assert main(["cache", "clear", "--cache", str(cache), "--partial"]) == 0
+    assert "removed 1 stage(s)" in capsys.readouterr().out
+    assert main(["cache", "clear", "--cache", str(cache), "fake-root"]) == 0
+    assert sorted(p.name.split("-")[1] for p in cache.iterdir() if p.is_dir()) == ["leaf", "mid"]
+
+
+def test_ui_command_fits_a_small_machine():
+    cmd, env = ui_command("sqlite:////x/mlflow.db", 5123)
+    assert cmd[:2] == ["mlflow", "ui"] and cmd[cmd.index("--workers") + 1] == "1"
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5123"
+    assert cmd[cmd.index("--backend-store-uri") + 1] == "sqlite:////x/mlflow.db"
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_run_reports_a_bad_override_with_exit_2(capsys):
+    assert main(["run", "minicity", "methods.source_only.lrr=1", "--executor", "local"]) == 2
+    assert "unknown key(s) ['lrr']" in capsys.readouterr().err
