@@ -11,6 +11,7 @@ import pandas as pd
 from bench.data.labels import CLASS_NAMES, SUBSETS
 
 STATUS_OK = ("done", "cached")
+PAPER_NAMES = {"cag_uda": "CAG-UDA", "ssf_dan": "SSF-DAN", "bismap": "BiSMAP", "pixintrada": "PixIntraDA"}
 
 
 def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
@@ -30,6 +31,7 @@ def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
             raise KeyError(f"suite paper.rows {missing} are not transcribed for {bench_name}; "
                            f"valid: {sorted(label)}")
         rows = rows[label.isin(wanted)].set_index(label[label.isin(wanted)]).loc[wanted].reset_index(drop=True)
+    rows = rows.assign(paper=rows["paper"].map(lambda k: PAPER_NAMES.get(k, k)))
     note = spec.get("note", f"published {bench_name} rows")
     return rows, note
 

@@ -170,6 +170,8 @@ class Scheduler:
     def _run_ray(self) -> None:
         import ray
 
+        if not self._pending():
+            return  # everything came from the cache: no need to start Ray
         cluster = init_ray()
         device = str(self.train.get("device", "auto"))
         if device.startswith("cuda") and not cluster.get("GPU"):

@@ -182,6 +182,7 @@ def log_invocation(tracker, suite, overrides, experiments, outcomes, fingerprint
                         metrics[f"{ps.name}/{k}"] = v
             st = tracker.start(f"{ps.name} ({e.label})", "stage",
                                {"stage": ps.name, "cache_key": ps.key, "seed": e.seed, "method": e.method,
+                                "cache_dir": cache_root / ps.key,  # checkpoints and outputs stay there
                                 "cache": "hit" if o.status == "cached" else o.status, "error": o.error or "-"},
                                parent=run, params=ps.stage.params)
             tracker.log_history(st, read_metrics(cache_root / ps.key))
