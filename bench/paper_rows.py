@@ -25,6 +25,7 @@ BENCHMARKS = (
 )
 META_COLUMNS = ("paper", "table", "row", "backbone")
 METRIC_COLUMNS = ("mIoU", "mIoU*")
+_EXTRA_RE = re.compile(rf"^({'|'.join(PAPERS)})_t(\d+)_([a-z0-9_]+)\.csv$")
 _FILE_RE = re.compile(rf"^({'|'.join(PAPERS)})_t(\d+)_({'|'.join(BENCHMARKS)})\.csv$")
 
 
@@ -42,9 +43,34 @@ def paper_files(root: str | Path | None = None) -> list[PaperFile]:
     for path in sorted(root.glob("*.csv")):
         m = _FILE_RE.match(path.name)
         if m is None:
-            raise ValueError(f"{path}: file name is not <paper>_t<N>_<benchmark>.csv with known paper/benchmark")
+            if _EXTRA_RE.match(path.name):
+                continue  # an ablation/sensitivity table: see extra_tables()
+            raise ValueError(f"{path}: file name is not <paper>_t<N>_<benchmark>.csv (a main table) or "
+                             "<paper>_t<N>_<name>.csv (an ablation table) with a known paper")
         out.append(PaperFile(m.group(1), int(m.group(2)), m.group(3), path))
     return out
+
+
+def extra_tables(root: str | Path | None = None) -> dict[tuple[str, int], Path]:
+    """The transcribed ablation / sensitivity tables: ``{(paper, table): path}`` (free-form columns)."""
+    root = Path(root) if root is not None else DEFAULT_ROOT
+    out = {}
+    for path in sorted(root.glob("*.csv")):
+        m = _EXTRA_RE.match(path.name)
+        if m and not _FILE_RE.match(path.name):
+            out[(m.group(1), int(m.group(2)))] = path
+    return out
+
+
+def load_extra_table(paper: str, table: int, root: str | Path | None = None) -> pd.DataFrame:
+    """One ablation table as printed (``paper, table, row`` then the table's own columns)."""
+    tables = extra_tables(root)
+    if (paper, table) not in tables:
+        raise KeyError(f"no transcribed table {paper} {table}; available: {sorted(tables)}")
+    frame = pd.read_csv(tables[(paper, table)])
+    if list(frame.columns[:3]) != ["paper", "table", "row"]:
+        raise ValueError(f"{tables[(paper, table)]}: first columns must be paper, table, row")
+    return frame
 
 
 def _read(f: PaperFile) -> pd.DataFrame:

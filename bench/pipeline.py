@@ -196,18 +196,41 @@ class StageContext:
     metrics_every: int = 20
     _datasets: dict = field(default_factory=dict)
 
-    def dataset(self, domain: str):
-        """The suite's dataset for ``domain``, built once, seeded with this stage's seed."""
-        if domain not in self._datasets:
+    def dataset(self, domain: str, plain: bool = False, labels: bool = True):
+        """The suite's dataset for ``domain``, built once, seeded with this stage's seed. ``plain``: without
+        random augmentation (label and fit stages). ``labels=False``: images only — every label is 255, so a
+        method cannot train on target labels by accident (MiniCity's target train is labelled for the oracle)."""
+        key = (domain, plain, labels)
+        if key not in self._datasets:
             from bench.data import build_dataset
+            from bench.pseudo import plain_spec
 
             if domain not in self.dataset_specs:
                 raise KeyError(f"dataset domain {domain!r} is not in the suite; it has {sorted(self.dataset_specs)}")
-            spec = dict(self.dataset_specs[domain])
-            opts = spec.pop("options", {}) or {}
-            self._datasets[domain] = build_dataset(spec.pop("name"), spec.pop("root"), spec.pop("split", None),
-                                                   seed=self.seed, **spec, **opts)
-        return self._datasets[domain]
+            spec = plain_spec(self.dataset_specs[domain]) if plain else dict(self.dataset_specs[domain])
+            opts = dict(spec.pop("options", {}) or {})
+            ds = build_dataset(spec.pop("name"), spec.pop("root"), spec.pop("split", None), seed=self.seed,
+                               **spec, **opts)
+            if not labels:
+                import dataclasses
+
+                ds.samples = [dataclasses.replace(s, label=None) for s in ds.samples]
+            self._datasets[key] = ds
+        return self._datasets[key]
+
+    def ground_truth(self, domain: str):
+        """``domain``'s images with their label files, for diagnostics only (pseudo-label precision); None
+        when the tree has no labels."""
+        from bench.data import DataError
+
+        spec = dict(self.dataset_specs[domain])
+        spec["labels"] = True
+        try:
+            ctx = StageContext(self.out_dir, self.seed, {domain: spec}, self.train)
+            ds = ctx.dataset(domain, plain=True)
+        except (DataError, FileNotFoundError):
+            return None
+        return ds if all(s.label is not None for s in ds.samples[:1]) else None
 
     def train_config(self, iters: int, horizon: int | None, batch_sizes: dict):
         from bench.train import TrainConfig

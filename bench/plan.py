@@ -72,7 +72,14 @@ def fingerprint_datasets(specs: dict) -> dict:
 def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
     """(method, variant, config values) for every method and its named variants ("" = the base)."""
     out = []
+    only = suite.get("only")
+    if only is not None:
+        unknown = sorted(set(only) - set(suite["methods"]))
+        if unknown:
+            raise KeyError(f"only={only}: {unknown} not in the suite's methods {sorted(suite['methods'])}")
     for name, values in suite["methods"].items():
+        if only is not None and name not in only:
+            continue
         values = dict(values or {})
         variants = values.pop("variants", {}) or {}
         out.append((name, "", values))

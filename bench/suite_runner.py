@@ -16,7 +16,7 @@ SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
 SUITE_KEYS = {"name", "description", "minicity", "datasets", "targets", "evaluation", "seeds", "resources", "train",
-              "paper", "methods"}
+              "paper", "methods", "only"}
 
 
 class SuiteError(ValueError):

@@ -46,6 +46,7 @@ def make_config(cls, values: dict | None = None):
 METHODS = {
     "source_only": "methods.source_only",
     "oracle": "methods.oracle",
+    "adaptsegnet": "methods.adversarial",
 }
 
 

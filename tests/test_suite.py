@@ -76,3 +76,20 @@ def test_misspelt_paper_row_fails_before_training(tmp_path):
 
     with pytest.raises(SuiteError, match="not transcribed.*valid"):
         run_suite("gta5_cityscapes", ['paper.rows=["cag_uda:CAG"]'], results_root=tmp_path, executor="local")
+
+
+def test_only_selects_methods_and_rejects_unknown_ones():
+    from bench.plan import method_variants
+
+    s = load_suite("minicity", ["only=[oracle]"])
+    assert [m for m, _, _ in method_variants(s)] == ["oracle"]
+    with pytest.raises(KeyError, match="not in the suite's methods"):
+        method_variants(load_suite("minicity", ["only=[cag]"]))
+
+
+def test_variants_expand_with_their_overrides():
+    from bench.plan import method_configs
+
+    s = load_suite("minicity", ['methods.source_only.variants={fast: {iters: 10}}', "only=[source_only]"])
+    got = [(m, v, c.iters) for m, v, c in method_configs(s)]
+    assert got == [("source_only", "", 1000), ("source_only", "fast", 10)]

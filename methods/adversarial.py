@@ -1,0 +1,130 @@
+"""AdaptSegNet (Tsai et al., CVPR 2018): multi-level output-space adversarial adaptation — a baseline in the
+tables and the inter-domain model of PixIntraDA. Also the shared adversarial losses other methods reuse.
+
+Per iteration (AdaptSegNet's ``train_gta2cityscapes_multi.py``): the segmenter minimises the source
+cross-entropy (main + λ_seg_aux·aux) plus λ_adv·BCE(D(softmax(target)), source label) per level; each
+discriminator minimises ½·BCE(D(softmax(source)), 0) + ½·BCE(D(softmax(target)), 1) on detached predictions.
+Predictions are upsampled to the input size before the discriminator. The trainer keeps the two updates
+apart (the generator term never reaches the discriminator's gradients and vice versa).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from methods.base import Stage, param, reads
+from methods.source_only import segmentation_ce
+
+VERSION = "1"
+SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0  # AdaptSegNet's domain labels
+
+
+@dataclass
+class Config:
+    model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 with the layer3 aux head (DeeplabMulti)")
+    model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "code")
+    init_weights: str | None = param(None, "harness", "local DeepLab init (ImageNet/COCO); training starts from it")
+    iters: int = param(150_000, "code", "AdaptSegNet stops at 150k")
+    horizon: int | None = param(250_000, "code", "poly decays over 250k iterations")
+    batch_size: int = param(1, "code", "1 source + 1 target image")
+    lr: float = param(2.5e-4, "paper")
+    momentum: float = param(0.9, "paper")
+    weight_decay: float = param(5e-4, "code")
+    power: float = param(0.9, "paper")
+    aux_weight: float = param(0.1, "paper", "λ_seg for the layer3 head")
+    lambda_adv_main: float = param(0.001, "paper", "λ_adv for the main output")
+    lambda_adv_aux: float = param(0.0002, "paper", "λ_adv for the aux output")
+    d_lr: float = param(1e-4, "paper", "discriminator Adam, betas (0.9, 0.99), same poly")
+    d_channels: tuple = param((64, 128, 256, 512), "code", "discriminator widths (4×4 convs, stride 2); MiniCity "
+                              "uses narrower ones to fit a CPU")
+    gan: str = param("vanilla", "paper", "vanilla = BCE with logits; ls = least squares (the README's single-level "
+                     "option)")
+
+
+def adversarial_loss(d_out: torch.Tensor, domain_label: float, gan: str = "vanilla") -> torch.Tensor:
+    """AdaptSegNet Eq. 2 / Eq. 4: mean BCE-with-logits (or least squares for ``gan="ls"``) of discriminator
+    logits ``d_out [N,1,h,w]`` against a constant domain label (source 0, target 1)."""
+    if gan not in ("vanilla", "ls"):
+        raise ValueError(f"gan={gan!r}; valid: vanilla, ls")
+    target = torch.full_like(d_out, domain_label)
+    if gan == "ls":
+        return F.mse_loss(d_out.float(), target.float())
+    return F.binary_cross_entropy_with_logits(d_out.float(), target.float())
+
+
+def upsampled_softmax(logits: torch.Tensor, size) -> torch.Tensor:
+    """The discriminator's input: softmax of the logits bilinearly upsampled to the input size."""
+    if logits.shape[-2:] != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
+    return F.softmax(logits.float(), dim=1)
+
+
+def output_space_losses(model, discriminators: dict, weights: dict, aux_weight: float, gan: str = "vanilla",
+                        source: str = "source", target: str = "target_train"):
+    """The trainer's ``losses`` for multi-level output-space adversarial training.
+
+    ``discriminators`` maps a level ("main", "aux") to its module name in the trainer; ``weights`` the level to
+    its λ_adv. Returns ``{"segmenter": {...}, "discriminator": {...}}``.
+    """
+
+    def losses(batch, it):
+        src, tgt = batch[source], batch[target]
+        out_s, out_t = model(src["image"]), model(tgt["image"])
+        seg = {"ce": segmentation_ce(out_s.logits, src["label"])}
+        if out_s.aux is not None and aux_weight > 0:
+            seg["ce_aux"] = aux_weight * segmentation_ce(out_s.aux, src["label"])
+        disc = {}
+        size_s, size_t = src["image"].shape[-2:], tgt["image"].shape[-2:]
+        for level, d in discriminators.items():
+            ps = upsampled_softmax(out_s.logits if level == "main" else out_s.aux, size_s)
+            pt = upsampled_softmax(out_t.logits if level == "main" else out_t.aux, size_t)
+            seg[f"adv_{level}"] = weights[level] * adversarial_loss(d(pt), SOURCE_LABEL, gan)
+            disc[f"d_{level}"] = 0.5 * (adversarial_loss(d(ps.detach()), SOURCE_LABEL, gan)
+                                        + adversarial_loss(d(pt.detach()), TARGET_LABEL, gan))
+        return {"segmenter": seg, "discriminator": disc}
+
+    return losses
+
+
+def train_adaptsegnet(p: dict, ctx) -> dict:
+    """Stage ``adaptsegnet.train``: segmenter and discriminators trained jointly from the initial weights."""
+    from bench.models import build_discriminator, build_model
+    from bench.plan import resolve_root
+    from bench.schedule import OptimizerSpec
+    from bench.train import Trainer, seed_everything
+
+    seed_everything(ctx.seed)
+    init = p["init_weights"] and resolve_root(p["init_weights"])
+    model = build_model(p["model"], init_weights=init, **p["model_options"])
+    levels = {"main": p["lambda_adv_main"]}
+    if p["model_options"].get("aux"):  # multi-level: a second discriminator on the aux head
+        levels["aux"] = p["lambda_adv_aux"]
+    classes = 19
+    modules = {"segmenter": model, **{f"d_{lv}": build_discriminator("output_space", classes, channels=tuple(p["d_channels"])) for lv in levels}}
+    specs = {
+        "segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
+                                   weight_decay=p["weight_decay"], power=p["power"]),
+        "discriminator": OptimizerSpec([f"d_{lv}" for lv in levels], kind="adam", lr=p["d_lr"], betas=(0.9, 0.99),
+                                       power=p["power"]),
+    }
+    losses = output_space_losses(model, {lv: modules[f"d_{lv}"] for lv in levels}, levels, p["aux_weight"], p["gan"])
+    datasets = {"source": ctx.dataset("source"), "target_train": ctx.dataset("target_train", labels=False)}
+    trainer = Trainer(modules, specs, losses, datasets,
+                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
+                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
+    fit = trainer.fit()
+    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
+    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
+            "iterations": fit["iterations"]}
+
+
+def train_stage(cfg: Config) -> Stage:
+    return Stage("adaptsegnet.train", "train", train_adaptsegnet, reads(cfg, *Config.__dataclass_fields__),
+                 datasets=("source", "target_train"), version=VERSION)
+
+
+def stages(cfg: Config) -> list[Stage]:
+    return [train_stage(cfg)]
