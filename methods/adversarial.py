@@ -102,8 +102,9 @@ def train_adaptsegnet(p: dict, ctx) -> dict:
     levels = {"main": p["lambda_adv_main"]}
     if p["model_options"].get("aux"):  # multi-level: a second discriminator on the aux head
         levels["aux"] = p["lambda_adv_aux"]
-    classes = 19
-    modules = {"segmenter": model, **{f"d_{lv}": build_discriminator("output_space", classes, channels=tuple(p["d_channels"])) for lv in levels}}
+    modules = {"segmenter": model}
+    for lv in levels:
+        modules[f"d_{lv}"] = build_discriminator("output_space", 19, channels=tuple(p["d_channels"]))
     specs = {
         "segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
                                    weight_decay=p["weight_decay"], power=p["power"]),
