@@ -251,6 +251,11 @@ class StageContext:
         """Record how to rebuild the trained segmenter from this stage's ``model.pt``."""
         _atomic_write(self.out_dir / "model.json", json.dumps({"module": module, "name": name, "options": options}))
 
+    def copy_model_spec(self, alias: str) -> None:
+        """This stage's segmenter has the same architecture as the upstream ``alias``'s."""
+        spec = json.loads((self.inputs[alias] / "model.json").read_text())
+        self.save_model_spec(spec["module"], spec["name"], spec["options"])
+
     def load_model(self, alias: str = "model"):
         return load_model(self.inputs[alias])
 

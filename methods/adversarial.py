@@ -129,3 +129,62 @@ def train_stage(cfg: Config) -> Stage:
 
 def stages(cfg: Config) -> list[Stage]:
     return [train_stage(cfg)]
+
+
+# ------------------------------------------------------------------------ feature-level (FCNs in the wild)
+def feature_adversarial_losses(model, discriminator, feature: str, weight: float, gan: str = "vanilla",
+                               source: str = "source", target: str = "target_train"):
+    """Global feature-level alignment (Hoffman et al., "FCNs in the wild", as CAG-UDA's warm-up uses it):
+    source CE + ``weight``·BCE(D(f_t), source label) for the segmenter; ½·(BCE(D(f_s), 0) + BCE(D(f_t), 1)) on
+    detached features for the discriminator."""
+
+    def losses(batch, it):
+        src, tgt = batch[source], batch[target]
+        out_s, out_t = model(src["image"]), model(tgt["image"])
+        fs, ft = out_s.features[feature], out_t.features[feature]
+        seg = {"ce": segmentation_ce(out_s.logits, src["label"]),
+               "adv": weight * adversarial_loss(discriminator(ft), SOURCE_LABEL, gan)}
+        disc = {"d": 0.5 * (adversarial_loss(discriminator(fs.detach()), SOURCE_LABEL, gan)
+                            + adversarial_loss(discriminator(ft.detach()), TARGET_LABEL, gan))}
+        return {"segmenter": seg, "discriminator": disc}
+
+    return losses
+
+
+def feature_channels(model, feature: str) -> int:
+    """Channels of ``model``'s named feature map (one tiny forward in eval mode)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 64, 64))
+    model.train(was)
+    if feature not in out.features:
+        raise KeyError(f"the model has no feature {feature!r}; it has {sorted(out.features)}")
+    return out.features[feature].shape[1]
+
+
+def train_feature_warmup(p: dict, ctx) -> dict:
+    """Stage ``adversarial.feature_warmup``: from the upstream ``init`` model, source CE + global feature-level
+    adversarial alignment on source and target images (``p``: feature, adv_weight, d_channels, d_all_leaky,
+    iters, horizon, batch_size, lr, momentum, weight_decay, power, d_lr)."""
+    from bench.models import build_discriminator
+    from bench.schedule import OptimizerSpec
+    from bench.train import Trainer, seed_everything
+
+    seed_everything(ctx.seed)
+    model = ctx.load_model("init")
+    disc = build_discriminator("feature", feature_channels(model, p["feature"]), channels=tuple(p["d_channels"]),
+                               all_leaky=p["d_all_leaky"])
+    specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
+                                        weight_decay=p["weight_decay"], power=p["power"]),
+             "discriminator": OptimizerSpec("discriminator", kind="adam", lr=p["d_lr"], betas=(0.9, 0.99),
+                                            power=p["power"])}
+    losses = feature_adversarial_losses(model, disc, p["feature"], p["adv_weight"])
+    datasets = {"source": ctx.dataset("source"), "target_train": ctx.dataset("target_train", labels=False)}
+    trainer = Trainer({"segmenter": model, "discriminator": disc}, specs, losses, datasets,
+                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
+                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
+    fit = trainer.fit()
+    ctx.copy_model_spec("init")
+    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
+            "iterations": fit["iterations"]}

@@ -53,3 +53,25 @@ def test_generator_and_discriminator_terms():
     # The generator's adversarial term does reach the segmenter.
     g = torch.autograd.grad(out["segmenter"]["adv_main"], model.conv.weight)[0]
     assert g.abs().sum() > 0
+
+
+def test_feature_level_losses_split_and_channels():
+    from bench.models import build_model
+    from methods.adversarial import feature_adversarial_losses, feature_channels
+
+    torch.manual_seed(0)
+    model = build_model("small")
+    assert feature_channels(model, "decoder") == model(torch.zeros(1, 3, 32, 32)).features["decoder"].shape[1]
+    disc = build_discriminator("feature", feature_channels(model, "layer4"), channels=(8, 8, 8, 8))
+    losses = feature_adversarial_losses(model, disc, "layer4", 0.01)
+    batch = {"source": {"image": torch.randn(2, 3, 32, 64), "label": torch.randint(0, 19, (2, 32, 64))},
+             "target_train": {"image": torch.randn(2, 3, 32, 64), "label": torch.full((2, 32, 64), 255)}}
+    out = losses(batch, 0)
+    assert set(out["segmenter"]) == {"ce", "adv"} and set(out["discriminator"]) == {"d"}
+    grads = torch.autograd.grad(out["discriminator"]["d"], list(model.parameters()), allow_unused=True)
+    assert all(g is None for g in grads)  # D's loss sees detached features
+    # the generator term = 0.01 · BCE(D(f_t), source label 0), recomputed
+    with torch.no_grad():
+        d_t = disc(model(batch["target_train"]["image"]).features["layer4"])
+    want = 0.01 * torch.nn.functional.softplus(d_t).mean()  # BCE with label 0 = log(1 + e^x)
+    assert torch.allclose(out["segmenter"]["adv"], want, rtol=1e-4)
