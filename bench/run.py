@@ -187,22 +187,26 @@ class Scheduler:
         running: dict = {}
         cache_root = str(self.cache.root.resolve())
 
-        def submit(key: str) -> None:
+        total_cpus = max(1, int(cluster.get("CPU", 1)))
+
+        def submit(key: str, ready: int = 1) -> None:
             cpu, gpu = res_of[key]
+            # torch threads: the CPUs left to this stage among what runs now (a lone chain stage gets them all)
+            threads = max(int(cpu), total_cpus // max(1, len(running) + ready)) if gpu == 0 else max(1, int(cpu))
             train = dict(self.train)
             if gpu == 0 and train.get("device", "auto") == "auto":
                 train["device"] = "cpu"  # a logical GPU (or none): never touch CUDA from a CPU task
             ref = remote.options(num_cpus=cpu, num_gpus=gpu, max_retries=0).remote(
-                self.stages[key], cache_root, self.specs[key], train, max(1, int(cpu)))
+                self.stages[key], cache_root, self.specs[key], train, threads)
             running[ref] = key
             if self.board:
                 self.board.started(self.stages[key], self.cache.dir(key))
 
         while True:
             self._skip_blocked()
-            for k in self._pending():
-                if k not in running.values() and self._ready(k):
-                    submit(k)
+            ready = [k for k in self._pending() if k not in running.values() and self._ready(k)]
+            for i, k in enumerate(ready):
+                submit(k, len(ready) - i)
             if not running:
                 return
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)

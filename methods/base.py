@@ -47,6 +47,7 @@ METHODS = {
     "source_only": "methods.source_only",
     "oracle": "methods.oracle",
     "adaptsegnet": "methods.adversarial",
+    "cag_uda": "methods.cag_uda_pipeline",
 }
 
 

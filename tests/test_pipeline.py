@@ -20,7 +20,8 @@ def tiny_suite(tmp_path_factory):
     suite["seeds"] = [0]
     suite["train"].update(device="cpu", log_every=0, checkpoint_every=3, metrics_every=2)
     for m in suite["methods"].values():
-        m.update(iters=6, batch_size=2)
+        if "iters" in m:  # the one-stage methods; multi-stage ones are set per test
+            m.update(iters=6, batch_size=2)
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(suite, sort_keys=False))
     return path, tmp / "results"
@@ -80,3 +81,22 @@ def test_suite_through_ray_mlflow_tables_and_cache(tiny_suite, ray_local, capsys
                        ("source_only.train", "done")]
 
     assert render_suite(str(path), results_root=results).is_file()
+
+
+@pytest.mark.slow
+def test_cag_uda_chain_on_tiny_minicity_shares_source_only(tiny_suite):
+    """Every CAG-UDA stage runs in order (in-process), the source-only stage is computed once for both rows."""
+    path, results = tiny_suite
+    over = ["only=[source_only,cag_uda]", "methods.source_only.iters=4",
+            "methods.cag_uda.pretrain={model: small, model_options: {}, iters: 4, horizon: null, batch_size: 2, "
+            "lr: 0.01, weight_decay: 0.0005, aux_weight: 0.0}",
+            "methods.cag_uda.warmup_iters=2", "methods.cag_uda.stage_iters=2", "methods.cag_uda.batch_size=2",
+            "methods.cag_uda.warmup_batch_size=2", "methods.cag_uda.num_stages=2", "methods.cag_uda.delta_d=0.0"]
+    out = run_suite(str(path), over, results_root=results / "cag", executor="local")
+    names = sorted(o.name for o in out["outcomes"].values())
+    assert names.count("source_only.train") == 1 and names.count("cag_uda.train") == 2
+    assert {o.status for o in out["outcomes"].values()} == {"done"}
+    labels = [o.result for o in out["outcomes"].values() if o.name == "cag_uda.label"]
+    # Δd = 0: every pixel with two finite anchors is active; MiniCity's target train has labels to score them
+    assert all(r["pl_ratio"] > 0.5 and 0.0 <= r["pl_precision"] <= 1.0 for r in labels)
+    assert {r["method"] for r in out["results"]} == {"source_only", "cag_uda"}

@@ -188,6 +188,8 @@ def generate_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, siz
     tasks = [(str(root), d, lo, min(lo + chunk, n), cfg["seed"], tuple(cfg["size"]))
              for d, n in cfg["counts"].items() for lo in range(0, n, chunk)]
     procs = max(1, min(processes or min(2, os.cpu_count() or 1), len(tasks) or 1))
+    if processes is None and sum(cfg["counts"].values()) <= 200:
+        procs = 1  # a tiny tree: a process pool costs more than it saves (and needs a __main__ guard)
     if procs == 1:
         results = [_make_items(t) for t in tasks]
     else:  # spawn: safe even when the caller has threads (torch, Ray) running

@@ -1,0 +1,193 @@
+"""CAG-UDA's stages (paper Alg. 1): source-only → warm-up → K × (anchors on source → target pseudo-labels →
+training with Eq. 12). The equations live in ``methods.cag_uda``; this module only wires them.
+
+``variant="paper"`` (default): anchors from every GT source pixel with M_{k-1}, recomputed each stage; both
+pseudo-label sets computed once per stage on the full target images and kept fixed (stored by a label
+stage); pixel-level squared-L2 distance loss. The ``code`` variant's online labels and class-mean SmoothL1
+loss are not wired yet and are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.data.labels import IGNORE, NUM_CLASSES
+from methods import cag_uda as cag
+from methods import source_only
+from methods.adversarial import train_feature_warmup
+from methods.base import Stage, make_config
+from methods.cag_uda import Config  # noqa: F401 - the registry's Config
+
+VERSION = "1"
+
+
+# ----------------------------------------------------------------------------------------------- fit
+@torch.no_grad()
+def fit_anchors(p: dict, ctx) -> dict:
+    """Stage ``cag_uda.anchors`` (Eq. 4): class means of f_D over all GT source pixels, M_{k-1} in eval mode."""
+    model = ctx.load_model("model").to(ctx.device).eval()
+    ds = ctx.dataset("source", plain=True)
+    acc = cag.AnchorAccumulator(NUM_CLASSES)
+    for i in range(len(ds)):
+        item = ds[i]
+        feats = model(item["image"][None].to(ctx.device)).features[p["feature"]].float()
+        labels = cag.labels_to_feature_grid(item["label"][None].to(ctx.device), tuple(feats.shape[-2:]))
+        acc.update(feats, labels)
+    anchors = acc.anchors()
+    torch.save(anchors.cpu(), ctx.out_dir / "anchors.pt")
+    present = torch.isfinite(anchors).all(1)
+    finite = anchors[present]
+    d = torch.cdist(finite.double(), finite.double())
+    d.fill_diagonal_(float("inf"))
+    return {"anchor_classes": int(present.sum()), "anchor_norm_mean": float(finite.norm(dim=1).mean()),
+            "anchor_nearest_other_mean": float(d.min(1).values.mean()) if len(finite) > 1 else float("nan")}
+
+
+# --------------------------------------------------------------------------------------------- label
+@torch.no_grad()
+def label_target(p: dict, ctx) -> dict:
+    """Stage ``cag_uda.label``: with M_{k-1} and the stage's anchors, the anchor pseudo-labels (Eq. 5–7, at the
+    feature grid, nearest-upsampled) and the probability pseudo-labels (P0, at full resolution) of every target
+    train image, saved as label files; pseudo-label ratio and (where target labels exist, for diagnostics only)
+    precision of both sets."""
+    from bench.pseudo import LabelStats, predictions, save_label, upsample
+
+    model = ctx.load_model("model").to(ctx.device)
+    anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True).to(ctx.device)
+    ds = ctx.dataset("target_train", plain=True, labels=False)
+    gt = ctx.ground_truth("target_train")
+    gt_index = {s.name: i for i, s in enumerate(gt.samples)} if gt is not None else {}
+    stats = {"anchor": LabelStats(), "prob": LabelStats()}
+    for i, out, size in predictions(model, ds, ctx.device):
+        feats = out.features[p["feature"]].float()
+        pa = cag.anchor_pseudo_labels(feats, anchors, p["delta_d"], inclusive=p["tie_inclusive"])
+        pa = F.interpolate(pa[:, None].float(), size=size, mode="nearest")[:, 0].to(torch.uint8)
+        probs = torch.softmax(upsample(out.logits, size), 1)
+        pp = cag.probability_pseudo_labels(probs, p["p0"]).to(torch.uint8)
+        g = gt.raw(gt_index[ds.samples[i].name])[1] if ds.samples[i].name in gt_index else None
+        for kind, lab in (("anchor", pa), ("prob", pp)):
+            arr = lab[0].cpu().numpy().astype(np.uint8)
+            save_label(ctx.out_dir / f"labels_{kind}", i, arr)
+            stats[kind].update(arr, g)
+    return {**stats["anchor"].summary("pl_"), **stats["prob"].summary("pl_prob_")}
+
+
+# --------------------------------------------------------------------------------------------- train
+class TwoLabels(torch.utils.data.Dataset):
+    """The same target images with the anchor and the probability pseudo-labels, under one random transform."""
+
+    def __init__(self, anchor_ds, prob_ds) -> None:
+        self.a, self.b = anchor_ds, prob_ds
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, key):
+        x, y = self.a[key], self.b[key]  # same key → same crop/flip (the transform is seeded per item)
+        return {"image": x["image"], "label": x["label"], "label_prob": y["label"], "name": x["name"]}
+
+
+def cag_losses(model, p: dict, anchors: torch.Tensor):
+    """Eq. 12 with the terms in ``p["terms"]``: L^s_CE + λ1·(L^s_dis + L^t_dis) + λ2·(L^t_CE + L^tP_CE)."""
+    anchors = anchors.float()
+
+    def losses(batch, it):
+        src, tgt = batch["source"], batch["target_train"]
+        terms = p["terms"]
+        out_s = model(src["image"])
+        parts = {"ce_s": source_only.segmentation_ce(out_s.logits, src["label"])}
+        need_t = any(t in terms for t in ("dis_t", "ce_t", "ce_tp"))
+        out_t = model(tgt["image"]) if need_t else None
+        if "dis_s" in terms:
+            f = out_s.features[p["feature"]]
+            lab = src["label"]
+            if p["dis_labels"] == "prob":  # L^sP_dis: GT pixels predicted with max probability > P0
+                conf = torch.softmax(F.interpolate(out_s.logits.detach(), size=lab.shape[-2:], mode="bilinear",
+                                                   align_corners=True), 1).amax(1)
+                lab = torch.where(conf > p["p0"], lab, torch.full_like(lab, IGNORE))
+            parts["dis_s"] = cag.anchor_distance_loss(f, cag.labels_to_feature_grid(lab, tuple(f.shape[-2:])),
+                                                      anchors.to(f.device))
+        if "dis_t" in terms:
+            f = out_t.features[p["feature"]]
+            lab = tgt["label"] if p["dis_labels"] == "anchor" else tgt["label_prob"]
+            parts["dis_t"] = cag.anchor_distance_loss(f, cag.labels_to_feature_grid(lab, tuple(f.shape[-2:])),
+                                                      anchors.to(f.device))
+        if "ce_t" in terms:
+            parts["ce_t"] = source_only.segmentation_ce(out_t.logits, tgt["label"])
+        if "ce_tp" in terms:
+            parts["ce_tp"] = source_only.segmentation_ce(out_t.logits, tgt["label_prob"])
+        lam = {"ce_s": 1.0, "dis_s": p["lambda1"], "dis_t": p["lambda1"], "ce_t": p["lambda2"], "ce_tp": p["lambda2"]}
+        return {"segmenter": {k: lam[k] * v for k, v in parts.items()}}
+
+    return losses
+
+
+def train_adaptation(p: dict, ctx) -> dict:
+    """Stage ``cag_uda.train``: M_k from M_{k-1} with Eq. 12 on the source and the stored target pseudo-labels."""
+    from bench.pseudo import with_pseudo_labels
+    from bench.schedule import OptimizerSpec
+    from bench.train import Trainer, seed_everything
+
+    seed_everything(ctx.seed)
+    model = ctx.load_model("init")
+    anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True)
+    aug = {"scale": p["resize_scale"], "crop": p["crop"], "flip": p["hflip"] > 0}
+    target = ctx.dataset("target_train", labels=False, options=aug)
+    labels = ctx.inputs["labels"]
+    datasets = {"source": ctx.dataset("source", options=aug),
+                "target_train": TwoLabels(with_pseudo_labels(target, labels / "labels_anchor"),
+                                          with_pseudo_labels(target, labels / "labels_prob"))}
+    spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
+                         weight_decay=p["weight_decay"], power=p["power"])
+    trainer = Trainer({"segmenter": model}, {"segmenter": spec}, cag_losses(model, p, anchors), datasets,
+                      ctx.train_config(p["iters"], None, dict.fromkeys(datasets, p["batch_size"])),
+                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
+    fit = trainer.fit()
+    ctx.copy_model_spec("init")
+    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
+            "iterations": fit["iterations"]}
+
+
+# -------------------------------------------------------------------------------------------- stages
+def pretrain_config(cfg: cag.Config, eff: dict) -> source_only.Config:
+    values = {"model": eff["model"], "model_options": {"bn_mode": eff["bn_mode"]}, "init_weights": cfg.init_weights}
+    return make_config(source_only.Config, {**values, **cfg.pretrain})
+
+
+def stages(cfg: cag.Config) -> list[Stage]:
+    """Source-only → warm-up → K adaptation stages; the last stage's model is evaluated."""
+    if cfg.variant != "paper":
+        raise NotImplementedError("cag_uda variant='code' (online labels, class-mean SmoothL1 distance) is not wired "
+                                  "into stages yet; use variant=paper")
+    eff = cag.effective(cfg)
+    model = source_only.train_stage(pretrain_config(cfg, eff))
+    out = [model]
+    feature = eff["feature_layer"]
+    if cfg.warmup:
+        warm = {"feature": feature, "adv_weight": cfg.warmup_adv_weight, "d_channels": list(cfg.warmup_d_channels),
+                "d_all_leaky": False, "iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size,
+                "lr": cfg.warmup_lr, "momentum": cfg.momentum, "weight_decay": eff["weight_decay"],
+                "power": cfg.power, "d_lr": cfg.warmup_d_lr}
+        model = Stage("adversarial.feature_warmup", "train", train_feature_warmup, warm, upstream={"init": model},
+                      datasets=("source", "target_train"), version=VERSION)
+        out.append(model)
+    for _ in range(cfg.num_stages):
+        anchors = Stage("cag_uda.anchors", "fit", fit_anchors, {"feature": feature}, upstream={"model": model},
+                        datasets=("source",), version=VERSION)
+        rule = {"feature": feature, "delta_d": cfg.delta_d, "p0": cfg.p0, "tie_inclusive": eff["tie_inclusive"]}
+        labels = Stage("cag_uda.label", "label", label_target, rule,
+                       upstream={"model": model, "anchors": anchors}, datasets=("target_train",), version=VERSION)
+        train = {"feature": feature, "terms": list(cfg.terms), "dis_labels": cfg.dis_labels, "p0": cfg.p0,
+                 "lambda1": eff["lambda1"], "lambda2": eff["lambda2"], "iters": eff["stage_iters"],
+                 "batch_size": eff["batch_size"], "lr": eff["lr"], "momentum": cfg.momentum,
+                 "weight_decay": eff["weight_decay"], "power": cfg.power,
+                 "crop": list(eff["crop"]) if eff["crop"] else None,
+                 "resize_scale": list(eff["resize_scale"]) if eff["resize_scale"] else None, "hflip": cfg.hflip}
+        model = Stage("cag_uda.train", "train", train_adaptation, train,
+                      upstream={"init": model, "anchors": anchors, "labels": labels},
+                      datasets=("source", "target_train"), version=VERSION)
+        out += [anchors, labels, model]
+    return out
+
