@@ -82,6 +82,8 @@ def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
             continue
         values = dict(values or {})
         variants = values.pop("variants", {}) or {}
+        if not suite.get("ablations", True):
+            variants = {}  # the suite's named variants are opt-in (ablations=true)
         out.append((name, "", values))
         for vname, over in variants.items():
             out.append((name, vname, {**values, **(over or {})}))

@@ -36,6 +36,22 @@ def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
     return rows, note
 
 
+def paper_ablation(suite: dict, method: str) -> tuple[dict, str] | None:
+    """{our variant ("" = the full method): the paper's mIoU for the mapped ablation row}, and the source."""
+    from bench.paper_rows import load_extra_table
+
+    spec = ((suite.get("paper") or {}).get("ablations") or {}).get(method)
+    if not spec:
+        return None
+    table = load_extra_table(spec["paper"], int(spec["table"]))
+    by_row = dict(zip(table["row"], table["mIoU"]))
+    missing = sorted(r for r in spec["rows"].values() if r not in by_row)
+    if missing:
+        raise KeyError(f"suite paper.ablations.{method}: rows {missing} are not in {spec['paper']} Table "
+                       f"{spec['table']}; valid: {sorted(by_row)}")
+    return {v: float(by_row[r]) for v, r in spec["rows"].items()}, f"{PAPER_NAMES.get(spec['paper'])}, Table {spec['table']}"
+
+
 def table_title(suite: dict, target: str, subset: str) -> str:
     ev = suite.get("evaluation") or {}
     where = f" ({target})" if target else ""
@@ -157,8 +173,14 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
                     if not ((ours["method"] == method) & (ours["variant"] == "")).any():
                         continue  # no base run to compare the variants with
                     abl = ablation_frame(ours[ours["method"] == method], method)
+                    published = paper_ablation(suite, method)
+                    title = f"Ablation: {method}"
+                    if published:
+                        vals, src = published
+                        abl["paper mIoU"] = [vals.get(v, float("nan")) for v in abl["variant"]]
+                        title += f" (paper mIoU: {src}, {paper_rows(suite, target)[1] or 'its benchmark'})"
                     abl.to_csv(out_dir / "tables" / f"ablation_{method}_{subset}.csv")
-                    md += [ablation_markdown(abl, f"Ablation: {method}"), ""]
+                    md += [ablation_markdown(abl, title), ""]
     curves = _curves(experiments, outcomes, cache_root)
     if curves:
         p = training_curves(curves, out_dir / "plots" / "training_curves.png", "segmenter loss (seed "

@@ -16,7 +16,7 @@ SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
 SUITE_KEYS = {"name", "description", "minicity", "datasets", "targets", "evaluation", "seeds", "resources", "train",
-              "paper", "methods", "only"}
+              "paper", "methods", "only", "ablations"}
 
 
 class SuiteError(ValueError):
@@ -77,13 +77,15 @@ def ensure_data(suite: dict) -> dict:
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
-    from bench.report import paper_rows
+    from bench.report import paper_ablation, paper_rows
 
-    for target in list(suite.get("targets") or {"": {}}):
-        try:
-            paper_rows(suite, target)  # a typo in paper.rows fails now, not after training
-        except (KeyError, ValueError) as e:
-            raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e
+    try:  # a typo in paper.rows / paper.ablations fails now, not after training
+        for target in list(suite.get("targets") or {"": {}}):
+            paper_rows(suite, target)
+        for method in (suite.get("paper") or {}).get("ablations") or {}:
+            paper_ablation(suite, method)
+    except (KeyError, ValueError) as e:
+        raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e
     for mname, values in (suite.get("methods") or {}).items():
         weights = (values or {}).get("init_weights")
         if weights and not resolve_root(weights).is_file():

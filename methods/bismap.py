@@ -1,0 +1,578 @@
+"""BiSMAP (Lu et al., "Bidirectional Self-Training with Multiple Anisotropic Prototypes for Domain Adaptive
+Semantic Segmentation", ACM MM 2022, arXiv 2204.07730; code luyvlei/BiSMAPs): settings and equations.
+
+Forward direction: per-class GMMs ("multiple anisotropic prototypes", MAPs) fitted on the warm-up model's
+features of correctly classified source pixels (Eq. 3-5) label target pixels by log-density (Eq. 6).
+Backward direction: a source transferability map (STM) from the distance to target K-means prototypes and
+normalised class entropies (Eq. 7-9) re-weights the source CE (Eq. 10). Self-training adds symmetric CE on the
+pseudo-labels (Eq. 11) and mean-teacher consistency (Eq. 12). Paper/code disagreements: reference/methods.md §3.4.
+Every equation below is a pure function; the stages that run them live elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.data.labels import IGNORE
+from methods.base import param
+
+_GTA5_ENTROPY_CODE = (0.1502, 0.2935, 0.1362, 0.4436, 0.4393, 0.2795, 0.3139, 0.3106, 0.1068, 0.3195, 0.0719,
+                      0.2364, 0.4754, 0.0986, 0.3673, 0.4127, 0.4826, 0.5645, 0.6694)
+_SYNTHIA_ENTROPY_CODE = (0.1039, 0.1333, 0.0960, 0.4322, 0.4646, 0.2801, 0.3994, 0.3480, 0.1437, 0.0, 0.1032,
+                         0.2556, 0.4076, 0.1399, 0.0, 0.3501, 0.0, 0.5117, 0.4416)
+_GTA5_SAMPLE_RATES_CODE = (0.002, 0.01, 0.003, 0.1, 0.1, 0.1, 1.0, 1.0, 0.01, 0.05, 0.01, 0.5, 1.0, 0.05, 0.1, 0.2,
+                           1.0, 1.0, 1.0)
+
+
+@dataclass
+class Config:
+    # -- variants (Tables 3-5)
+    pla: str = param("maps", "paper", "pseudo-label assignment: maps | cas (CAG anchors) | ias (IAST selector); "
+                     "Table 3 compares them on one warm-up model, all with STM")
+    use_stm: bool = param(True, "paper", "Table 4 ablation switch")
+    use_consistency: bool = param(True, "paper", "Table 4 ablation switch")
+    distill_rounds: int = param(1, "paper", "'an additional distillation stage'; the README runs 2; 0 = none")
+    cas_delta_d: float = param(1.0, "paper", "CAs-PLA distance threshold for Table 3/5; best of {0.5,1,1.5,2} "
+                               "(Table 5); CAG's own 2.5 is for its features")
+    # -- network and GPA warm-up (stage W)
+    model: str = param("deeplabv3plus_r101", "paper", "DeepLab-v3+ R101 (OS16), ImageNet init; code agrees")
+    init_weights: str | None = param(None, "harness", "local ImageNet ResNet-101 weights")
+    gpa: bool = param(True, "paper", "every stage trains on GPA-stylised source (Ma et al. CVPR 2021)")
+    gpa_gamma: str = param("mean_l", "inferred", "L gamma chosen so mean(L/100) matches the target's; GPA's "
+                           "paper gives no rule and no code")
+    gpa_pair_seed: int = param(0, "harness", "seed of the random source→target pairing (methods.gpa.pair_targets)")
+    warmup_iters: int = param(90_000, "paper")
+    warmup_batch_size: int = param(8, "paper", "no warm-up code released; the checkpoint is")
+    # -- MAPs (stage P2): Eq. 3-6
+    gmm_components: int = param(8, "paper", "K diagonal-covariance Gaussians per class (paper and code)")
+    gmm_max_samples: int = param(300_000, "paper", "features per class fed to EM (paper and code)")
+    gmm_max_iter: int = param(100, "code", "gmm_torch loops up to n_iter+1 = 101 times")
+    gmm_tol: float = param(1e-3, "code", "stop when the mean log-likelihood moves less than this; the code also "
+                           "reverts μ/σ² (not π) on a non-improving step, which we do not")
+    gmm_reg_covar: float = param(1e-6, "code", "variance floor added in every M-step (gmm_torch eps)")
+    gmm_init: str = param("kmeans", "code", "k-means (here k-means++-seeded Lloyd) | random; the code picks the "
+                          "best of 20 random centre sets, then Lloyd to 1e-3 on min-max scaled data")
+    gmm_min_samples: int = param(80, "inferred", "a class with fewer correct source features gets no GMM "
+                                 "(NaN rows, never pseudo-labelled); 10·K")
+    gmm_feature: str = param("decoder", "code", "256-d decoder feature after Dropout2d (stride 4): E of G = F∘E, "
+                             "all but the final 1×1 classifier")
+    gmm_sample_rates: tuple = param(_GTA5_SAMPLE_RATES_CODE, "code", "per-class keep rate of correct source "
+                                    "features before pooling (GTA5; code only; pools capped at 1e6)")
+    delta_gta5: float = param(100.0, "paper", "Eq. 6 log-density threshold δ for GTA5 (code default too)")
+    delta_synthia: float = param(-50.0, "paper", "δ for SYNTHIA (paper only; no SYNTHIA config in the code)")
+    delta_override: float | None = param(None, "harness", "any other source (MiniCity): δ re-chosen on source "
+                                         "features only, recorded in the run")
+    pl_full_resolution: bool = param(True, "paper", "features bilinearly upsampled to 2048×1024 before labelling "
+                                     "(footnote 1; code agrees)")
+    pl_flip: bool = param(False, "code", "flip-averaged features: --flip exists, unused in the README")
+    # -- STM (stage P1): Eq. 7-9
+    stm_encoders: tuple = param(("simclrv2_r152", "imagenet_r101", "warmup"), "inferred",
+                                "first available wins, recorded in the run: paper SimCLRv2 R152 (not available "
+                                "offline), a local ImageNet backbone, then the warm-up encoder")
+    stm_encoder_weights: str | None = param(None, "harness", "local weights file for the STM encoder")
+    stm_input_size: tuple = param((256, 128), "code", "W×H fed to the encoder, RGB in [0,1], no normalisation")
+    stm_grid: tuple = param((4, 4), "code", "stride-32 map (4×8) avg-pooled (1×2) to a 4×4 cell grid")
+    stm_clusters: int = param(40, "code", "J target prototypes (paper: unspecified)")
+    stm_kmeans_samples: int = param(1_000_000, "code", "random target cells clustered")
+    stm_kmeans_seed: int = param(5, "code", "sklearn KMeans random_state, n_init 1")
+    stm_d_mean: str = param("dataset", "paper", "d_mean: dataset mean of D | ema (code: EMA 0.99 of per-image "
+                            "means in glob order)")
+    stm_entropy: str = param("pseudo_labels", "paper", "e_c from the warm-up model on target pseudo-labels | "
+                             "code (the hard-coded lists below)")
+    stm_entropy_gta5_code: tuple = param(_GTA5_ENTROPY_CODE, "code", "GTA5 e_c constants in the released STM")
+    stm_entropy_synthia_code: tuple = param(_SYNTHIA_ENTROPY_CODE, "code", "SYNTHIA e_c constants (0 = absent)")
+    # -- self-training (stage S): Eq. 10-13
+    st_init: str = param("imagenet", "code", "retrained from ImageNet, not from the warm-up (resume_flag False)")
+    st_iters: int = param(90_000, "paper")
+    st_batch_source: int = param(4, "paper")
+    st_batch_target: int = param(4, "paper")
+    lr: float = param(5e-4, "paper")
+    head_lr_mult: float = param(1.0, "paper", "code: 10 (head_10x_lr)")
+    lr_warmup_iters: int = param(0, "paper", "code: 400 linear warm-up iterations")
+    eta_min: float = param(0.0, "paper", "code: poly decays to 1e-7")
+    momentum: float = param(0.9, "paper")
+    weight_decay: float = param(5e-4, "paper")
+    power: float = param(0.9, "paper")
+    crop: tuple = param((896, 512), "paper", "W×H random crop")
+    scale_range: tuple = param((0.5, 1.5), "paper", "random rescale; code draws the width from U(0.5,1.5)·2200 "
+                               "(source) / ·2048 (target)")
+    synthia_resize: tuple = param((2048, 1024), "paper", "SYNTHIA resized before the random scale (paper only)")
+    jitter_source: tuple = param((0.5, 0.5, 0.5, 0.2), "code", "brightness, contrast, saturation, hue")
+    jitter_target: tuple = param((0.1, 0.5, 0.5, 0.1), "code", "brightness, contrast, saturation, hue")
+    sce_alpha: float = param(0.1, "paper", "Eq. 11 CE weight")
+    sce_beta: float = param(1.0, "paper", "Eq. 11 reverse-CE weight")
+    sce_clamp: float = param(1e-4, "paper", "one-hot clamped to [1e-4, 1]")
+    consistency_weight: float = param(20.0, "paper", "λ of Eq. 13; code config gta5_st.yml: 30")
+    consistency_reduction: str = param("element_mean", "code", "nn.KLDivLoss() mean over pixels×classes; the λ "
+                                       "values were tuned with it (Eq. 12's plain sum would scale λ by ~19·HW)")
+    consistency_views: str = param("paper", "paper", "paper: teacher sees φ(x) | code: teacher the weak crop, "
+                                   "student RandAugment+CutOut, KL outside the cut-out only")
+    ema_momentum: float = param(0.999, "paper", "EMA teacher, updated before each forward; BN buffers copied")
+    randaugment: tuple = param((2, 10), "code", "RandAugment (n, m); the paper names RandAugment only")
+    cutout_fraction: float = param(0.2, "code", "CutOut square side = 0.2·W, zeroed")
+    rampup_iters: int = param(4000, "code", "λ × exp(-5(1-t/T)^2) over the first T iterations")
+    # -- distillation (stage D)
+    kd: str = param("paper", "paper", "paper: KL(teacher‖student) with log-softmax | code: ProDA's "
+                    "kl_div(softmax, softmax) bug (ProDA#43)")
+    kd_weight: float = param(1.0, "code")
+    distill_iters: int = param(90_000, "code")
+    distill_student_init: str = param("simclrv2_r101", "code", "falls back to ImageNet (SimCLRv2 not offline)")
+    distill_pl_scales: tuple = param((0.75, 1.0, 1.5), "code", "teacher labels: multi-scale + flip, argmax")
+    distill_pl_threshold: float = param(0.0, "code", "every pixel labelled")
+    # -- evaluation
+    protocol: str = param("B", "harness", "full 2048×1024 input, single scale")
+    select: str = param("final", "harness", "final iterate; the code keeps best-on-val (a labelled protocol)")
+
+
+def delta_for(cfg: Config, source: str) -> float:
+    """The Eq. 6 threshold δ for a source domain (``gta5`` | ``synthia``), or ``cfg.delta_override``."""
+    if cfg.delta_override is not None:
+        return float(cfg.delta_override)
+    table = {"gta5": cfg.delta_gta5, "synthia": cfg.delta_synthia}
+    if source not in table:
+        raise ValueError(f"source {source!r}: no paper δ; set delta_override (valid sources: {sorted(table)})")
+    return float(table[source])
+
+
+# ------------------------------------------------------------------------------------------ Eq. 3-5: MAPs
+class ClassGMMs(NamedTuple):
+    """C diagonal GMMs of K components over D-dim features. Classes without a fit hold NaN rows."""
+
+    weights: torch.Tensor      # [C, K]  π_{c,k}, each fitted row sums to 1
+    means: torch.Tensor        # [C, K, D]  μ_{c,k}
+    variances: torch.Tensor    # [C, K, D]  diagonal of Σ_{c,k}, >= reg_covar
+    n_samples: torch.Tensor    # [C] int64: features the class's EM ran on (0 = not fitted)
+    n_iter: torch.Tensor       # [C] int64: EM iterations run
+    converged: torch.Tensor    # [C] bool
+    lower_bound: torch.Tensor  # [C] mean log-likelihood at the last E-step (NaN if not fitted / max_iter 0)
+
+
+def correct_source_labels(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 of BiSMAP: Λ_c keeps source pixels with y_i = c and argmax G(x)_i = c. Returns ``labels`` with every
+    other pixel set to IGNORE (any shape, integer; ``predictions`` of the same shape). Ignore stays ignore."""
+    if labels.shape != predictions.shape:
+        raise ValueError(f"predictions: expected the labels' shape {tuple(labels.shape)}, got "
+                         f"{tuple(predictions.shape)}")
+    return torch.where(labels == predictions, labels, torch.full_like(labels, IGNORE))
+
+
+def _estimate(xx: torch.Tensor, resp: torch.Tensor, reg: float):
+    """M-step (scikit-learn's diag formulas) on xx = [x, x²] ([N, 2D]): N_k = Σ r + 10·eps, μ = Σ r x / N_k,
+    σ² = Σ r x² / N_k − μ² + reg (one matmul for both sums)."""
+    nk = resp.sum(0) + 10 * torch.finfo(xx.dtype).eps
+    sums = (resp.T @ xx) / nk[:, None]
+    d = xx.shape[1] // 2
+    means = sums[:, :d]
+    var = sums[:, d:] - means * means + reg
+    return nk / nk.sum(), means, var.clamp_min(reg)
+
+
+def _log_gauss(xx: torch.Tensor, means: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 with diagonal Σ: log N(x | μ_k, σ²_k) for xx = [x, x²] ([N, 2D]) and [K, D] parameters → [N, K].
+    The Mahalanobis term is expanded into one matmul (x·(−2μP) + x²·P + μ²P): callers centre x near the means
+    so the expansion stays accurate."""
+    prec = 1.0 / var
+    maha = xx @ torch.cat([-2.0 * means * prec, prec], 1).T + (means * means * prec).sum(1)
+    return -0.5 * (means.shape[1] * math.log(2 * math.pi) + maha + torch.log(var).sum(1))
+
+
+def _nearest(x: torch.Tensor, x2s: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    d2 = x2s[:, None] - 2.0 * (x @ centres.T) + (centres * centres).sum(1)
+    best, idx = d2.min(1)
+    return best.clamp_min(0), idx
+
+
+def _kmeans_resp(x: torch.Tensor, k: int, method: str, gen: torch.Generator, iters: int) -> torch.Tensor:
+    """One-hot [N,K] responsibilities of a hard clustering: k-means++ seeding + Lloyd, or K random samples."""
+    n = x.shape[0]
+    x2s = (x * x).sum(1)
+    if method == "random":
+        centres = x[torch.randperm(n, generator=gen)[:k].to(x.device)]
+    else:  # k-means++ seeding: each next centre drawn ∝ squared distance to the nearest chosen one
+        first = int(torch.randint(n, (1,), generator=gen))
+        centres = x[first:first + 1]
+        for _ in range(1, k):
+            d2, _ = _nearest(x, x2s, centres)
+            cum = torch.cumsum(d2.double(), 0)
+            u = float(torch.rand((), generator=gen, dtype=torch.float64))
+            pick = int(torch.searchsorted(cum, cum[-1:] * u).clamp_max(n - 1)) if cum[-1] > 0 else \
+                int(torch.randint(n, (1,), generator=gen))  # all remaining points coincide with a centre
+            centres = torch.cat([centres, x[pick:pick + 1]])
+    _, assign = _nearest(x, x2s, centres)
+    for _ in range(iters if method != "random" else 0):
+        onehot = F.one_hot(assign, k).to(x.dtype)
+        counts = onehot.sum(0)
+        sums = onehot.T @ x
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None], centres)  # empty: keep
+        _, new = _nearest(x, x2s, centres)
+        if torch.equal(new, assign):
+            break
+        assign = new
+    return F.one_hot(assign, k).to(x.dtype)
+
+
+def _class_generator(seed: int, c: int) -> torch.Generator:
+    # one stream per (seed, class): a class's draws do not depend on the other classes' sizes
+    state = np.random.SeedSequence([int(seed), int(c)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def fit_class_gmms(features: torch.Tensor, labels: torch.Tensor, num_classes: int, n_components: int = 8,
+                   max_samples: int = 300_000, seed: int = 0, *, init="kmeans", max_iter: int = 100,
+                   tol: float = 1e-3, reg_covar: float = 1e-6, min_samples: int | None = None,
+                   kmeans_iters: int = 20, dtype: torch.dtype | None = None) -> ClassGMMs:
+    """Eq. 3-5 of BiSMAP: one K-component diagonal-covariance GMM per class, fitted by EM in torch on the
+    device of ``features``.
+
+    features: float [N, D]; labels: integer [N] in 0..num_classes-1 or IGNORE (255; not used). For Eq. 3 pass
+    ``correct_source_labels(gt, prediction)``. A class with more than ``max_samples`` features is subsampled
+    without replacement (a seeded generator per (seed, class), drawn on the CPU: the same subset on any device).
+    A class with fewer than ``min_samples`` features (default 10·K) gets NaN rows and n_samples 0.
+
+    init: "kmeans" (k-means++ seeding + up to ``kmeans_iters`` Lloyd steps), "random" (K random samples as
+    centres), each giving one-hot responsibilities from which the first parameters are estimated (as
+    scikit-learn's init does), or explicit start values: any object with ``weights`` [C,K], ``means`` [C,K,D]
+    and ``variances`` [C,K,D] (e.g. a ClassGMMs); its NaN rows are not fitted.
+    EM follows scikit-learn's GaussianMixture(covariance_type="diag") step for step: per iteration an E-step
+    (whose mean log-likelihood is the lower bound), an M-step with ``reg_covar`` added to each variance, and a
+    stop when the lower bound moved less than ``tol``. ``max_iter`` 0 returns the initial parameters.
+    dtype: computation dtype (default: float64 if the input is float64, else float32); the data are centred on
+    their class mean first (EM is translation-equivariant) so float32's expanded distances stay accurate.
+    Returns a ClassGMMs with weights [C,K], means [C,K,D], variances [C,K,D] in that dtype.
+    """
+    if features.ndim != 2 or labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise ValueError(f"features/labels: expected [N, D] and [N], got {tuple(features.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if not features.is_floating_point() or labels.is_floating_point():
+        raise ValueError(f"features/labels: expected float features and integer labels, got {features.dtype} "
+                         f"and {labels.dtype}")
+    if num_classes < 1 or n_components < 1 or max_samples < n_components:
+        raise ValueError(f"num_classes/n_components/max_samples: expected >= 1 and max_samples >= n_components, "
+                         f"got {num_classes}, {n_components}, {max_samples}")
+    bad = (labels != IGNORE) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        raise ValueError(f"labels: values must be 0..{num_classes - 1} or {IGNORE}; found "
+                         f"{sorted(set(labels[bad].unique().tolist()))[:5]}")
+    if not torch.isfinite(features).all():
+        raise ValueError("features: NaN or infinite entries")
+    if init not in ("kmeans", "random") and not hasattr(init, "means"):
+        raise ValueError(f"init: expected 'kmeans', 'random' or an object with weights/means/variances, got {init!r}")
+    dt = dtype or (torch.float64 if features.dtype == torch.float64 else torch.float32)
+    dev, d, k = features.device, features.shape[1], n_components
+    min_samples = 10 * k if min_samples is None else max(int(min_samples), k)
+    if hasattr(init, "means"):
+        shapes = (tuple(init.weights.shape), tuple(init.means.shape), tuple(init.variances.shape))
+        if shapes != ((num_classes, k), (num_classes, k, d), (num_classes, k, d)):
+            raise ValueError(f"init: expected weights [{num_classes},{k}], means/variances [{num_classes},{k},{d}],"
+                             f" got {shapes}")
+        if (init.variances <= 0).any() or (init.weights < 0).any():
+            raise ValueError("init: variances must be > 0 and weights >= 0 (NaN rows mark classes to skip)")
+    nan = float("nan")
+    out_w = torch.full((num_classes, k), nan, dtype=dt, device=dev)
+    out_mu = torch.full((num_classes, k, d), nan, dtype=dt, device=dev)
+    out_var = torch.full((num_classes, k, d), nan, dtype=dt, device=dev)
+    n_used = torch.zeros(num_classes, dtype=torch.long)
+    n_iter = torch.zeros(num_classes, dtype=torch.long)
+    converged = torch.zeros(num_classes, dtype=torch.bool)
+    bound = torch.full((num_classes,), nan, dtype=torch.float64)
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().squeeze(1)
+        explicit = hasattr(init, "means")
+        if idx.numel() < min_samples or (explicit and bool(torch.isnan(init.means[c]).any())):
+            continue
+        gen = _class_generator(seed, c)
+        if idx.numel() > max_samples:
+            idx = idx[torch.randperm(idx.numel(), generator=gen)[:max_samples].to(idx.device)]
+        x = features[idx].to(dt)
+        centre = x.mean(0)
+        x = x - centre
+        xx = torch.cat([x, x * x], 1)
+        if explicit:
+            w = init.weights[c].to(dev, dt)
+            mu = init.means[c].to(dev, dt) - centre
+            var = init.variances[c].to(dev, dt)
+        else:
+            w, mu, var = _estimate(xx, _kmeans_resp(x, k, init, gen, kmeans_iters), reg_covar)
+        lb = -math.inf
+        for it in range(1, max_iter + 1):
+            prev = lb
+            log_prob = _log_gauss(xx, mu, var) + torch.log(w)
+            log_norm = torch.logsumexp(log_prob, 1, keepdim=True)
+            lb = float(log_norm.mean())
+            w, mu, var = _estimate(xx, torch.exp(log_prob - log_norm), reg_covar)
+            n_iter[c], bound[c] = it, lb
+            if abs(lb - prev) < tol:
+                converged[c] = True
+                break
+        out_w[c], out_mu[c], out_var[c], n_used[c] = w, mu + centre, var, x.shape[0]
+    return ClassGMMs(out_w, out_mu, out_var, n_used, n_iter, converged, bound)
+
+
+def log_density(gmms, features: torch.Tensor, chunk_size: int = 65_536) -> torch.Tensor:
+    """Eq. 4 of BiSMAP: p_c(f) = log Σ_k π_{c,k} N(f | μ_{c,k}, Σ_{c,k}) (Eq. 5, diagonal Σ) for every class.
+
+    gmms: anything with ``weights`` [C,K], ``means`` [C,K,D], ``variances`` [C,K,D] (a ClassGMMs); features:
+    float [N, D] → [N, C] in the GMMs' dtype, by log-sum-exp over components (no underflow for far points).
+    A class whose parameters hold NaN (not fitted) gives -inf; a NaN feature row gives NaN (which
+    ``density_pseudo_labels`` leaves unlabelled). Chunks of ``chunk_size`` rows bound the memory
+    to [chunk, K] per class; each class's features are centred on that class's mean before the expanded
+    Mahalanobis product so float32 keeps relative precision.
+    """
+    w, mu, var = gmms.weights, gmms.means, gmms.variances
+    if mu.ndim != 3 or w.shape != mu.shape[:2] or var.shape != mu.shape:
+        raise ValueError(f"gmms: expected weights [C,K], means/variances [C,K,D], got {tuple(w.shape)}, "
+                         f"{tuple(mu.shape)}, {tuple(var.shape)}")
+    if features.ndim != 2 or features.shape[1] != mu.shape[2]:
+        raise ValueError(f"features: expected [N, {mu.shape[2]}], got {tuple(features.shape)}")
+    n, c_total = features.shape[0], mu.shape[0]
+    out = torch.full((n, c_total), -math.inf, dtype=mu.dtype, device=mu.device)
+    for c in range(c_total):
+        if bool(torch.isnan(mu[c]).any() | torch.isnan(var[c]).any() | torch.isnan(w[c]).any()):
+            continue
+        centre = (w[c, :, None] * mu[c]).sum(0)
+        m, v, log_w = mu[c] - centre, var[c], torch.log(w[c])
+        for s in range(0, n, chunk_size):
+            x = features[s:s + chunk_size].to(mu.device, mu.dtype) - centre
+            out[s:s + chunk_size, c] = torch.logsumexp(_log_gauss(torch.cat([x, x * x], 1), m, v) + log_w, 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ Eq. 6
+def density_pseudo_labels(log_density: torch.Tensor, delta: float) -> torch.Tensor:
+    """Eq. 6 of BiSMAP: the class r = argmax_c p_c(f) where p_r(f) >= δ, else IGNORE (255).
+
+    log_density: float [..., C] (class dimension last, e.g. ``log_density``'s [N, C]) → int64 [...]. NaN
+    entries count as -inf; a pixel whose classes are all -inf/NaN is IGNORE whatever δ; ties go to the lowest
+    class index.
+    """
+    if log_density.ndim < 1 or log_density.shape[-1] < 1 or not log_density.is_floating_point():
+        raise ValueError(f"log_density: expected a float tensor [..., C], got {log_density.dtype} "
+                         f"{tuple(log_density.shape)}")
+    if math.isnan(delta):
+        raise ValueError("delta: NaN")
+    s = torch.nan_to_num(log_density, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+    best, label = s.max(-1)
+    keep = (best >= delta) & (best > -math.inf)
+    return torch.where(keep, label, torch.full_like(label, IGNORE))
+
+
+# ------------------------------------------------------------------------------------------ Eq. 7-9: STM
+def prototype_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Eq. 7 of BiSMAP: D_i = min_j ‖f̂_i − A_j‖₂ for float features [N, D] and target prototypes [J, D] → [N].
+    Computed without the matmul expansion (exact 0 for a feature equal to a prototype)."""
+    if features.ndim != 2 or prototypes.ndim != 2 or features.shape[1] != prototypes.shape[1] or \
+            prototypes.shape[0] == 0:
+        raise ValueError(f"features/prototypes: expected [N, D] and [J>0, D], got {tuple(features.shape)} and "
+                         f"{tuple(prototypes.shape)}")
+    return torch.cdist(features, prototypes.to(features), compute_mode="donot_use_mm_for_euclid_dist").min(1)[0]
+
+
+def mean_class_entropy(probs: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """e_c of Eq. 8 of BiSMAP: the mean prediction entropy −Σ_k p_k ln p_k of the pixels (pseudo-)labelled c.
+
+    probs: float [N, C] softmax outputs of the source-trained model on target pixels; labels: integer [N]
+    (pseudo-labels, IGNORE skipped) → float64 [num_classes]; NaN for a class with no pixel. 0·ln 0 = 0.
+    """
+    if probs.ndim != 2 or labels.shape != probs.shape[:1] or probs.shape[1] != num_classes:
+        raise ValueError(f"probs/labels: expected [N, {num_classes}] and [N], got {tuple(probs.shape)} and "
+                         f"{tuple(labels.shape)}")
+    valid = labels != IGNORE
+    if ((labels[valid] < 0) | (labels[valid] >= num_classes)).any():
+        raise ValueError(f"labels: values must be 0..{num_classes - 1} or {IGNORE}")
+    p = probs.double()
+    ent = -torch.xlogy(p, p).sum(1)
+    lab = labels[valid].long()
+    sums = torch.zeros(num_classes, dtype=torch.float64, device=p.device).index_add_(0, lab, ent[valid])
+    counts = torch.bincount(lab, minlength=num_classes).double()
+    return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
+
+
+def normalised_class_entropy(class_entropy: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 of BiSMAP: e'_c = (e_c − e_min) / (e_max − e_min) over the finite entries of float [C] → [C].
+    A NaN e_c (class never labelled on the target) gives e'_c = 1: without evidence its source pixels are not
+    degraded (our choice; the paper is silent). All equal entries give 0 (no class is lifted)."""
+    e = class_entropy.double()
+    finite = torch.isfinite(e)
+    if e.ndim != 1 or not finite.any():
+        raise ValueError(f"class_entropy: expected a [C] tensor with at least one finite entry, got {e.tolist()}")
+    lo, hi = e[finite].min(), e[finite].max()
+    norm = (e - lo) / (hi - lo) if hi > lo else torch.zeros_like(e)
+    return torch.where(finite, norm, torch.ones_like(e))
+
+
+def source_transferability(distance: torch.Tensor, d_mean, class_entropy: torch.Tensor,
+                           labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 (with Eq. 8) of BiSMAP: w_i = min(exp(−D_i² / d_mean² · ln 2) + e'_{y_i}, 1).
+
+    distance: float [...] D of Eq. 7 per pixel (already brought to the label grid); d_mean: positive scalar, the
+    mean D over the source set (w = 0.5 + e' where D = d_mean); class_entropy: raw e_c [C] (NaN allowed, see
+    ``normalised_class_entropy``); labels: integer [...] source ground truth, same shape as ``distance``.
+    Returns float [...] in [0, 1]; IGNORE pixels get 0. ``log 2`` in the paper is the natural log (the code's
+    torch.log(2)); the code's lower clip at 0 never binds.
+    """
+    if not distance.is_floating_point():
+        raise ValueError(f"distance: expected a float tensor, got {distance.dtype}")
+    if distance.shape != labels.shape:
+        raise ValueError(f"labels: expected the distance map's shape {tuple(distance.shape)}, got "
+                         f"{tuple(labels.shape)}")
+    d_mean = float(d_mean)
+    if not d_mean > 0 or not math.isfinite(d_mean):
+        raise ValueError(f"d_mean: expected a positive finite scalar, got {d_mean}")
+    if torch.isnan(distance).any() or (distance < 0).any():
+        raise ValueError("distance: NaN or negative entries")
+    e = normalised_class_entropy(class_entropy).to(distance.device)
+    c = e.shape[0]
+    valid = labels != IGNORE
+    if ((labels[valid] < 0) | (labels[valid] >= c)).any():
+        raise ValueError(f"labels: values must be 0..{c - 1} or {IGNORE}")
+    lift = e[torch.where(valid, labels, torch.zeros_like(labels)).long()].to(distance.dtype)
+    w = torch.clamp(torch.exp(-(distance / d_mean) ** 2 * math.log(2.0)) + lift, max=1.0)
+    return torch.where(valid, w, torch.zeros_like(w))
+
+
+# ------------------------------------------------------------------------------------------ Eq. 10-12: losses
+def _upsample_to(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if logits.ndim != 4 or target.ndim != 3 or logits.shape[0] != target.shape[0]:
+        raise ValueError(f"logits/target: expected [B, C, h, w] and [B, H, W], got {tuple(logits.shape)} and "
+                         f"{tuple(target.shape)}")
+    if logits.shape[-2:] != target.shape[-2:]:  # the code's bilinear, align_corners=True upsampling
+        logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=True)
+    return logits.float()
+
+
+def stm_weighted_ce(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Eq. 10 of BiSMAP: Σ_i −w_i log p_{i,y_i}, divided by the number of non-IGNORE pixels (the code's
+    normalisation). logits [B,C,h,w] (upsampled to the labels), labels [B,H,W], weight [B,H,W] (the STM).
+    Scalar; 0 with a graph when every pixel is IGNORE."""
+    logits = _upsample_to(logits, labels)
+    if weight.shape != labels.shape:
+        raise ValueError(f"weight: expected the labels' shape {tuple(labels.shape)}, got {tuple(weight.shape)}")
+    valid = labels != IGNORE
+    if not valid.any():
+        return logits.sum() * 0.0
+    if ((labels[valid] < 0) | (labels[valid] >= logits.shape[1])).any():
+        raise ValueError(f"labels: values must be 0..{logits.shape[1] - 1} or {IGNORE}")
+    ce = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE, reduction="none")
+    return (ce * weight.to(ce)).sum() / valid.sum()
+
+
+def symmetric_cross_entropy(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.1, beta: float = 1.0,
+                            clamp: float = 1e-4) -> torch.Tensor:
+    """Eq. 11 of BiSMAP (Wang et al. ICCV 2019): α·CE(ŷ, p) + β·RCE, RCE = −Σ_c p_c log clamp(ŷ_c, 1e-4, 1)
+    = −(1 − p_y)·ln(1e-4) for a one-hot ŷ. logits [B,C,h,w] (bilinearly upsampled to the target), target
+    [B,H,W] pseudo-labels with IGNORE; each term is averaged over non-IGNORE pixels. Scalar; 0 with a graph
+    when every pixel is IGNORE. The code also clamps p to [1e-7, 1] before RCE (a ≤1e-6 difference); we do not.
+    """
+    logits = _upsample_to(logits, target)
+    valid = target != IGNORE
+    if not valid.any():
+        return logits.sum() * 0.0
+    if ((target[valid] < 0) | (target[valid] >= logits.shape[1])).any():
+        raise ValueError(f"target: values must be 0..{logits.shape[1] - 1} or {IGNORE}")
+    safe = torch.where(valid, target, torch.zeros_like(target)).long()
+    log_p = F.log_softmax(logits, 1)
+    log_p_y = log_p.gather(1, safe[:, None])[:, 0]
+    ce = -log_p_y[valid].mean()
+    rce = -(1.0 - log_p_y.exp()[valid]).mean() * math.log(clamp)
+    return alpha * ce + beta * rce
+
+
+def consistency_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor | None = None,
+                   reduction: str = "element_mean") -> torch.Tensor:
+    """Eq. 12 of BiSMAP: Σ_c p̃_c (log p̃_c − log p_c), p̃ the EMA teacher's softmax (no gradient), p the
+    student's. Logits [B,C,H,W] of equal shape; valid: optional bool [B,H,W] (the code: pixels outside the
+    cut-out). reduction: "element_mean" (the code's nn.KLDivLoss() default: ÷ (#valid pixels · C)) or
+    "pixel_mean" (÷ #valid pixels). Scalar; 0 with a graph when no pixel is valid."""
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 4:
+        raise ValueError(f"teacher_logits: expected the student's shape [B,C,H,W] {tuple(student_logits.shape)}, "
+                         f"got {tuple(teacher_logits.shape)}")
+    if reduction not in ("element_mean", "pixel_mean"):
+        raise ValueError(f"reduction: expected 'element_mean' or 'pixel_mean', got {reduction!r}")
+    b, c, h, w = student_logits.shape
+    if valid is None:
+        valid = torch.ones((b, h, w), dtype=torch.bool, device=student_logits.device)
+    if valid.shape != (b, h, w):
+        raise ValueError(f"valid: expected [B,H,W] = {(b, h, w)}, got {tuple(valid.shape)}")
+    log_p = F.log_softmax(student_logits.float(), 1)
+    log_q = F.log_softmax(teacher_logits.detach().float(), 1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(1)
+    n = valid.sum()
+    if n == 0:
+        return student_logits.sum() * 0.0
+    return kl[valid].sum() / (n * (c if reduction == "element_mean" else 1))
+
+
+def consistency_rampup(iteration: int, length: int) -> float:
+    """The code's sigmoid ramp-up of λ: exp(−5 (1 − t/T)²) with t = clip(iteration, 0, T); 1 when T = 0."""
+    if length <= 0:
+        return 1.0
+    phase = 1.0 - min(max(iteration, 0), length) / length
+    return math.exp(-5.0 * phase * phase)
+
+
+def distillation_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, variant: str = "paper"):
+    """KD term of the distillation stage (ProDA, used by BiSMAP), mean over B·C·H·W elements (the code's).
+    "paper": Σ q (log q − log p), KL(teacher ‖ student). "code": F.kl_div(softmax(student), softmax(teacher)),
+    i.e. Σ q (log q − p): the missing log acknowledged in microsoft/ProDA#20/#43. Logits [B,C,H,W], equal shape."""
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 4:
+        raise ValueError(f"teacher_logits: expected the student's shape [B,C,H,W] {tuple(student_logits.shape)}, "
+                         f"got {tuple(teacher_logits.shape)}")
+    if variant not in ("paper", "code"):
+        raise ValueError(f"variant: expected 'paper' or 'code', got {variant!r}")
+    q = F.softmax(teacher_logits.detach().float(), 1)
+    student = F.log_softmax(student_logits.float(), 1) if variant == "paper" else F.softmax(student_logits.float(), 1)
+    return (torch.xlogy(q, q) - q * student).mean()
+
+
+# ------------------------------------------------------------------------------------------ measurement
+def gmm_fit_timing(num_classes: int = 19, n_per_class: int = 20_000, dim: int = 64, n_components: int = 8,
+                   device: str = "cpu", sklearn: bool = True, seed: int = 0) -> dict:
+    """Seconds to fit ``fit_class_gmms`` (float32, max_iter 100, tol 1e-3) on synthetic data (per class, K
+    blobs of unit variance), and with ``sklearn`` scikit-learn's GaussianMixture(covariance_type="diag") on the
+    same data (float64) from the same initial parameters (our k-means++ init). Reports each one's mean per-sample
+    log-likelihood under its final parameters. A measurement helper for notes, never a timed test."""
+    from sklearn.mixture import GaussianMixture
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.empty(num_classes * n_per_class, dim)
+    for c in range(num_classes):  # filled per class: no [C, N, D] temporaries at benchmark sizes
+        centres = torch.randn(n_components, dim, generator=gen) * 3
+        pick = torch.randint(n_components, (n_per_class,), generator=gen)
+        x[c * n_per_class:(c + 1) * n_per_class] = centres[pick] + torch.randn(n_per_class, dim, generator=gen)
+    x = x.to(device)
+    y = torch.arange(num_classes, device=device).repeat_interleave(n_per_class)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    start = fit_class_gmms(x, y, num_classes, n_components, seed=seed, max_iter=0)
+    sync()
+    t = time.perf_counter()
+    fit = fit_class_gmms(x, y, num_classes, n_components, seed=seed, init=start)
+    sync()
+    out = {"classes": num_classes, "per_class": n_per_class, "dim": dim, "K": n_components, "device": device,
+           "torch_threads": torch.get_num_threads(), "torch_s": time.perf_counter() - t,
+           "torch_iters": int(fit.n_iter.sum())}
+
+    def own(g, c):  # mean log-likelihood of class c's data under class c's GMM
+        one = ClassGMMs(g.weights[c:c + 1], g.means[c:c + 1], g.variances[c:c + 1], *[None] * 4)
+        return float(log_density(one, x[c * n_per_class:(c + 1) * n_per_class])[:, 0].double().mean())
+
+    out["torch_mean_loglik"] = float(np.mean([own(fit, c) for c in range(num_classes)]))
+    if sklearn:
+        xs, t, ll, iters = x.double().cpu().numpy(), time.perf_counter(), [], 0
+        for c in range(num_classes):
+            xc = xs[c * n_per_class:(c + 1) * n_per_class]
+            w0 = start.weights[c].double().cpu().numpy()
+            gm = GaussianMixture(n_components, covariance_type="diag", tol=1e-3, reg_covar=1e-6, max_iter=100,
+                                 init_params="random", random_state=0, weights_init=w0 / w0.sum(),
+                                 means_init=start.means[c].double().cpu().numpy(),
+                                 precisions_init=1.0 / start.variances[c].double().cpu().numpy()).fit(xc)
+            iters += gm.n_iter_
+            ll.append(gm.score(xc))
+        out.update(sklearn_s=time.perf_counter() - t, sklearn_iters=iters, sklearn_mean_loglik=float(np.mean(ll)))
+    return out
