@@ -49,7 +49,8 @@ def paper_ablation(suite: dict, method: str) -> tuple[dict, str] | None:
     if missing:
         raise KeyError(f"suite paper.ablations.{method}: rows {missing} are not in {spec['paper']} Table "
                        f"{spec['table']}; valid: {sorted(by_row)}")
-    return {v: float(by_row[r]) for v, r in spec["rows"].items()}, f"{PAPER_NAMES.get(spec['paper'])}, Table {spec['table']}"
+    source = f"{PAPER_NAMES.get(spec['paper'])}, Table {spec['table']}"
+    return {v: float(by_row[r]) for v, r in spec["rows"].items()}, source
 
 
 def table_title(suite: dict, target: str, subset: str) -> str:
