@@ -48,6 +48,7 @@ METHODS = {
     "oracle": "methods.oracle",
     "adaptsegnet": "methods.adversarial",
     "cag_uda": "methods.cag_uda_pipeline",
+    "ssf_dan": "methods.ssf_dan_pipeline",
 }
 
 

@@ -1,0 +1,138 @@
+"""SSF-DAN's one training stage: the segmenter and the semantic-wise separable discriminator trained end to end
+with L_seg + δ·L_adv (Eq. 1), progressive confidence on the target masks (Eq. 7–8) and CA-R (Eq. 9). The
+Table 4 variants (``ablation``) switch the class-wise part (separated / "soft" / none), the global feature
+discriminator, the ρ schedule and CA-R. Equations live in ``methods.ssf_dan``; this module wires them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bench.data.labels import NUM_CLASSES
+from methods import ssf_dan as ssf
+from methods.base import Stage, reads
+from methods.source_only import segmentation_ce
+from methods.ssf_dan import Config  # noqa: F401 - the registry's Config
+from methods.ssf_dan_disc import SeparableDiscriminator
+
+VERSION = "1"
+
+
+def _probs(logits: torch.Tensor, size) -> torch.Tensor:
+    return torch.softmax(F.interpolate(logits.detach().float(), size=tuple(size), mode="bilinear",
+                                       align_corners=True), 1)
+
+
+def rho_at(p: dict, step: int) -> float:
+    """ρ for this iteration: Eq. 7's schedule, the fixed ρ_upper (Fig. 4), or 1 (no filtering: SS-D†)."""
+    v = ssf.ABLATIONS[p["ablation"]]
+    if v.rho == "progressive":
+        return ssf.kept_fraction(step, p["rho_horizon"] or p["iters"], p["rho_upper"])
+    return p["rho_upper"] if v.rho == "fixed" else 1.0
+
+
+def masks(p: dict, out_s, out_t, src, tgt, grid, step: int) -> dict:
+    """The per-iteration labels and CA-R weights at the feature grid (all without gradient)."""
+    v = ssf.ABLATIONS[p["ablation"]]
+    pt = _probs(out_t.logits, tgt["image"].shape[-2:])
+    kept_t = ssf.progressive_confidence_mask(pt, rho_at(p, step))
+    full_t = ssf.kept_labels(pt, kept_t)
+    if p["source_masks"] == "gt":
+        full_s = src["label"]
+    else:
+        ps = _probs(out_s.logits, src["image"].shape[-2:])
+        kept_s = ssf.progressive_confidence_mask(ps, rho_at(p, step)) if p["pcs_on_source"] else None
+        full_s = ssf.kept_labels(ps, kept_s) if kept_s is not None else ps.argmax(1)
+    lab_t = ssf.mode_downsample(full_t, grid, ignore_votes=p["mode_ignore_votes"])
+    lab_s = ssf.mode_downsample(full_s, grid, ignore_votes=p["mode_ignore_votes"])
+    tau = ssf.class_weights(pt, kept_t) if v.car else torch.ones(NUM_CLASSES, device=pt.device)
+    return {"lab_t": lab_t, "lab_s": lab_s, "full_t": full_t, "full_s": full_s,
+            "r_t": ssf.reweight_map(lab_t, tau), "r_s": ssf.reweight_map(lab_s, tau, p["car_missing_weight"]),
+            "kept_ratio": float(kept_t.float().mean())}
+
+
+def ssf_losses(model, disc, global_disc, p: dict):
+    v = ssf.ABLATIONS[p["ablation"]]
+    per_class = p["adv_output"] == "per_class"
+    red, feat = p["adv_reduction"], p["feature_name"]
+
+    def losses(batch, it):
+        src, tgt = batch["source"], batch["target_train"]
+        out_s, out_t = model(src["image"]), model(tgt["image"])
+        seg = {"ce": segmentation_ce(out_s.logits, src["label"])}
+        if out_s.aux is not None and p["aux_weight"] > 0:
+            seg["ce_aux"] = p["aux_weight"] * segmentation_ce(out_s.aux, src["label"])
+        f_s, f_t = out_s.features[feat], out_t.features[feat]
+        grid = tuple(f_t.shape[-2:])
+        m = masks(p, out_s, out_t, src, tgt, grid, it)
+        disc_terms = {}
+        if v.classwise == "ssd":
+            seg["adv"] = p["delta"] * ssf.adversarial_loss_g(disc, f_t, m["lab_t"], m["r_t"], per_class, red)
+            disc_terms["d"] = ssf.adversarial_loss_d(disc, f_s, m["lab_s"], m["r_s"], f_t, m["lab_t"], m["r_t"],
+                                                     per_class, red, p["d_loss_scale"])
+        elif v.classwise == "soft":  # Chen et al.: per-class D on the whole features, weighted by class shares
+            w_t = ssf.soft_class_maps(m["full_t"], grid)
+            w_s = ssf.soft_class_maps(m["full_s"], grid)
+            seg["adv"] = p["delta"] * ssf.generator_adversarial_loss(disc(f_t, None, per_class=True), w_t, red)
+            disc_terms["d"] = ssf.discriminator_loss(disc(f_s.detach(), None, per_class=True),
+                                                     disc(f_t.detach(), None, per_class=True), w_s, w_t, red,
+                                                     p["d_loss_scale"])
+        if v.global_align:
+            ones_t = torch.ones(f_t.shape[0], *grid, device=f_t.device)
+            ones_s = torch.ones(f_s.shape[0], *f_s.shape[-2:], device=f_s.device)
+            seg["adv_global"] = p["global_delta"] * ssf.generator_adversarial_loss(global_disc(f_t, None), ones_t, red)
+            disc_terms["d_global"] = ssf.discriminator_loss(global_disc(f_s.detach(), None),
+                                                            global_disc(f_t.detach(), None), ones_s, ones_t, red,
+                                                            p["d_loss_scale"])
+        out = {"segmenter": seg}
+        if disc_terms:
+            out["discriminator"] = disc_terms
+        return out
+
+    return losses
+
+
+def train_ssf_dan(p: dict, ctx) -> dict:
+    """Stage ``ssf_dan.train`` from the initial weights."""
+    from bench.models import build_model
+    from bench.plan import resolve_root
+    from bench.schedule import OptimizerSpec
+    from bench.train import Trainer, seed_everything
+
+    seed_everything(ctx.seed)
+    init = p["init_weights"] and resolve_root(p["init_weights"])
+    model = build_model(p["model"], init_weights=init, **p["model_options"])
+    v = ssf.ABLATIONS[p["ablation"]]
+    modules = {"segmenter": model}
+    d_names = []
+    disc = global_disc = None
+    if v.classwise:
+        disc = modules["ss_d"] = SeparableDiscriminator(NUM_CLASSES, p["feature_channels"], tuple(p["d_widths"]),
+                                                        p["d_negative_slope"])
+        d_names.append("ss_d")
+    if v.global_align:
+        global_disc = modules["global_d"] = SeparableDiscriminator(1, p["feature_channels"], tuple(p["d_widths"]),
+                                                                   p["d_negative_slope"])
+        d_names.append("global_d")
+    specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
+                                        nesterov=p["nesterov"], weight_decay=p["weight_decay"], power=p["power"])}
+    if d_names:
+        specs["discriminator"] = OptimizerSpec(d_names, kind="adam", lr=p["d_lr"], betas=tuple(p["d_betas"]),
+                                               power=p["d_power"])
+    aug = {"crop": p["crop"]} if p["crop"] else None
+    datasets = {"source": ctx.dataset("source", options=aug),
+                "target_train": ctx.dataset("target_train", labels=False, options=aug)}
+    trainer = Trainer(modules, specs, ssf_losses(model, disc, global_disc, p), datasets,
+                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
+                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
+    fit = trainer.fit()
+    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
+    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
+            "iterations": fit["iterations"], "final_rho": rho_at(p, p["iters"] - 1)}
+
+
+def stages(cfg: ssf.Config) -> list[Stage]:
+    fields = [f for f in ssf.Config.__dataclass_fields__ if f != "d_fast"]  # d_fast: same numbers either way
+    return [Stage("ssf_dan.train", "train", train_ssf_dan, reads(cfg, *fields), datasets=("source", "target_train"),
+                  version=VERSION)]
