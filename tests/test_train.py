@@ -99,8 +99,10 @@ def make_trainer(out_dir=None, *, adversarial=True, seed=0, losses=None, cb=None
     datasets = {"source": ToyDataset(10, 1), "target": ToyDataset(7, 2, shift=0.3)}
     if losses is None:
         losses = adversarial_losses(seg, disc) if adversarial else source_only(seg)
+    # device="cpu": these tests compare CPU tensors (on a GPU machine "auto" would pick CUDA, where e.g.
+    # cross-entropy has no deterministic kernel and deterministic=True raises)
     cfg = {"max_iters": 12, "batch_sizes": {"source": 4, "target": 3}, "seed": seed, "log_every": 0,
-           "checkpoint_every": 4, **cfg}
+           "checkpoint_every": 4, "device": "cpu", **cfg}
     rec = Recorder()
     trainer = Trainer(modules, opts, losses, datasets, TrainConfig(**cfg), out_dir=out_dir, eval_fn=eval_fn,
                       callbacks=[rec] + ([cb] if cb else []))
