@@ -18,6 +18,7 @@ def tiny_suite(tmp_path_factory):
     for domain, d in zip(["source", "target_train", "target_val"], ["gta5", "cityscapes", "cityscapes"]):
         suite["datasets"][domain]["root"] = str(root / d)
     suite["seeds"] = [0]
+    suite["only"] = ["source_only", "oracle"]  # tests that need other methods say so
     suite["train"].update(device="cpu", log_every=0, checkpoint_every=3, metrics_every=2)
     for m in suite["methods"].values():
         if "iters" in m:  # the one-stage methods; multi-stage ones are set per test
