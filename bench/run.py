@@ -202,11 +202,19 @@ class Scheduler:
             if self.board:
                 self.board.started(self.stages[key], self.cache.dir(key))
 
+        # Submit no more than the cluster runs at once, longest remaining chain first: Ray would otherwise queue
+        # everything FIFO and a long method (several stages in a row) could start last.
+        height = critical_path(self.stages)
+        gpus = float(cluster.get("GPU", 0))
+        shares = [g for _, g in res_of.values() if g > 0]
+        slots = int(gpus / min(shares)) if gpus and shares else total_cpus
         while True:
             self._skip_blocked()
             ready = [k for k in self._pending() if k not in running.values() and self._ready(k)]
-            for i, k in enumerate(ready):
-                submit(k, len(ready) - i)
+            ready.sort(key=lambda k: -height[k])
+            free = max(0, slots - len(running))
+            for i, k in enumerate(ready[:free]):
+                submit(k, min(free, len(ready)) - i)
             if not running:
                 return
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
@@ -220,6 +228,24 @@ class Scheduler:
                     res, exc = None, getattr(e, "cause", None) or e
                 if self._record(key, res, exc):
                     submit(key)
+
+
+def critical_path(stages: dict) -> dict[str, float]:
+    """Per stage: train stages (1 each; label/fit/eval 0.1) on the longest path from it to the end of the DAG."""
+    children: dict[str, list[str]] = {k: [] for k in stages}
+    for k, ps in stages.items():
+        for up in ps.upstream.values():
+            if up in children:
+                children[up].append(k)
+    memo: dict[str, float] = {}
+
+    def h(k: str) -> float:
+        if k not in memo:
+            own = 1.0 if stages[k].stage.kind == "train" else 0.1
+            memo[k] = own + max((h(c) for c in children[k]), default=0.0)
+        return memo[k]
+
+    return {k: h(k) for k in stages}
 
 
 def summary_lines(outcomes: dict[str, Outcome]) -> list[str]:

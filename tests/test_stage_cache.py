@@ -102,3 +102,16 @@ def test_cache_ls_and_clear(tmp_path, calls):
     assert [e["stage"] for e in c.clear(partial_only=True)] == ["fake.flaky"]
     assert [e["stage"] for e in c.clear(stage="fake.mid")] == ["fake.mid"]
     assert len(c.entries()) == 2
+
+
+def test_critical_path_puts_long_chains_first():
+    from bench.run import critical_path
+
+    long_chain = fk.chain(1, 2)  # fit → train → label
+    lone = Stage("fake.flaky", "train", fk.flaky, {"fail_times": 0})
+    planned = plan_stages([long_chain, lone], 0, DATASETS, {})
+    h = critical_path({p.key: p for p in planned})
+    by_name = {p.name: h[p.key] for p in planned}
+    # root: 0.1 + mid 1.0 + leaf 0.1 = 1.2; the lone train stage: 1.0
+    assert by_name["fake.root"] == pytest.approx(1.2) and by_name["fake.flaky"] == pytest.approx(1.0)
+    assert by_name["fake.mid"] == pytest.approx(1.1) and by_name["fake.leaf"] == pytest.approx(0.1)
