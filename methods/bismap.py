@@ -9,11 +9,11 @@ pseudo-labels (Eq. 11) and mean-teacher consistency (Eq. 12). Paper/code disagre
 Every equation below is a pure function; the stages that run them live elsewhere.
 """
 
+
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -21,124 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE
-from methods.base import param
-
-_GTA5_ENTROPY_CODE = (0.1502, 0.2935, 0.1362, 0.4436, 0.4393, 0.2795, 0.3139, 0.3106, 0.1068, 0.3195, 0.0719,
-                      0.2364, 0.4754, 0.0986, 0.3673, 0.4127, 0.4826, 0.5645, 0.6694)
-_SYNTHIA_ENTROPY_CODE = (0.1039, 0.1333, 0.0960, 0.4322, 0.4646, 0.2801, 0.3994, 0.3480, 0.1437, 0.0, 0.1032,
-                         0.2556, 0.4076, 0.1399, 0.0, 0.3501, 0.0, 0.5117, 0.4416)
-_GTA5_SAMPLE_RATES_CODE = (0.002, 0.01, 0.003, 0.1, 0.1, 0.1, 1.0, 1.0, 0.01, 0.05, 0.01, 0.5, 1.0, 0.05, 0.1, 0.2,
-                           1.0, 1.0, 1.0)
-
-
-@dataclass
-class Config:
-    # -- variants (Tables 3-5)
-    pla: str = param("maps", "paper", "pseudo-label assignment: maps | cas (CAG anchors) | ias (IAST selector); "
-                     "Table 3 compares them on one warm-up model, all with STM")
-    use_stm: bool = param(True, "paper", "Table 4 ablation switch")
-    use_consistency: bool = param(True, "paper", "Table 4 ablation switch")
-    distill_rounds: int = param(1, "paper", "'an additional distillation stage'; the README runs 2; 0 = none")
-    cas_delta_d: float = param(1.0, "paper", "CAs-PLA distance threshold for Table 3/5; best of {0.5,1,1.5,2} "
-                               "(Table 5); CAG's own 2.5 is for its features")
-    # -- network and GPA warm-up (stage W)
-    model: str = param("deeplabv3plus_r101", "paper", "DeepLab-v3+ R101 (OS16), ImageNet init; code agrees")
-    init_weights: str | None = param(None, "harness", "local ImageNet ResNet-101 weights")
-    gpa: bool = param(True, "paper", "every stage trains on GPA-stylised source (Ma et al. CVPR 2021)")
-    gpa_gamma: str = param("mean_l", "inferred", "L gamma chosen so mean(L/100) matches the target's; GPA's "
-                           "paper gives no rule and no code")
-    gpa_pair_seed: int = param(0, "harness", "seed of the random source→target pairing (methods.gpa.pair_targets)")
-    warmup_iters: int = param(90_000, "paper")
-    warmup_batch_size: int = param(8, "paper", "no warm-up code released; the checkpoint is")
-    # -- MAPs (stage P2): Eq. 3-6
-    gmm_components: int = param(8, "paper", "K diagonal-covariance Gaussians per class (paper and code)")
-    gmm_max_samples: int = param(300_000, "paper", "features per class fed to EM (paper and code)")
-    gmm_max_iter: int = param(100, "code", "gmm_torch loops up to n_iter+1 = 101 times")
-    gmm_tol: float = param(1e-3, "code", "stop when the mean log-likelihood moves less than this; the code also "
-                           "reverts μ/σ² (not π) on a non-improving step, which we do not")
-    gmm_reg_covar: float = param(1e-6, "code", "variance floor added in every M-step (gmm_torch eps)")
-    gmm_init: str = param("kmeans", "code", "k-means (here k-means++-seeded Lloyd) | random; the code picks the "
-                          "best of 20 random centre sets, then Lloyd to 1e-3 on min-max scaled data")
-    gmm_min_samples: int = param(80, "inferred", "a class with fewer correct source features gets no GMM "
-                                 "(NaN rows, never pseudo-labelled); 10·K")
-    gmm_feature: str = param("decoder", "code", "256-d decoder feature after Dropout2d (stride 4): E of G = F∘E, "
-                             "all but the final 1×1 classifier")
-    gmm_sample_rates: tuple = param(_GTA5_SAMPLE_RATES_CODE, "code", "per-class keep rate of correct source "
-                                    "features before pooling (GTA5; code only; pools capped at 1e6)")
-    delta_gta5: float = param(100.0, "paper", "Eq. 6 log-density threshold δ for GTA5 (code default too)")
-    delta_synthia: float = param(-50.0, "paper", "δ for SYNTHIA (paper only; no SYNTHIA config in the code)")
-    delta_override: float | None = param(None, "harness", "any other source (MiniCity): δ re-chosen on source "
-                                         "features only, recorded in the run")
-    pl_full_resolution: bool = param(True, "paper", "features bilinearly upsampled to 2048×1024 before labelling "
-                                     "(footnote 1; code agrees)")
-    pl_flip: bool = param(False, "code", "flip-averaged features: --flip exists, unused in the README")
-    # -- STM (stage P1): Eq. 7-9
-    stm_encoders: tuple = param(("simclrv2_r152", "imagenet_r101", "warmup"), "inferred",
-                                "first available wins, recorded in the run: paper SimCLRv2 R152 (not available "
-                                "offline), a local ImageNet backbone, then the warm-up encoder")
-    stm_encoder_weights: str | None = param(None, "harness", "local weights file for the STM encoder")
-    stm_input_size: tuple = param((256, 128), "code", "W×H fed to the encoder, RGB in [0,1], no normalisation")
-    stm_grid: tuple = param((4, 4), "code", "stride-32 map (4×8) avg-pooled (1×2) to a 4×4 cell grid")
-    stm_clusters: int = param(40, "code", "J target prototypes (paper: unspecified)")
-    stm_kmeans_samples: int = param(1_000_000, "code", "random target cells clustered")
-    stm_kmeans_seed: int = param(5, "code", "sklearn KMeans random_state, n_init 1")
-    stm_d_mean: str = param("dataset", "paper", "d_mean: dataset mean of D | ema (code: EMA 0.99 of per-image "
-                            "means in glob order)")
-    stm_entropy: str = param("pseudo_labels", "paper", "e_c from the warm-up model on target pseudo-labels | "
-                             "code (the hard-coded lists below)")
-    stm_entropy_gta5_code: tuple = param(_GTA5_ENTROPY_CODE, "code", "GTA5 e_c constants in the released STM")
-    stm_entropy_synthia_code: tuple = param(_SYNTHIA_ENTROPY_CODE, "code", "SYNTHIA e_c constants (0 = absent)")
-    # -- self-training (stage S): Eq. 10-13
-    st_init: str = param("imagenet", "code", "retrained from ImageNet, not from the warm-up (resume_flag False)")
-    st_iters: int = param(90_000, "paper")
-    st_batch_source: int = param(4, "paper")
-    st_batch_target: int = param(4, "paper")
-    lr: float = param(5e-4, "paper")
-    head_lr_mult: float = param(1.0, "paper", "code: 10 (head_10x_lr)")
-    lr_warmup_iters: int = param(0, "paper", "code: 400 linear warm-up iterations")
-    eta_min: float = param(0.0, "paper", "code: poly decays to 1e-7")
-    momentum: float = param(0.9, "paper")
-    weight_decay: float = param(5e-4, "paper")
-    power: float = param(0.9, "paper")
-    crop: tuple = param((896, 512), "paper", "W×H random crop")
-    scale_range: tuple = param((0.5, 1.5), "paper", "random rescale; code draws the width from U(0.5,1.5)·2200 "
-                               "(source) / ·2048 (target)")
-    synthia_resize: tuple = param((2048, 1024), "paper", "SYNTHIA resized before the random scale (paper only)")
-    jitter_source: tuple = param((0.5, 0.5, 0.5, 0.2), "code", "brightness, contrast, saturation, hue")
-    jitter_target: tuple = param((0.1, 0.5, 0.5, 0.1), "code", "brightness, contrast, saturation, hue")
-    sce_alpha: float = param(0.1, "paper", "Eq. 11 CE weight")
-    sce_beta: float = param(1.0, "paper", "Eq. 11 reverse-CE weight")
-    sce_clamp: float = param(1e-4, "paper", "one-hot clamped to [1e-4, 1]")
-    consistency_weight: float = param(20.0, "paper", "λ of Eq. 13; code config gta5_st.yml: 30")
-    consistency_reduction: str = param("element_mean", "code", "nn.KLDivLoss() mean over pixels×classes; the λ "
-                                       "values were tuned with it (Eq. 12's plain sum would scale λ by ~19·HW)")
-    consistency_views: str = param("paper", "paper", "paper: teacher sees φ(x) | code: teacher the weak crop, "
-                                   "student RandAugment+CutOut, KL outside the cut-out only")
-    ema_momentum: float = param(0.999, "paper", "EMA teacher, updated before each forward; BN buffers copied")
-    randaugment: tuple = param((2, 10), "code", "RandAugment (n, m); the paper names RandAugment only")
-    cutout_fraction: float = param(0.2, "code", "CutOut square side = 0.2·W, zeroed")
-    rampup_iters: int = param(4000, "code", "λ × exp(-5(1-t/T)^2) over the first T iterations")
-    # -- distillation (stage D)
-    kd: str = param("paper", "paper", "paper: KL(teacher‖student) with log-softmax | code: ProDA's "
-                    "kl_div(softmax, softmax) bug (ProDA#43)")
-    kd_weight: float = param(1.0, "code")
-    distill_iters: int = param(90_000, "code")
-    distill_student_init: str = param("simclrv2_r101", "code", "falls back to ImageNet (SimCLRv2 not offline)")
-    distill_pl_scales: tuple = param((0.75, 1.0, 1.5), "code", "teacher labels: multi-scale + flip, argmax")
-    distill_pl_threshold: float = param(0.0, "code", "every pixel labelled")
-    # -- evaluation
-    protocol: str = param("B", "harness", "full 2048×1024 input, single scale")
-    select: str = param("final", "harness", "final iterate; the code keeps best-on-val (a labelled protocol)")
-
-
-def delta_for(cfg: Config, source: str) -> float:
-    """The Eq. 6 threshold δ for a source domain (``gta5`` | ``synthia``), or ``cfg.delta_override``."""
-    if cfg.delta_override is not None:
-        return float(cfg.delta_override)
-    table = {"gta5": cfg.delta_gta5, "synthia": cfg.delta_synthia}
-    if source not in table:
-        raise ValueError(f"source {source!r}: no paper δ; set delta_override (valid sources: {sorted(table)})")
-    return float(table[source])
+from methods.bismap_config import Config, delta_for  # noqa: F401 - re-exported: the method's settings
 
 
 # ------------------------------------------------------------------------------------------ Eq. 3-5: MAPs
