@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -259,6 +258,3 @@ def summary_lines(outcomes: dict[str, Outcome]) -> list[str]:
         lines.append(f"  {o.status}: {o.name} ({o.key}) after {o.attempts} attempt(s): {o.error}")
     return lines
 
-
-def wall(start: float) -> float:
-    return time.perf_counter() - start

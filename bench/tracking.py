@@ -155,12 +155,6 @@ def load_results(uri: str, experiment: str, invocation: str | None = None) -> tu
     return results, invocation
 
 
-def metric_history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    from mlflow.tracking import MlflowClient
-
-    return [(m.step, m.value) for m in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key)]
-
-
 def ui_command(uri: str, port: int = 5000) -> tuple[list[str], dict]:
     """The ``mlflow ui`` command sized for a small machine (one worker, no job runner: ~0.5 GiB, not ~3)."""
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
