@@ -49,7 +49,8 @@ class OptimizerSpec:
     ``modules`` names one or several entries of the trainer's module dict. A module that defines
     ``parameter_groups()`` (a list of ``{"params", "lr_mult", "name"}`` dicts, optionally with a
     ``"weight_decay"``) gets those groups; any other module contributes all its trainable parameters with
-    ``lr_mult`` 1. ``clip_grad_norm`` clips this optimiser's gradients (after AMP unscaling) when set.
+    ``lr_mult`` 1; ``head_lr_mult`` replaces every group multiplier other than 1 (a recipe with one lr for all
+parameters sets it to 1). ``clip_grad_norm`` clips this optimiser's gradients (after AMP unscaling) when set.
     """
 
     modules: str | Sequence[str]
@@ -63,6 +64,7 @@ class OptimizerSpec:
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
     clip_grad_norm: float | None = None
+    head_lr_mult: float | None = None  # replaces the modules' own non-1 lr_mult (the 10× head); None keeps it
 
     def __post_init__(self) -> None:
         if self.kind not in OPTIMIZER_KINDS:
@@ -117,6 +119,10 @@ def build_optimizer(spec: OptimizerSpec, modules: Mapping[str, nn.Module]) -> to
         if name not in modules:
             raise KeyError(f"OptimizerSpec names module {name!r}, but the modules are {sorted(modules)}")
         groups += module_param_groups(name, modules[name])
+    if spec.head_lr_mult is not None:
+        for g in groups:
+            if g["lr_mult"] != 1.0:
+                g["lr_mult"] = float(spec.head_lr_mult)
     if not groups:
         raise ValueError(f"OptimizerSpec over {spec.module_names} has no trainable parameters")
     for g in groups:

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
-SUITE_KEYS = {"name", "description", "minicity", "datasets", "targets", "evaluation", "seeds", "resources", "train",
-              "paper", "methods", "only", "ablations"}
+SUITE_KEYS = {"name", "extends", "description", "minicity", "datasets", "targets", "evaluation", "seeds",
+              "resources", "train", "paper", "methods", "only", "ablations"}
 
 
 class SuiteError(ValueError):
@@ -29,6 +29,8 @@ def load_suite(name: str, overrides=()) -> dict:
         valid = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
         raise SuiteError(f"unknown suite {name!r} ({path} not found); valid: {valid}")
     suite = yaml.safe_load(path.read_text())
+    if suite.get("extends"):
+        suite = extend_suite(load_suite(suite["extends"]), suite)
     suite["name"] = path.stem
     for ov in overrides:
         apply_override(suite, ov)
@@ -39,6 +41,23 @@ def load_suite(name: str, overrides=()) -> dict:
         if not suite.get(key):
             raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
     return suite
+
+
+def extend_suite(base: dict, child: dict) -> dict:
+    """``extends: BASE`` in a suite file: the child's top-level sections replace the base's, except ``datasets``
+    and ``methods``, whose entries (one domain, one method) are updated key by key — so a selection suite can
+    change one split or one schedule and keep everything else in step with its base."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if key in ("datasets", "methods") and isinstance(value, dict):
+            for name, over in value.items():
+                if name not in out[key]:
+                    out[key][name] = copy.deepcopy(over)
+                else:
+                    out[key][name] = {**copy.deepcopy(out[key][name]), **copy.deepcopy(over or {})}
+        elif key != "name":
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def apply_override(suite: dict, text: str) -> None:

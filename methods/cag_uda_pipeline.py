@@ -3,8 +3,13 @@ training with Eq. 12). The equations live in ``methods.cag_uda``; this module on
 
 ``variant="paper"`` (default): anchors from every GT source pixel with M_{k-1}, recomputed each stage; both
 pseudo-label sets computed once per stage on the full target images and kept fixed (stored by a label
-stage); pixel-level squared-L2 distance loss. The ``code`` variant's online labels and class-mean SmoothL1
-loss are not wired yet and are refused with a clear error.
+stage); pixel-level squared-L2 distance loss.
+
+``variant="code"`` (the official implementation, reference/methods.md §1.8): anchors from correctly predicted
+source pixels, image-averaged, computed once from the warm-up model and used by every stage; both pseudo-label
+sets recomputed every iteration by the frozen M_{k-1} (eval mode) on the augmented target crop at the feature
+grid; target CE at that grid; SmoothL1 class-mean distance loss. Its label stage is kept for the diagnostics
+(ratio, precision on full images) and feeds nothing into training.
 """
 
 from __future__ import annotations
@@ -24,18 +29,7 @@ VERSION = "1"
 
 
 # ----------------------------------------------------------------------------------------------- fit
-@torch.no_grad()
-def fit_anchors(p: dict, ctx) -> dict:
-    """Stage ``cag_uda.anchors`` (Eq. 4): class means of f_D over all GT source pixels, M_{k-1} in eval mode."""
-    model = ctx.load_model("model").to(ctx.device).eval()
-    ds = ctx.dataset("source", plain=True)
-    acc = cag.AnchorAccumulator(NUM_CLASSES)
-    for i in range(len(ds)):
-        item = ds[i]
-        feats = model(item["image"][None].to(ctx.device)).features[p["feature"]].float()
-        labels = cag.labels_to_feature_grid(item["label"][None].to(ctx.device), tuple(feats.shape[-2:]))
-        acc.update(feats, labels)
-    anchors = acc.anchors()
+def _save_anchors(anchors: torch.Tensor, ctx) -> dict:
     torch.save(anchors.cpu(), ctx.out_dir / "anchors.pt")
     present = torch.isfinite(anchors).all(1)
     finite = anchors[present]
@@ -43,6 +37,43 @@ def fit_anchors(p: dict, ctx) -> dict:
     d.fill_diagonal_(float("inf"))
     return {"anchor_classes": int(present.sum()), "anchor_norm_mean": float(finite.norm(dim=1).mean()),
             "anchor_nearest_other_mean": float(d.min(1).values.mean()) if len(finite) > 1 else float("nan")}
+
+
+def _source_passes(p: dict, ctx):
+    """(model output, features, GT on the feature grid) for every source image, M_{k-1} in eval mode."""
+    model = ctx.load_model("model").to(ctx.device).eval()
+    ds = ctx.dataset("source", plain=True)
+    for i in range(len(ds)):
+        item = ds[i]
+        out = model(item["image"][None].to(ctx.device))
+        feats = out.features[p["feature"]].float()
+        yield out, feats, cag.labels_to_feature_grid(item["label"][None].to(ctx.device), tuple(feats.shape[-2:]))
+
+
+@torch.no_grad()
+def fit_anchors(p: dict, ctx) -> dict:
+    """Stage ``cag_uda.anchors`` (Eq. 4): class means of f_D over all GT source pixels, M_{k-1} in eval mode."""
+    acc = cag.AnchorAccumulator(NUM_CLASSES)
+    for _, feats, labels in _source_passes(p, ctx):
+        acc.update(feats, labels)
+    return _save_anchors(acc.anchors(), ctx)
+
+
+@torch.no_grad()
+def fit_anchors_code(p: dict, ctx) -> dict:
+    """Stage ``cag_uda.anchors_code``: the official code's anchors (``cag.CodeAnchorAccumulator``: pixels with
+    GT = prediction = c, per-image means, a running mean capped at ``cap`` images)."""
+    acc = cag.CodeAnchorAccumulator(NUM_CLASSES, p["min_pixels"], p["cap"])
+    for out, feats, labels in _source_passes(p, ctx):
+        acc.update(feats.cpu(), labels.cpu(), _grid_argmax(out.logits, feats).cpu())
+    return _save_anchors(acc.anchors(), ctx)
+
+
+def _grid_argmax(logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """The prediction on the feature grid (logits resized bilinearly when their grid differs)."""
+    if logits.shape[-2:] != feats.shape[-2:]:
+        logits = F.interpolate(logits.float(), size=tuple(feats.shape[-2:]), mode="bilinear", align_corners=True)
+    return logits.detach().argmax(1)
 
 
 # --------------------------------------------------------------------------------------------- label
@@ -124,8 +155,58 @@ def cag_losses(model, p: dict, anchors: torch.Tensor):
     return losses
 
 
+@torch.no_grad()
+def online_pseudo_labels(labeller, images: torch.Tensor, p: dict, anchors: torch.Tensor):
+    """The code variant's labels for one target batch: the frozen M_{k-1} (eval mode) on the augmented crop,
+    anchor labels (Eq. 5–7, a margin of exactly Δd kept as in the code) and probability labels (P0), both on the
+    feature grid (1/4 of the crop for DeepLab-v3+). → (anchor labels, probability labels), int64 ``[N,h,w]``."""
+    out = labeller(images)
+    feats = out.features[p["feature"]].float()
+    pa = cag.anchor_pseudo_labels(feats, anchors.to(feats.device), p["delta_d"], inclusive=p["tie_inclusive"])
+    logits = out.logits.float()
+    if logits.shape[-2:] != feats.shape[-2:]:
+        logits = F.interpolate(logits, size=tuple(feats.shape[-2:]), mode="bilinear", align_corners=True)
+    return pa, cag.probability_pseudo_labels(torch.softmax(logits, 1), p["p0"])
+
+
+def code_losses(model, labeller, p: dict, anchors: torch.Tensor):
+    """The official code's objective with the terms in ``p["terms"]``: CE_s + λ2·(CE_t + CE_tP) at the feature
+    grid + λ1·(SmoothL1 class-mean distance on source and target); λ1 = 0.7, λ2 = 0.5 in the code."""
+    anchors = anchors.float()
+    dist = {"min_pixels": p["dis_min_pixels"], "clamp": p["dis_clamp"], "scale": p["dis_scale"],
+            "grad_rescale": p["dis_grad_rescale"]}
+
+    def losses(batch, it):
+        src, tgt = batch["source"], batch["target_train"]
+        terms = p["terms"]
+        out_s = model(src["image"])
+        parts = {"ce_s": source_only.segmentation_ce(out_s.logits, src["label"])}
+        if any(t in terms for t in ("dis_t", "ce_t", "ce_tp")):
+            out_t = model(tgt["image"])
+            pa, pp = online_pseudo_labels(labeller, tgt["image"], p, anchors)
+            f_t = out_t.features[p["feature"]]
+        if "dis_s" in terms:
+            f_s = out_s.features[p["feature"]]
+            lab = cag.labels_to_feature_grid(src["label"], tuple(f_s.shape[-2:]))
+            parts["dis_s"] = cag.code_distance_loss(f_s, lab, _grid_argmax(out_s.logits, f_s), anchors.to(f_s.device),
+                                                    **dist)
+        if "dis_t" in terms:
+            lab = pa if p["dis_labels"] == "anchor" else pp
+            parts["dis_t"] = cag.code_distance_loss(f_t, lab, _grid_argmax(out_t.logits, f_t), anchors.to(f_t.device),
+                                                    **dist)
+        if "ce_t" in terms:
+            parts["ce_t"] = source_only.segmentation_ce(out_t.logits, pa)
+        if "ce_tp" in terms:
+            parts["ce_tp"] = source_only.segmentation_ce(out_t.logits, pp)
+        lam = {"ce_s": 1.0, "dis_s": p["lambda1"], "dis_t": p["lambda1"], "ce_t": p["lambda2"], "ce_tp": p["lambda2"]}
+        return {"segmenter": {k: lam[k] * v for k, v in parts.items()}}
+
+    return losses
+
+
 def train_adaptation(p: dict, ctx) -> dict:
-    """Stage ``cag_uda.train``: M_k from M_{k-1} with Eq. 12 on the source and the stored target pseudo-labels."""
+    """Stage ``cag_uda.train``: M_k from M_{k-1} — with the stored target pseudo-labels and Eq. 12 (paper), or
+    with labels recomputed online by a frozen copy of M_{k-1} and the code's objective (``p["online"]``)."""
     from bench.pseudo import with_pseudo_labels
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
@@ -135,13 +216,19 @@ def train_adaptation(p: dict, ctx) -> dict:
     anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True)
     aug = {"scale": p["resize_scale"], "crop": p["crop"], "flip": p["hflip"] > 0}
     target = ctx.dataset("target_train", labels=False, options=aug)
-    labels = ctx.inputs["labels"]
-    datasets = {"source": ctx.dataset("source", options=aug),
-                "target_train": TwoLabels(with_pseudo_labels(target, labels / "labels_anchor"),
-                                          with_pseudo_labels(target, labels / "labels_prob"))}
+    datasets = {"source": ctx.dataset("source", options=aug)}
+    if p["online"]:
+        labeller = ctx.load_model("init").to(ctx.device).eval().requires_grad_(False)
+        datasets["target_train"] = target
+        losses = code_losses(model, labeller, p, anchors)
+    else:
+        labels = ctx.inputs["labels"]
+        datasets["target_train"] = TwoLabels(with_pseudo_labels(target, labels / "labels_anchor"),
+                                             with_pseudo_labels(target, labels / "labels_prob"))
+        losses = cag_losses(model, p, anchors)
     spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                         weight_decay=p["weight_decay"], power=p["power"])
-    trainer = Trainer({"segmenter": model}, {"segmenter": spec}, cag_losses(model, p, anchors), datasets,
+                         weight_decay=p["weight_decay"], power=p["power"], head_lr_mult=p["head_lr_mult"])
+    trainer = Trainer({"segmenter": model}, {"segmenter": spec}, losses, datasets,
                       ctx.train_config(p["iters"], None, dict.fromkeys(datasets, p["batch_size"])),
                       out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
     fit = trainer.fit()
@@ -156,11 +243,18 @@ def pretrain_config(cfg: cag.Config, eff: dict) -> source_only.Config:
     return make_config(source_only.Config, {**values, **cfg.pretrain})
 
 
+def _anchor_stage(cfg: cag.Config, eff: dict, model: Stage) -> Stage:
+    feature = eff["feature_layer"]
+    if eff["anchor_rule"] == "gt_pixel_mean":
+        return Stage("cag_uda.anchors", "fit", fit_anchors, {"feature": feature}, upstream={"model": model},
+                     datasets=("source",), version=VERSION)
+    params = {"feature": feature, "min_pixels": cfg.anchor_min_pixels_code, "cap": cfg.anchor_count_cap_code}
+    return Stage("cag_uda.anchors_code", "fit", fit_anchors_code, params, upstream={"model": model},
+                 datasets=("source",), version=VERSION)
+
+
 def stages(cfg: cag.Config) -> list[Stage]:
     """Source-only → warm-up → K adaptation stages; the last stage's model is evaluated."""
-    if cfg.variant != "paper":
-        raise NotImplementedError("cag_uda variant='code' (online labels, class-mean SmoothL1 distance) is not wired "
-                                  "into stages yet; use variant=paper")
     eff = cag.effective(cfg)
     model = source_only.train_stage(pretrain_config(cfg, eff))
     out = [model]
@@ -168,26 +262,33 @@ def stages(cfg: cag.Config) -> list[Stage]:
     if cfg.warmup:
         warm = {"feature": feature, "adv_weight": cfg.warmup_adv_weight, "d_channels": list(cfg.warmup_d_channels),
                 "d_all_leaky": False, "iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size,
-                "lr": cfg.warmup_lr, "momentum": cfg.momentum, "weight_decay": eff["weight_decay"],
+                "lr": cfg.warmup_lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,  # no code warm-up
                 "power": cfg.power, "d_lr": cfg.warmup_d_lr}
         model = Stage("adversarial.feature_warmup", "train", train_feature_warmup, warm, upstream={"init": model},
                       datasets=("source", "target_train"), version=VERSION)
         out.append(model)
+    online = eff["online_labels"]
+    anchors = None
     for _ in range(cfg.num_stages):
-        anchors = Stage("cag_uda.anchors", "fit", fit_anchors, {"feature": feature}, upstream={"model": model},
-                        datasets=("source",), version=VERSION)
+        if anchors is None or eff["anchors_per_stage"]:
+            anchors = _anchor_stage(cfg, eff, model)
+            out.append(anchors)
         rule = {"feature": feature, "delta_d": cfg.delta_d, "p0": cfg.p0, "tie_inclusive": eff["tie_inclusive"]}
         labels = Stage("cag_uda.label", "label", label_target, rule,
                        upstream={"model": model, "anchors": anchors}, datasets=("target_train",), version=VERSION)
-        train = {"feature": feature, "terms": list(cfg.terms), "dis_labels": cfg.dis_labels, "p0": cfg.p0,
+        train = {**rule, "terms": list(cfg.terms), "dis_labels": cfg.dis_labels, "online": online,
                  "lambda1": eff["lambda1"], "lambda2": eff["lambda2"], "iters": eff["stage_iters"],
                  "batch_size": eff["batch_size"], "lr": eff["lr"], "momentum": cfg.momentum,
-                 "weight_decay": eff["weight_decay"], "power": cfg.power,
+                 "weight_decay": eff["weight_decay"], "power": cfg.power, "head_lr_mult": eff["head_lr_mult"],
                  "crop": list(eff["crop"]) if eff["crop"] else None,
                  "resize_scale": list(eff["resize_scale"]) if eff["resize_scale"] else None, "hflip": cfg.hflip}
-        model = Stage("cag_uda.train", "train", train_adaptation, train,
-                      upstream={"init": model, "anchors": anchors, "labels": labels},
+        if online:  # the code's distance-loss constants; its label stage is diagnostics only
+            train.update(dis_min_pixels=cfg.dis_min_pixels_code, dis_clamp=cfg.dis_clamp_code,
+                         dis_scale=cfg.dis_scale_code, dis_grad_rescale=cfg.dis_grad_rescale_code)
+            upstream = {"init": model, "anchors": anchors, "diagnostics": labels}
+        else:
+            upstream = {"init": model, "anchors": anchors, "labels": labels}
+        model = Stage("cag_uda.train", "train", train_adaptation, train, upstream=upstream,
                       datasets=("source", "target_train"), version=VERSION)
-        out += [anchors, labels, model]
+        out += [labels, model]
     return out
-

@@ -92,12 +92,20 @@ def test_cag_uda_chain_on_tiny_minicity_shares_source_only(tiny_suite):
             "methods.cag_uda.pretrain={model: small, model_options: {}, iters: 4, horizon: null, batch_size: 2, "
             "lr: 0.01, weight_decay: 0.0005, aux_weight: 0.0}",
             "methods.cag_uda.warmup_iters=2", "methods.cag_uda.stage_iters=2", "methods.cag_uda.batch_size=2",
-            "methods.cag_uda.warmup_batch_size=2", "methods.cag_uda.num_stages=2", "methods.cag_uda.delta_d=0.0"]
+            "methods.cag_uda.warmup_batch_size=2", "methods.cag_uda.num_stages=2", "methods.cag_uda.delta_d=0.0",
+            # the official code's recipe on the small net: online labels, code anchors, class-mean SmoothL1
+            "methods.cag_uda.variants={code: {variant: code, model_code: small, feature_layer_code: decoder, "
+            "stage_iters_code: 2, batch_size_code: 2, crop_code: null, resize_scale_code: null, "
+            "anchor_min_pixels_code: 1, dis_min_pixels_code: 1}}"]
     out = run_suite(str(path), over, results_root=results / "cag", executor="local")
     names = sorted(o.name for o in out["outcomes"].values())
-    assert names.count("source_only.train") == 1 and names.count("cag_uda.train") == 2
+    assert names.count("source_only.train") == 1 and names.count("cag_uda.train") == 4
+    assert names.count("cag_uda.anchors_code") == 1  # the code computes its anchors once, for every stage
+    assert names.count("adversarial.feature_warmup") == 1  # both variants start from one warm-up
     assert {o.status for o in out["outcomes"].values()} == {"done"}
+    assert all(o.result["iterations"] == 2 for o in out["outcomes"].values() if o.name == "cag_uda.train")
     labels = [o.result for o in out["outcomes"].values() if o.name == "cag_uda.label"]
     # Δd = 0: every pixel with two finite anchors is active; MiniCity's target train has labels to score them
     assert all(r["pl_ratio"] > 0.5 and 0.0 <= r["pl_precision"] <= 1.0 for r in labels)
     assert {r["method"] for r in out["results"]} == {"source_only", "cag_uda"}
+    assert {r["variant"] for r in out["results"] if r["method"] == "cag_uda"} == {"", "code"}

@@ -99,11 +99,13 @@ def fingerprint(root: Path, paths) -> str:
 
 
 def build_dataset(name: str, root, split: str | None = None, *, list_file=None, seed: int = 0,
-                  labels: bool = True, city: str | None = None, **options) -> SegmentationDataset:
+                  labels: bool = True, city: str | None = None, holdout: dict | None = None,
+                  **options) -> SegmentationDataset:
     """A torch Dataset over dataset ``name`` ∈ gta5, cityscapes, synthia, crosscity at ``root``.
 
     ``split``: gta5/synthia "all" (default; subset with ``list_file``), cityscapes "train"/"val",
     crosscity "train"/"test" with ``city``. ``labels=False`` reads images only (unlabelled target use).
+    ``holdout={"fraction", "seed", "part": "rest"|"held"}`` keeps one side of a fixed split (:func:`holdout_split`).
     ``options`` are the Transform fields: resize=(w,h), interpolation, scale=(lo,hi), crop=(w,h), flip,
     normalize ∈ caffe | imagenet | unit. With no options items are at the files' native resolution.
     """
@@ -112,7 +114,7 @@ def build_dataset(name: str, root, split: str | None = None, *, list_file=None, 
     unknown = set(options) - set(Transform.__dataclass_fields__)
     if unknown:
         raise TypeError(f"unknown dataset option(s) {sorted(unknown)}; valid: "
-                        f"{sorted(Transform.__dataclass_fields__)} + list_file, seed, labels, city")
+                        f"{sorted(Transform.__dataclass_fields__)} + list_file, seed, labels, city, holdout")
     defaults = {"gta5": "all", "synthia": "all", "cityscapes": "val", "crosscity": "test"}
     split = split or defaults[name]
     root = Path(root)
@@ -124,10 +126,32 @@ def build_dataset(name: str, root, split: str | None = None, *, list_file=None, 
         listing = DATASETS[name](root, split)
     if list_file is not None:
         listing = layouts.apply_list_file(listing, list_file, root)
+    if holdout is not None:
+        listing = layouts.Listing(holdout_split(listing.samples, **holdout), listing.missing_labels,
+                                  listing.label_format)
     if not labels:
         listing = layouts.Listing([layouts.Sample(s.image, None, s.name) for s in listing.samples], 0,
                                   listing.label_format)
     return SegmentationDataset(name, root, listing, Transform(**_tuples(options)), seed=seed)
+
+
+def holdout_split(samples: list, fraction: float, seed: int = 0, part: str = "rest") -> list:
+    """A fixed split of ``samples`` for model selection without the test split (e.g. choosing a threshold on
+    a held-out part of target train). A sample is held out when sha256("seed:name") falls below ``fraction``
+    of the hash range: the split depends only on the names and the seed, not on the order or on the other
+    files. ``part="held"`` keeps the held-out samples, ``"rest"`` the others."""
+    if not 0 < fraction < 1 or part not in ("rest", "held"):
+        raise ValueError(f"holdout: need 0 < fraction < 1 and part 'rest' or 'held', got fraction={fraction!r}, "
+                         f"part={part!r}")
+
+    def held(name: str) -> bool:
+        digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+    out = [s for s in samples if held(s.name) == (part == "held")]
+    if not out:
+        raise ValueError(f"holdout fraction={fraction} part={part!r} leaves no sample out of {len(samples)}")
+    return out
 
 
 def _tuples(options: dict) -> dict:
