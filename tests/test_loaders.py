@@ -163,3 +163,22 @@ def test_fingerprint_changes_with_content(tmp_path):
     assert f1 == build_dataset("gta5", tmp_path).fingerprint()
     write_rgb(tmp_path / "images" / "00001.png", np.zeros((16, 32, 3)))
     assert build_dataset("gta5", tmp_path).fingerprint() != f1
+
+
+def test_holdout_split_is_a_fixed_partition_by_name():
+    from bench.data.datasets import holdout_split
+    from bench.data.layouts import Sample
+
+    samples = [Sample(f"img{i}.png", None, f"city/img{i}.png") for i in range(400)]
+    held = holdout_split(samples, 0.2, seed=0, part="held")
+    rest = holdout_split(samples, 0.2, seed=0, part="rest")
+    assert {s.name for s in held}.isdisjoint({s.name for s in rest}) and len(held) + len(rest) == 400
+    assert 50 <= len(held) <= 110  # binomial(400, 0.2): mean 80, sd 8
+    # the order and the other files do not matter; another seed is another split
+    assert {s.name for s in holdout_split(samples[::-1][:200], 0.2, part="held")} == \
+        {s.name for s in held if int(s.name[8:-4]) >= 200}
+    assert {s.name for s in holdout_split(samples, 0.2, seed=1, part="held")} != {s.name for s in held}
+    with pytest.raises(ValueError, match="part"):
+        holdout_split(samples, 0.2, part="val")
+    with pytest.raises(ValueError, match="leaves no sample"):
+        holdout_split(samples[:1], 0.01, seed=0, part="held")

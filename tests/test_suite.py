@@ -94,3 +94,17 @@ def test_variants_expand_with_their_overrides():
     got = [(m, v, c.iters) for m, v, c in method_configs(s)]
     base = s["methods"]["source_only"]["iters"]
     assert base != 10 and got == [("source_only", "", base), ("source_only", "fast", 10)]
+
+
+def test_extends_keeps_the_base_and_updates_one_domain_and_one_method():
+    base, sel = load_suite("minicity"), load_suite("minicity_delta_d")
+    assert sel["name"] == "minicity_delta_d" and sel["seeds"] == [0] and sel["only"] == ["cag_uda"]
+    # one key of a domain changed, the rest inherited
+    assert sel["datasets"]["target_val"]["split"] == "train"
+    assert sel["datasets"]["target_val"]["root"] == base["datasets"]["target_val"]["root"]
+    assert sel["datasets"]["target_train"]["holdout"]["part"] == "rest"
+    # one method's schedule kept in step with the base, its variants replaced
+    cag_b, cag_s = base["methods"]["cag_uda"], sel["methods"]["cag_uda"]
+    assert cag_s["stage_iters"] == cag_b["stage_iters"] and cag_s["num_stages"] == 1
+    assert "stage1" not in cag_s["variants"] and "dd_1.0" in cag_s["variants"]
+    assert sel["methods"]["source_only"] == base["methods"]["source_only"]
