@@ -228,15 +228,53 @@ def to_markdown(frame: pd.DataFrame, title: str = "", *, digits: int = 1) -> str
     return "\n".join(lines) + "\n"
 
 
-def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU", digits: int = 1) -> str:
-    """An ``ablation_frame`` as a pipe table: row, seeds, ``metric`` mean ± std, signed gain (no tabulate needed)."""
+def _paper_gain(abl: pd.DataFrame, base: str) -> pd.Series:
+    return abl["paper mIoU"] - abl.loc[base, "paper mIoU"] if base in abl.index else abl["paper mIoU"] * np.nan
+
+
+def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU", digits: int = 1,
+                      base: str | None = None) -> str:
+    """An ``ablation_frame`` as a pipe table: row, seeds, ``metric`` mean ± std, signed gain; with a ``paper mIoU``
+    column (and ``paper row``), the paper's value and its gain over the paper's ``base`` row beside ours."""
+    paper = "paper mIoU" in abl.columns
     lines = [f"### {title}", ""] if title else []
-    lines += [f"| Method | seeds | {metric} | gain |", "|:---|---:|---:|---:|"]
+    head = f"| Method | seeds | {metric} | gain |"
+    lines += [head + (" paper row | paper | paper gain |" if paper else ""),
+              "|:---|---:|---:|---:|" + ("|:---|---:|---:|" if paper else "")]
+    pgain = _paper_gain(abl, base or abl.index[0]) if paper else None
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else f" ± {r[f'{metric}_std']:.{digits}f}"
-        name = str(name).replace("|", r"\|")
-        lines.append(f"| {name} | {int(r['seeds'])} | {r[metric]:.{digits}f}{std} | {r['gain']:+.{digits}f} |")
+        label = str(name).replace("|", r"\|")
+        line = f"| {label} | {int(r['seeds'])} | {r[metric]:.{digits}f}{std} | {r['gain']:+.{digits}f} |"
+        if paper:
+            row = str(r.get("paper row", "") or "").replace("|", r"\|")
+            pv = "–" if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}"
+            pg = "–" if pd.isna(pgain[name]) else f"{pgain[name]:+.{digits}f}"
+            line += f" {row} | {pv} | {pg} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def ablation_latex(abl: pd.DataFrame, caption: str = "", *, metric: str = "mIoU", digits: int = 1,
+                   base: str | None = None) -> str:
+    """The same table as :func:`ablation_markdown` in booktabs LaTeX."""
+    paper = "paper mIoU" in abl.columns
+    pgain = _paper_gain(abl, base or abl.index[0]) if paper else None
+    cols = "lrrr" + ("lrr" if paper else "")
+    head = ["Method", "seeds", metric, "gain"] + (["paper row", "paper", "paper gain"] if paper else [])
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}", rf"\begin{{tabular}}{{{cols}}}",
+           r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    for name, r in abl.iterrows():
+        std = "" if pd.isna(r[f"{metric}_std"]) else rf" $\pm$ {r[f'{metric}_std']:.{digits}f}"
+        cells = [tex_escape(str(name)), str(int(r["seeds"])), f"{r[metric]:.{digits}f}{std}",
+                 f"{r['gain']:+.{digits}f}"]
+        if paper:
+            cells += [tex_escape(str(r.get("paper row", "") or "")),
+                      "--" if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}",
+                      "--" if pd.isna(pgain[name]) else f"{pgain[name]:+.{digits}f}"]
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"
 
 
 def to_csv(frame: pd.DataFrame, path: str | Path | None = None) -> str | None:

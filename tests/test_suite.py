@@ -60,7 +60,8 @@ def test_unknown_top_level_key_is_refused():
         load_suite("minicity", ["seedz=[1]"])
 
 
-@pytest.mark.parametrize("name", ["minicity", "gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity"])
+@pytest.mark.parametrize("name", ["minicity", "minicity_ablations", "minicity_delta_d", "gta5_cityscapes",
+                                  "synthia_cityscapes", "cityscapes_crosscity"])
 def test_suites_paper_rows_resolve(name):
     from bench.report import paper_rows
 
@@ -108,3 +109,16 @@ def test_extends_keeps_the_base_and_updates_one_domain_and_one_method():
     assert cag_s["stage_iters"] == cag_b["stage_iters"] and cag_s["num_stages"] == 1
     assert "stage1" not in cag_s["variants"] and "dd_1.0" in cag_s["variants"]
     assert sel["methods"]["source_only"] == base["methods"]["source_only"]
+
+
+@pytest.mark.parametrize("name", ["gta5_cityscapes", "minicity_ablations"])
+def test_table4_ablations_map_every_variant_to_a_paper_row(name):
+    """Each named variant of CAG-UDA and SSF-DAN has its Table 4 row, and source-only its baseline row."""
+    from bench.report import paper_ablation
+
+    s = load_suite(name)
+    for method in ("cag_uda", "ssf_dan"):
+        rows, source = paper_ablation(s, method)
+        ours = {(method, v) for v in s["methods"][method]["variants"]} | {(method, "")}
+        assert ours - {(method, "no_warmup")} <= set(rows) and rows[("source_only", "")][0]
+        assert source.endswith("Table 4")
