@@ -36,3 +36,12 @@ def test_ui_command_fits_a_small_machine():
 def test_run_reports_a_bad_override_with_exit_2(capsys):
     assert main(["run", "minicity", "methods.source_only.lrr=1", "--executor", "local"]) == 2
     assert "unknown key(s) ['lrr']" in capsys.readouterr().err
+
+
+def test_perf_ssd_reports_both_paths_and_their_agreement(capsys):
+    assert main(["perf", "ssd", "--height", "5", "--width", "6", "--batch", "1", "--present", "3",
+                 "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "fast:" in out and "loop:" in out and "ms/step" in out
+    diff = float(out.rsplit("=", 1)[1])
+    assert diff < 1e-4  # the fast path computes what the 19 modules one by one compute
