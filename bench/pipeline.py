@@ -196,12 +196,15 @@ class StageContext:
     metrics_every: int = 20
     _datasets: dict = field(default_factory=dict)
 
-    def dataset(self, domain: str, plain: bool = False, labels: bool = True, options: dict | None = None):
+    def dataset(self, domain: str, plain: bool = False, labels: bool = True, options: dict | None = None,
+                root: Path | None = None):
         """The suite's dataset for ``domain``, built once, seeded with this stage's seed. ``plain``: without
         random augmentation (label and fit stages). ``labels=False``: images only — every label is 255, so a
         method cannot train on target labels by accident (MiniCity's target train is labelled for the oracle).
-        ``options``: transform settings a method's recipe overrides (e.g. CAG-UDA's random scale and crop)."""
-        key = (domain, plain, labels, json.dumps(options, sort_keys=True))
+        ``options``: transform settings a method's recipe overrides (e.g. CAG-UDA's random scale and crop).
+        ``root``: the same layout at another place — an upstream stage's mirror of the tree (e.g. a stylised
+        source written by a ``data`` stage)."""
+        key = (domain, plain, labels, json.dumps(options, sort_keys=True), str(root))
         if key not in self._datasets:
             from bench.data import build_dataset
             from bench.pseudo import plain_spec
@@ -209,6 +212,8 @@ class StageContext:
             if domain not in self.dataset_specs:
                 raise KeyError(f"dataset domain {domain!r} is not in the suite; it has {sorted(self.dataset_specs)}")
             spec = plain_spec(self.dataset_specs[domain]) if plain else dict(self.dataset_specs[domain])
+            if root is not None:
+                spec["root"] = str(root)
             opts = {**(spec.pop("options", {}) or {}), **(options or {})}
             ds = build_dataset(spec.pop("name"), spec.pop("root"), spec.pop("split", None), seed=self.seed,
                                **spec, **opts)

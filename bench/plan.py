@@ -107,7 +107,10 @@ def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Expe
         for seed in suite["seeds"]:
             for mname, variant, cfg in configs:
                 final = get_method(mname).stages(cfg)[-1]
-                ev = eval_stage(final, suite.get("evaluation") or {})
+                evaluation = dict(suite.get("evaluation") or {})
+                if getattr(cfg, "eval_protocol", None):  # a method that states its own protocol (e.g. ms)
+                    evaluation["protocol"] = cfg.eval_protocol
+                ev = eval_stage(final, evaluation)
                 planned = plan_stages([ev], seed, fps, train)
                 for ps in planned:
                     unique.setdefault(ps.key, ps)

@@ -111,7 +111,8 @@ class Config:
     distill_pl_scales: tuple = param((0.75, 1.0, 1.5), "code", "teacher labels: multi-scale + flip, argmax")
     distill_pl_threshold: float = param(0.0, "code", "every pixel labelled")
     # -- evaluation
-    protocol: str = param("B", "harness", "full 2048×1024 input, single scale")
+    eval_protocol: str | None = param(None, "harness", "None: the suite's protocol (one per table); the code: full "
+                                      "2048×1024 input, single scale (protocol B)")
     select: str = param("final", "harness", "final iterate; the code keeps best-on-val (a labelled protocol)")
 
 

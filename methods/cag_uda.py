@@ -96,7 +96,8 @@ class Config:
     dis_clamp_code: float = param(5.0, "code", "a pair's SmoothL1 is divided by 10 while > 5")
     dis_scale_code: float = param(10.0, "code", "mean over pairs × 10")
     dis_grad_rescale_code: bool = param(True, "code", "normalisation_pooling: gradient × 2·count/(h·w)")
-    protocol: str = param("B", "harness", "full-resolution evaluation, as the code's test.py")
+    eval_protocol: str | None = param(None, "harness", "None: the suite's protocol (one per table); the code's "
+                                      "test.py evaluates at full resolution (protocol B)")
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:

@@ -7,11 +7,17 @@ colour channels a and b, and, to avoid histogram-matching artefacts in lightness
 paper gives no formula for the gamma and no code was released; here (inferred) gamma makes the mean of L/100
 equal to the target's: find γ with mean((L_s/100)^γ) = mean(L_t/100).
 
+:func:`translate_source` is the cached stage that writes the aligned source as a mirror of the source tree
+(images replaced, label files copied), which later stages read with ``ctx.dataset("source", root=…)``;
+:func:`gpa_stage` declares it.
+
 Pure numpy. The sRGB (D65) ↔ Lab conversion is written out in float64 (not cv2's, whose float path does not
 round-trip uint8 images exactly), so aligning an image to itself returns it unchanged.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -142,3 +148,43 @@ def pair_targets(n_source: int, n_target: int, seed: int) -> np.ndarray:
     if int(n_source) < 0 or int(n_target) < 1:
         raise ValueError(f"n_source/n_target: expected n_source >= 0 and n_target >= 1, got {n_source}, {n_target}")
     return np.random.default_rng(seed).integers(0, int(n_target), size=int(n_source), dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------------- stage
+def translate_source(p: dict, ctx) -> dict:
+    """Stage ``gpa.source``: every source image aligned to the target-train image :func:`pair_targets` draws
+    for it (the stage's seed), written as PNG at the same root-relative path under ``tree/``, with its label file
+    copied beside. The tree has the source's layout, so the source's reader and list file work on it."""
+    import shutil
+    import time
+
+    from PIL import Image
+
+    from bench.data.io import read_image
+
+    src = ctx.dataset("source", plain=True)
+    tgt = ctx.dataset("target_train", plain=True, labels=False)
+    root = Path(src.root)
+    tree = ctx.out_dir / "tree"
+    pairs = pair_targets(len(src.samples), len(tgt.samples), ctx.seed)
+    progress = ctx.callbacks(len(src.samples))
+    t0 = time.perf_counter()
+    for i, (s, j) in enumerate(zip(src.samples, pairs)):
+        out = tree / Path(s.image).relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(gpa_align(read_image(s.image), read_image(tgt.samples[j].image))).save(out)
+        if s.label is not None:
+            lab = tree / Path(s.label).relative_to(root)
+            lab.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(s.label, lab)
+        for cb in progress:
+            cb(i + 1, {})
+    return {"images": len(src.samples), "seconds_per_image": (time.perf_counter() - t0) / max(len(src.samples), 1)}
+
+
+def gpa_stage():
+    """The GPA-stylised source as a stage (shared by every method that trains on it; alias its output)."""
+    from methods.base import Stage
+
+    return Stage("gpa.source", "data", translate_source, {"method": "gpa", "gamma": "mean_L"},
+                 datasets=("source", "target_train"), version="1")

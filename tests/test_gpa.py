@@ -121,3 +121,37 @@ def test_pair_targets_seeded_in_range_and_uniform():
     assert pair_targets(0, 3, seed=0).shape == (0,)
     with pytest.raises(ValueError, match="n_target"):
         pair_targets(3, 0, seed=0)
+
+
+def test_gpa_stage_writes_a_readable_mirror_of_the_source_tree(tmp_path):
+    """The stage's tree has the source layout: same names and sizes, labels byte-identical, images restyled
+    after the paired target image (its a/b histogram moves towards that target's), readable by the source
+    reader."""
+    from fixtures import make_cityscapes, make_gta5
+
+    from bench.data import build_dataset
+    from bench.pipeline import StageContext
+    from methods.gpa import gpa_stage
+
+    make_gta5(tmp_path / "gta5", n=3, size=(32, 16))
+    make_cityscapes(tmp_path / "cs", split="train", size=(32, 16), seed=1)
+    specs = {"source": {"name": "gta5", "root": str(tmp_path / "gta5"), "options": {"flip": True}},
+             "target_train": {"name": "cityscapes", "root": str(tmp_path / "cs"), "split": "train"}}
+    out = tmp_path / "stage"
+    out.mkdir()
+    ctx = StageContext(out, 0, specs, {})
+    stage = gpa_stage()
+    assert stage.kind == "data" and stage.datasets == ("source", "target_train")
+    result = stage.fn(stage.params, ctx)
+    assert result["images"] == 3
+    orig = build_dataset("gta5", tmp_path / "gta5")
+    mirror = ctx.dataset("source", plain=True, root=out / "tree")
+    assert [s.name for s in mirror.samples] == [s.name for s in orig.samples]
+    tgt = build_dataset("cityscapes", tmp_path / "cs", "train")
+    pairs = pair_targets(3, len(tgt), 0)
+    for s, m, j in zip(orig.samples, mirror.samples, pairs):
+        assert m.label.read_bytes() == s.label.read_bytes()
+        a, b = cv2.imread(str(s.image))[..., ::-1], cv2.imread(str(m.image))[..., ::-1]
+        t = cv2.imread(str(tgt.samples[j].image))[..., ::-1]
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(b, gpa_align(np.ascontiguousarray(a), np.ascontiguousarray(t)))

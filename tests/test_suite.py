@@ -122,3 +122,13 @@ def test_table4_ablations_map_every_variant_to_a_paper_row(name):
         ours = {(method, v) for v in s["methods"][method]["variants"]} | {(method, "")}
         assert ours - {(method, "no_warmup")} <= set(rows) and rows[("source_only", "")][0]
         assert source.endswith("Table 4")
+
+
+def test_a_method_can_state_its_own_evaluation_protocol():
+    from bench.plan import plan_suite
+
+    s = load_suite("minicity", ["only=[cag_uda]", "methods.cag_uda.variants={ms: {eval_protocol: ms}}"])
+    fps = {"": {d: {"spec": {}, "fingerprint": "x", "images": 1} for d in s["datasets"]}}
+    experiments, _, _ = plan_suite(s, fps)
+    protocols = {e.variant: e.stages[-1].stage.params["protocol"] for e in experiments if e.seed == 0}
+    assert protocols == {"": "B", "ms": "ms"}  # the suite's protocol unless the method says otherwise
