@@ -279,7 +279,7 @@ def stages(cfg: cag.Config) -> list[Stage]:
         train = {**rule, "terms": list(cfg.terms), "dis_labels": cfg.dis_labels, "online": online,
                  "lambda1": eff["lambda1"], "lambda2": eff["lambda2"], "iters": eff["stage_iters"],
                  "batch_size": eff["batch_size"], "lr": eff["lr"], "momentum": cfg.momentum,
-                 "weight_decay": eff["weight_decay"], "power": cfg.power, "head_lr_mult": eff["head_lr_mult"],
+                 "weight_decay": eff["weight_decay"], "power": cfg.power, "head_lr_mult": cfg.head_lr_mult,
                  "crop": list(eff["crop"]) if eff["crop"] else None,
                  "resize_scale": list(eff["resize_scale"]) if eff["resize_scale"] else None, "hflip": cfg.hflip}
         if online:  # the code's distance-loss constants; its label stage is diagnostics only
