@@ -65,6 +65,23 @@ def cmd_run(a) -> int:
     return 1 if any(o.status in ("failed", "skipped") for o in out["outcomes"].values()) else 0
 
 
+def cmd_sweep(a) -> int:
+    from bench.data import DataError
+    from bench.run import ResourceError
+    from bench.suite_runner import SuiteError
+    from bench.sweep import run_sweep
+
+    suite, words = _suite_args(a)
+    try:
+        out = run_sweep(a.study, suite, words, results_root=a.results, holdout=a.holdout, executor=a.executor,
+                        tracking_uri=a.tracking_uri)
+    except (SuiteError, DataError, ResourceError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(f"table: {out['paths']['md']}  plot: {out['paths']['png']}  ({out['seconds']:.0f} s)")
+    return 0
+
+
 def cmd_table(a) -> int:
     from bench.suite_runner import SuiteError, render_suite
 
@@ -141,6 +158,25 @@ def cmd_perf_ssd(a) -> int:
     return 0
 
 
+def cmd_perf_gmm(a) -> int:
+    import torch
+
+    from methods.bismap import gmm_fit_timing
+
+    devices = [a.device] if a.device != "auto" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"GMM fit: {a.classes} classes x {a.components} diagonal components, {a.dim}-d, {a.samples} samples per "
+          f"class (EM <= 100 iterations, tol 1e-3, both from the same k-means++ start)")
+    for i, dev in enumerate(devices):
+        r = gmm_fit_timing(a.classes, a.samples, a.dim, a.components, device=dev, sklearn=i == 0 and a.sklearn,
+                           seed=a.seed)
+        print(f"  torch   ({dev:4s}, {r['torch_threads']} threads): {r['torch_s']:8.2f} s, {r['torch_iters']:5d} EM "
+              f"iterations, mean log-likelihood {r['torch_mean_loglik']:.4f}")
+        if "sklearn_s" in r:
+            print(f"  sklearn (cpu , float64)  : {r['sklearn_s']:8.2f} s, {r['sklearn_iters']:5d} EM iterations, "
+                  f"mean log-likelihood {r['sklearn_mean_loglik']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -170,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray (default; local cluster or RAY_ADDRESS) or local (in-process, one stage at a time)")
     r.add_argument("--retries", type=int, default=1, help="retries of a failed stage, from its last checkpoint")
     r.set_defaults(func=cmd_run)
+    sw = sub.add_parser("sweep", help="a parameter study on Ray Tune: bench sweep STUDY|METHOD [SUITE] "
+                        "[key=v1,v2,…] [seed=0,1,2] [dotted.override=…]")
+    sw.add_argument("study", help="a named study (cag_delta_d, ssf_rho_upper, ssf_fixed_rho, ssf_delta, …) or a "
+                    "method for an ad-hoc sweep (then give key=v1,v2,…)")
+    suite_opts(sw)
+    sw.add_argument("--holdout", action="store_true", help="also score every trial on a fixed 20 %% of target "
+                    "train (seed 0) and mark the value that choice would pick, next to the val numbers")
+    sw.add_argument("--executor", choices=["ray", "local"], default="ray")
+    sw.set_defaults(func=cmd_sweep)
     tb = sub.add_parser("table", help="re-render a suite's tables, plots and report from MLflow (no training)")
     suite_opts(tb)
     tb.add_argument("--invocation", help="MLflow run id of the invocation (default: the latest)")
@@ -219,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--repeats", type=int, default=3)
     d.add_argument("--device", default="cpu")
     d.set_defaults(func=cmd_perf_ssd)
+    g = perf.add_parser("gmm", help="BiSMAP's per-class GMM fit: torch EM (fit_class_gmms) vs scikit-learn "
+                        "GaussianMixture(covariance_type='diag') on the same data")
+    g.add_argument("--classes", type=int, default=19)
+    g.add_argument("--components", type=int, default=8)
+    g.add_argument("--dim", type=int, default=32, help="feature dimension (paper: 256; MiniCity's small net: 32)")
+    g.add_argument("--samples", type=int, default=5000, help="samples per class (paper: 300,000)")
+    g.add_argument("--device", default="auto", help="auto: the CPU, and the GPU when there is one")
+    g.add_argument("--no-sklearn", dest="sklearn", action="store_false", help="torch only")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_perf_gmm)
     return p
 
 

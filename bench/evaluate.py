@@ -54,7 +54,7 @@ def run_eval(p: dict, ctx) -> dict:
     from bench.train import resolve_amp
 
     model = ctx.load_model("model").to(ctx.device)
-    ds = ctx.dataset("target_val")
+    ds = ctx.dataset(p.get("domain", "target_val"))
     settings = dict(p.get("settings") or {})
     amp = resolve_amp(ctx.train.get("amp", "auto"), ctx.device)
     out = evaluate(model, ds, protocol=p["protocol"], subsets=tuple(p["subsets"]), device=ctx.device,
@@ -74,12 +74,15 @@ def run_eval(p: dict, ctx) -> dict:
     return out
 
 
-def eval_stage(model_stage, evaluation: dict):
+def eval_stage(model_stage, evaluation: dict, domain: str = "target_val"):
     """The harness's evaluation stage for a method's final model (shared by every experiment that ends in
-    the same model and protocol)."""
+    the same model and protocol). ``domain``: another labelled split to score on (e.g. a sweep's held-out part
+    of target train, for a selection that never sees target val)."""
     from methods.base import Stage
 
     ev = dict(evaluation)
     params = {"protocol": ev.pop("protocol", "B"), "subsets": list(ev.pop("subsets", ["19"])), "settings": ev}
-    return Stage("eval", "eval", run_eval, params, upstream={"model": model_stage}, datasets=("target_val",),
+    if domain != "target_val":  # only then: the usual eval keeps its key
+        params["domain"] = domain
+    return Stage("eval", "eval", run_eval, params, upstream={"model": model_stage}, datasets=(domain,),
                  version="1", gpu=model_stage.gpu)

@@ -1,0 +1,233 @@
+"""Parameter studies on Ray Tune (``bench sweep``): the papers' sensitivity analyses, re-run with the stage cache.
+
+A sweep is one method of a suite, one swept config key and the suite's seeds (or ``seed=…``). Every trial is the
+method's stage graph with the swept value; stages whose key is the same in several trials (everything upstream
+of the swept parameter) run once, first, through the suite scheduler; then a Ray Tune ``Tuner`` (FIFO, a grid
+over value × seed, per-trial CPU/GPU) runs each trial's own tail of stages through the same cache, so a trial
+that failed resumes from its stages' checkpoints. The driver records a sweep run in MLflow with a nested run per
+trial and writes the table and plot (``bench.sweep_report``).
+
+Optionally (``holdout``) each trial's final model is also scored on a fixed, seeded part of target train, so the
+table shows which value a selection without target val would have picked.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.suite_runner import REPO, SUITE_KEYS, SuiteError, ensure_data, load_suite
+
+
+@dataclass(frozen=True)
+class Study:
+    """A named study: ``param`` of ``method`` over ``values`` (with ``fixed`` config overrides), the label stage
+    whose pseudo-label ratio/precision the table shows, and the paper's points (table file, column)."""
+
+    method: str
+    param: str
+    values: tuple
+    fixed: dict = field(default_factory=dict)
+    label_stage: str | None = None
+    paper: tuple | None = None  # (paper, table, row prefix): rows of results/paper/<paper>_t<N>_*.csv
+    note: str = ""
+
+
+STUDIES: dict[str, Study] = {
+    "cag_delta_d": Study("cag_uda", "delta_d", (0.5, 1.0, 1.5, 2.0, 2.5), {"num_stages": 1}, "cag_uda.label",
+                         ("bismap", 5, "CAs-PLA"), "stage 1 after the warm-up; paper points: BiSMAP's re-run"),
+    "ssf_rho_upper": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), note="SSF-DAN Fig. 4 (progressive)"),
+    "ssf_fixed_rho": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), {"ablation": "fixed_rho"},
+                           note="SSF-DAN Fig. 4 (ρ fixed at the value throughout)"),
+    "ssf_delta": Study("ssf_dan", "delta", (0.0002, 0.0005, 0.001, 0.002, 0.005), note="SSF-DAN's adversarial weight"),
+}
+
+HOLDOUT = {"fraction": 0.2, "seed": 0, "part": "held"}
+
+
+@dataclass
+class Trial:
+    index: int
+    value: object
+    seed: int
+    stages: list  # PlannedStage, upstream first; the last is the (val) evaluation
+    holdout_eval: object = None  # PlannedStage on the held-out target train, or None
+
+
+def parse_axes(study_or_method: str, assignments) -> tuple[Study, list, list | None, list[str]]:
+    """(study, values, seeds or None, suite overrides) from the CLI words: ``key=a,b,c`` (no dot) is the swept
+    method key, ``seed=…`` the seeds, dotted ``a.b=…`` or a top-level suite key a suite override (as for
+    ``bench run``)."""
+    import yaml
+
+    from methods.base import METHODS
+
+    axes, seeds, overrides = {}, None, []
+    for word in assignments:
+        if "=" not in word:
+            raise SuiteError(f"sweep argument {word!r} is not key=value")
+        key, raw = word.split("=", 1)
+        if "." in key or key in SUITE_KEYS:
+            overrides.append(word)
+        elif key == "seed":
+            seeds = [int(x) for x in raw.split(",")]
+        else:
+            axes[key] = [yaml.safe_load(x) for x in raw.split(",")]
+    if study_or_method in STUDIES:
+        study = STUDIES[study_or_method]
+        if len(axes) > 1 or (axes and study.param not in axes):
+            raise SuiteError(f"study {study_or_method} sweeps {study.param}; got axes {sorted(axes)}")
+        values = axes.get(study.param, list(study.values))
+    elif study_or_method in METHODS:
+        if len(axes) != 1:
+            raise SuiteError(f"an ad-hoc sweep of {study_or_method} needs exactly one key=v1,v2,… (got "
+                             f"{sorted(axes) or 'none'}), e.g. `bench sweep cag_uda delta_d=0.5,1,1.5`")
+        (param, values), = axes.items()
+        study = Study(study_or_method, param, tuple(values))
+    else:
+        raise SuiteError(f"unknown study or method {study_or_method!r}; studies: {sorted(STUDIES)}, methods: "
+                         f"{sorted(METHODS)}")
+    return study, values, seeds, overrides
+
+
+def plan_trials(suite: dict, study: Study, values, seeds, fingerprints: dict, holdout: bool) -> list[Trial]:
+    """Every (value, seed) trial's planned stages (keys as in ``bench run``: the cache is shared with it)."""
+    from bench.evaluate import eval_stage
+    from bench.pipeline import plan_stages
+    from methods.base import get_method, make_config
+
+    if study.method not in suite["methods"]:
+        raise SuiteError(f"suite {suite['name']} has no method {study.method!r}; it has {sorted(suite['methods'])}")
+    module = get_method(study.method)
+    base = {k: v for k, v in (suite["methods"][study.method] or {}).items() if k != "variants"}
+    if study.param not in module.Config.__dataclass_fields__:
+        raise SuiteError(f"{study.method} has no config key {study.param!r}; valid: "
+                         f"{sorted(module.Config.__dataclass_fields__)}")
+    evaluation = dict(suite.get("evaluation") or {})
+    train = dict(suite.get("train") or {})
+    trials = []
+    for value in values:
+        cfg = make_config(module.Config, {**base, **study.fixed, study.param: value})
+        if getattr(cfg, "eval_protocol", None):
+            evaluation = {**evaluation, "protocol": cfg.eval_protocol}
+        final = module.stages(cfg)[-1]
+        for seed in seeds:
+            planned = plan_stages([eval_stage(final, evaluation)], seed, fingerprints, train)
+            extra = None
+            if holdout:
+                extra = plan_stages([eval_stage(final, evaluation, "target_holdout")], seed, fingerprints, train)[-1]
+            trials.append(Trial(len(trials), value, seed, planned, extra))
+    return trials
+
+
+def shared_stages(trials: list[Trial]) -> dict:
+    """Stages that more than one trial needs (the common upstream of the swept parameter): key → PlannedStage.
+    Their own upstream stages are shared too, so the result is closed under dependencies."""
+    count: dict[str, int] = {}
+    first: dict = {}
+    for t in trials:
+        for ps in t.stages:
+            count[ps.key] = count.get(ps.key, 0) + 1
+            first.setdefault(ps.key, ps)
+    return {k: first[k] for k in first if count[k] > 1}
+
+
+def _trial_fn(config, trials, specs, train, cache_root):
+    """Tune trainable: the trial's stages in order through the cache (done ones are answered from it)."""
+    from ray import tune
+
+    from bench.pipeline import execute_stage
+
+    t = trials[config["trial"]]
+    stages = t.stages + ([t.holdout_eval] if t.holdout_eval is not None else [])
+    computed = sum(not execute_stage(ps, cache_root, specs, train)["cached"] for ps in stages)
+    tune.report({"trial": t.index, "stages": len(stages), "computed": computed})
+
+
+def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=(), results_root: Path | None = None,
+              holdout: bool = False, executor: str = "ray", tracking_uri: str | None = None) -> dict:
+    """Run a study; returns ``{"frame", "paths", "trials", "shared", "seconds", "tracking_uri", "sweep_run"}``."""
+    from bench.run import Scheduler, init_ray
+
+    t0 = time.perf_counter()
+    study, values, seeds, overrides = parse_axes(study_or_method, assignments)
+    suite = load_suite(suite_name, overrides)
+    seeds = seeds if seeds is not None else list(suite["seeds"])
+    results_root = Path(results_root or REPO / "results").resolve()
+    cache_root = results_root / "cache"
+    fingerprints = ensure_data(suite)
+    if len(fingerprints) != 1:
+        raise SuiteError(f"suite {suite['name']} has several targets; sweep one suite target at a time")
+    (target, fps), = fingerprints.items()
+    from bench.plan import dataset_specs
+
+    specs = dataset_specs(suite, target)
+    if holdout:
+        specs["target_holdout"] = {**specs["target_train"], "labels": True, "holdout": HOLDOUT}
+        fps = {**fps, "target_holdout": {"spec": {**fps["target_train"]["spec"], "holdout": HOLDOUT},
+                                         "fingerprint": fps["target_train"]["fingerprint"] + ":holdout"}}
+    trials = plan_trials(suite, study, values, seeds, fps, holdout)
+    train = dict(suite.get("train") or {})
+    common = shared_stages(trials)
+    print(f"sweep {study.method}.{study.param} over {values} × seeds {seeds}: {len(trials)} trials, {len(common)} "
+          f"shared stages run once first")
+    gpu_share = (suite.get("resources") or {}).get("gpu")
+    if executor == "ray":
+        trial_resources(trials, init_ray(), gpu_share)  # before any stage runs
+    outcomes = Scheduler(common, dict.fromkeys(common, specs), train, cache_root, executor=executor,
+                         gpu_share=gpu_share).run()
+    failed = [o for o in outcomes.values() if o.status in ("failed", "skipped")]
+    if failed:
+        raise RuntimeError(f"shared stages failed: {[(o.name, o.error) for o in failed]}")
+    shared_seconds = time.perf_counter() - t0
+    if executor == "ray":
+        computed = _tune(study, trials, specs, train, cache_root, results_root, init_ray(), gpu_share)
+    else:
+        from bench.pipeline import execute_stage
+
+        computed = {t.index: sum(not execute_stage(ps, str(cache_root), specs, train)["cached"]
+                                 for ps in t.stages + ([t.holdout_eval] if t.holdout_eval is not None else []))
+                    for t in trials}
+    from bench.sweep_report import record_sweep
+
+    out = record_sweep(suite, study, trials, cache_root, results_root, tracking_uri,
+                       wall_seconds=time.perf_counter() - t0, shared_seconds=shared_seconds)
+    return {**out, "trials": trials, "shared": common, "shared_outcomes": outcomes, "computed": computed,
+            "seconds": time.perf_counter() - t0}
+
+
+def trial_resources(trials, cluster: dict, gpu_share=None) -> tuple[float, float]:
+    """(cpus, gpus) per Tune trial: the heaviest stage's, or the suite's ``resources.gpu`` share; raises
+    ``ResourceError`` when the cluster cannot hold one trial (Tune would otherwise wait forever, silently)."""
+    import dataclasses
+
+    from bench.run import stage_resources
+
+    heaviest = max((ps for t in trials for ps in t.stages), key=lambda ps: ps.stage.gpu)
+    if gpu_share is not None:
+        heaviest = dataclasses.replace(heaviest, stage=dataclasses.replace(heaviest.stage, gpu=float(gpu_share)))
+    return stage_resources(heaviest, cluster)
+
+
+def _tune(study, trials, specs, train, cache_root, results_root, cluster, gpu_share=None) -> dict:
+    """One Tune trial per (value, seed): FIFO, grid, per-trial resources of the heaviest stage (the suite's
+    ``resources.gpu`` share when set). → {trial index: stages it computed (not answered by the cache)}."""
+    from ray import tune
+    from ray.tune import RunConfig, TuneConfig, Tuner
+
+
+    cpu, gpu = trial_resources(trials, cluster, gpu_share)
+    slots = int(cluster.get("CPU", 1) // max(cpu, 1)) if gpu == 0 else int(cluster.get("GPU", 0) // gpu)
+    fn = tune.with_parameters(_trial_fn, trials=trials, specs=specs, train=train, cache_root=str(cache_root))
+    tuner = Tuner(tune.with_resources(fn, {"cpu": cpu, "gpu": gpu}),
+                  param_space={"trial": tune.grid_search([t.index for t in trials])},
+                  tune_config=TuneConfig(max_concurrent_trials=max(1, slots)),
+                  run_config=RunConfig(name=f"sweep-{study.method}-{study.param}",
+                                       storage_path=str(results_root / "ray_tune"), verbose=0))
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} sweep trial(s) failed; rerun the same command to resume them from "
+                           f"their stage checkpoints. First error: {errors[0]}")
+    return {int(r.metrics["trial"]): int(r.metrics["computed"]) for r in grid}

@@ -1,0 +1,176 @@
+"""A sweep's outputs: the BiSMAP-Table-5-shaped table (metric and pseudo-label ratio per value, mean ± std over
+seeds, the paper's points beside ours), LaTeX/Markdown/CSV, the plot, and the MLflow sweep run with one nested
+run per trial. Everything is read back from the stage cache, so ``record_sweep`` is cheap to repeat."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.pipeline import StageCache
+from bench.tables import tex_escape
+
+
+def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
+    """One row per trial: value, seed, val mIoU (19 or the suite's first subset), held-out mIoU, the last
+    label stage's pseudo-label ratio and precision (NaN where the method makes none)."""
+    cache = StageCache(cache_root)
+    rows = []
+    for t in trials:
+        res = cache.result(t.stages[-1].key)
+        miou_key = next((k for k in res if k.startswith("miou_")), None)
+        row = {"value": t.value, "seed": t.seed, "mIoU": 100 * res[miou_key] if miou_key else np.nan}
+        if t.holdout_eval is not None:
+            h = cache.result(t.holdout_eval.key)
+            row["holdout mIoU"] = 100 * h[miou_key] if miou_key in h else np.nan
+        labels = [ps for ps in t.stages if study.label_stage and ps.name == study.label_stage]
+        lab = cache.result(labels[-1].key) if labels else {}
+        row["PL ratio"] = 100 * lab["pl_ratio"] if "pl_ratio" in lab else np.nan
+        row["PL precision"] = 100 * lab["pl_precision"] if "pl_precision" in lab else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sweep_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per value: seeds, then mean and std of every measured column (NaN std for one seed)."""
+    cols = [c for c in rows.columns if c not in ("value", "seed")]
+    g = rows.groupby("value", sort=True)
+    out = pd.DataFrame({"seeds": g["seed"].count()})
+    for c in cols:
+        out[c] = g[c].mean()
+        out[f"{c}_std"] = g[c].std(ddof=1)
+    return out
+
+
+def paper_points(study) -> pd.DataFrame | None:
+    """The paper's (threshold, PL ratio, mIoU) for the study, from ``results/paper`` (None if unpublished)."""
+    if study.paper is None:
+        return None
+    from bench.paper_rows import load_extra_table
+
+    paper, table, prefix = study.paper
+    t = load_extra_table(paper, table)
+    t = t[t["row"].astype(str).str.startswith(prefix)]
+    return pd.DataFrame({"value": pd.to_numeric(t["threshold"]), "PL ratio": pd.to_numeric(t["PL ratio"]),
+                         "mIoU": pd.to_numeric(t["mIoU"])}).set_index("value")
+
+
+def _cell(mean, std) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.1f}" + ("" if std is None or math.isnan(std) else f" ± {std:.1f}")
+
+
+def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title: str) -> str:
+    cols = [c for c in frame.columns if c != "seeds" and not c.endswith("_std")]
+    best_val = frame["mIoU"].idxmax() if frame["mIoU"].notna().any() else None
+    best_hold = frame["holdout mIoU"].idxmax() if "holdout mIoU" in frame and frame["holdout mIoU"].notna().any() \
+        else None
+    head = [study.param, "seeds", *cols] + (["paper PL ratio", "paper mIoU"] if paper is not None else [])
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for v, r in frame.iterrows():
+        mark = (" (best on val)" if v == best_val else "") + (" (held-out choice)" if v == best_hold else "")
+        cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"]) for c in cols]
+        if paper is not None:
+            p = paper.loc[v] if v in paper.index else None
+            cells += [_cell(p["PL ratio"], None) if p is not None else "–", _cell(p["mIoU"], None) if p is not None
+                      else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_latex(frame: pd.DataFrame, study, caption: str) -> str:
+    cols = [c for c in frame.columns if c != "seeds" and not c.endswith("_std")]
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
+           rf"\begin{{tabular}}{{r{'r' * (len(cols) + 1)}}}", r"\toprule",
+           " & ".join(tex_escape(c) for c in [study.param, "seeds", *cols]) + r" \\", r"\midrule"]
+    for v, r in frame.iterrows():
+        cells = [str(v), str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"]).replace("±", r"$\pm$") for c in cols]
+        out.append(" & ".join(cells) + r" \\")
+    return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
+
+
+def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    x = frame.index.to_numpy(dtype=float)
+    ax.errorbar(x, frame["mIoU"], yerr=frame["mIoU_std"].fillna(0), marker="o", label="ours: mIoU (val)")
+    if "holdout mIoU" in frame:
+        ax.errorbar(x, frame["holdout mIoU"], yerr=frame["holdout mIoU_std"].fillna(0), marker="s", ls="--",
+                    label="ours: mIoU (held-out target train)")
+    if paper is not None:
+        ax.plot(paper.index, paper["mIoU"], "k^:", label="paper: mIoU (its benchmark)")
+    ax.set_xlabel(study.param)
+    ax.set_ylabel("mIoU (%)")
+    if frame["PL ratio"].notna().any() or paper is not None:
+        ax2 = ax.twinx()
+        if frame["PL ratio"].notna().any():
+            ax2.plot(x, frame["PL ratio"], "C2x-", label="ours: PL ratio")
+        if paper is not None:
+            ax2.plot(paper.index, paper["PL ratio"], "C2+:", label="paper: PL ratio")
+        ax2.set_ylabel("pseudo-label ratio (%)")
+        h2, l2 = ax2.get_legend_handles_labels()
+    else:
+        h2, l2 = [], []
+    h1, l1 = ax.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Path, tracking_uri: str | None,
+                 wall_seconds: float, shared_seconds: float) -> dict:
+    """Tables, plot and MLflow runs for a finished sweep; returns ``{"frame", "rows", "paths", "sweep_run",
+    "tracking_uri"}``."""
+    from bench.tracking import Tracker, default_tracking_uri, git_revision
+
+    rows = trial_rows(study, trials, cache_root)
+    frame = sweep_frame(rows)
+    paper = paper_points(study)
+    name = f"{study.method}_{study.param}" + ("_" + "_".join(f"{k}-{v}" for k, v in study.fixed.items())
+                                              if study.fixed else "")
+    out_dir = results_root / suite["name"] / "sweeps" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = (f"{suite['name']}: {study.method} {study.param} sweep, mean ± std over seeds "
+             f"{sorted(rows['seed'].unique().tolist())}" + (f" ({study.note})" if study.note else ""))
+    paths = {"csv": out_dir / "sweep.csv", "md": out_dir / "sweep.md", "tex": out_dir / "sweep.tex",
+             "trials": out_dir / "trials.csv", "png": out_dir / "sweep.png"}
+    frame.to_csv(paths["csv"])
+    rows.to_csv(paths["trials"], index=False)
+    paths["md"].write_text(sweep_markdown(frame, study, paper, title))
+    paths["tex"].write_text(sweep_latex(frame, study, title))
+    sweep_plot(frame, study, paper, paths["png"])
+    print(paths["md"].read_text())
+
+    uri = tracking_uri or default_tracking_uri(results_root)
+    tracker = Tracker(uri, suite["name"], results_root / "mlartifacts")
+    parent = tracker.start(f"sweep {name}", "sweep", {"method": study.method, "param": study.param,
+                                                      "git": git_revision()},
+                           params={"param": study.param, "values": [t.value for t in trials], "fixed": study.fixed,
+                                   "seeds": sorted(rows["seed"].unique().tolist())})
+    for t, (_, r) in zip(trials, rows.iterrows()):
+        run = tracker.start(f"{study.param}={t.value} seed {t.seed}", "trial",
+                            {"method": study.method, "seed": t.seed, "cache": t.stages[-1].key}, parent=parent,
+                            params={study.param: t.value, "seed": t.seed, **study.fixed})
+        metrics = {k: float(v) for k, v in r.items() if k not in ("value", "seed") and not pd.isna(v)}
+        labels = [ps for ps in t.stages if study.label_stage and ps.name == study.label_stage]
+        if labels:
+            lab = StageCache(cache_root).result(labels[-1].key)
+            metrics.update({k.replace(" ", "_"): v for k, v in lab.items() if k.startswith("pl_precision/")})
+        tracker.log_metrics(run, metrics)
+        tracker.end(run)
+    tracker.log_metrics(parent, {"wall_seconds": wall_seconds, "shared_seconds": shared_seconds})
+    for p in paths.values():
+        tracker.log_artifact(parent, p, "sweep")
+    tracker.end(parent)
+    return {"frame": frame, "rows": rows, "paths": paths, "sweep_run": parent, "tracking_uri": uri}

@@ -1,0 +1,95 @@
+"""``bench sweep`` on a tiny MiniCity through Ray Tune with a logical GPU: the shared upstream stages run once,
+each trial is a nested MLflow run, a trial whose stages were lost resumes through the cache, over-asking stops."""
+
+import pytest
+import yaml
+
+from bench.suite_runner import SUITES_DIR, SuiteError
+
+SWEEP = ["methods.cag_uda.pretrain={model: small, model_options: {}, iters: 3, horizon: null, batch_size: 2, "
+         "lr: 0.01, weight_decay: 0.0005, aux_weight: 0.0}", "methods.cag_uda.warmup_iters=2",
+         "methods.cag_uda.stage_iters=2", "methods.cag_uda.batch_size=2", "methods.cag_uda.warmup_batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    suite = yaml.safe_load((SUITES_DIR / "minicity.yaml").read_text())
+    root = tmp / "mc"
+    suite["minicity"] = {"root": str(root), "seed": 0, "size": [64, 32],
+                         "counts": {"gta5": 6, "synthia": 2, "cityscapes_train": 16, "cityscapes_val": 2}}
+    for domain, d in zip(["source", "target_train", "target_val"], ["gta5", "cityscapes", "cityscapes"]):
+        suite["datasets"][domain]["root"] = str(root / d)
+    suite["seeds"] = [0]
+    suite["train"].update(device="cpu", log_every=0, checkpoint_every=1, metrics_every=1)
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return str(path), tmp / "results"
+
+
+@pytest.fixture(scope="module")
+def ray_gpu():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.tune")
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             object_store_memory=80 * 1024**2, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def test_parse_axes_names_studies_methods_and_errors():
+    from bench.sweep import parse_axes
+
+    study, values, seeds, over = parse_axes("cag_uda", ["delta_d=0.5,1", "seed=0,1", "train.device=cpu"])
+    assert (study.method, study.param, values, seeds, over) == ("cag_uda", "delta_d", [0.5, 1], [0, 1],
+                                                                ["train.device=cpu"])
+    study, values, _, _ = parse_axes("cag_delta_d", [])
+    assert study.param == "delta_d" and values == [0.5, 1.0, 1.5, 2.0, 2.5] and study.fixed == {"num_stages": 1}
+    with pytest.raises(SuiteError, match="exactly one"):
+        parse_axes("cag_uda", [])
+    with pytest.raises(SuiteError, match="unknown study or method"):
+        parse_axes("cag_dd", [])
+
+
+@pytest.mark.slow
+def test_sweep_shares_upstream_records_trials_and_resumes(tiny, ray_gpu):
+    from mlflow.tracking import MlflowClient
+
+    from bench.pipeline import StageCache
+    from bench.sweep import run_sweep
+
+    path, results = tiny
+    out = run_sweep("cag_delta_d", path, ["delta_d=0.0,0.5", *SWEEP], results_root=results, holdout=True)
+    shared = sorted(o.name for o in out["shared_outcomes"].values())
+    # source-only, warm-up and the anchors do not read Δd: computed once for both trials
+    assert shared == ["adversarial.feature_warmup", "cag_uda.anchors", "source_only.train"]
+    assert out["computed"] == {0: 4, 1: 4}  # label, train, val eval, held-out eval per trial
+    frame = out["frame"]
+    assert list(frame.index) == [0.0, 0.5] and (frame["seeds"] == 1).all()
+    assert frame.loc[0.0, "PL ratio"] >= frame.loc[0.5, "PL ratio"]  # a larger margin keeps fewer pixels
+    assert frame["holdout mIoU"].notna().all() and out["paths"]["png"].is_file()
+    assert "paper PL ratio" in out["paths"]["md"].read_text()  # BiSMAP's re-run of CAs-PLA beside ours
+
+    client = MlflowClient(out["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                              f"tags.mlflow.parentRunId = '{out['sweep_run']}'")
+    assert sorted(r.data.params["delta_d"] for r in runs) == ["0.0", "0.5"]
+    assert all("mIoU" in r.data.metrics and "PL_ratio" not in r.data.metrics for r in runs)
+
+    # a trial whose training was lost: only its tail runs again, from the cache's checkpoints
+    t1 = out["trials"][1]
+    cache = StageCache(results / "cache")
+    cache.clear([ps.key for ps in t1.stages if ps.name in ("cag_uda.train", "eval")])
+    again = run_sweep("cag_delta_d", path, ["delta_d=0.0,0.5", *SWEEP], results_root=results, holdout=True)
+    assert {o.status for o in again["shared_outcomes"].values()} == {"cached"}
+    assert again["computed"] == {0: 0, 1: 2}
+    assert again["frame"].loc[0.5, "mIoU"] == pytest.approx(frame.loc[0.5, "mIoU"])
+
+
+def test_sweep_asking_for_more_gpus_than_the_cluster_stops_before_running(tiny, ray_gpu):
+    from bench.run import ResourceError
+    from bench.sweep import run_sweep
+
+    path, results = tiny
+    with pytest.raises(ResourceError, match="GPU"):
+        run_sweep("cag_delta_d", path, ["delta_d=0.5,1", "resources={gpu: 2}", *SWEEP], results_root=results)
