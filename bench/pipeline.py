@@ -241,7 +241,8 @@ class StageContext:
     def train_config(self, iters: int, horizon: int | None, batch_sizes: dict):
         from bench.train import TrainConfig
 
-        settings = {k: v for k, v in self.train.items() if k != "metrics_every"}
+        # harness-only keys: metrics window, torch threads of the local executor
+        settings = {k: v for k, v in self.train.items() if k not in ("metrics_every", "threads")}
         return TrainConfig(max_iters=iters, horizon=horizon, batch_sizes=batch_sizes, seed=self.seed, **settings)
 
     def callbacks(self, total: int) -> list:

@@ -95,6 +95,23 @@ def method_configs(suite: dict) -> list[tuple[str, str, object]]:
     return [(m, v, make_config(get_method(m).Config, vals)) for m, v, vals in method_variants(suite)]
 
 
+def method_datasets(cfg, specs: dict, fps: dict) -> tuple[dict, dict]:
+    """The dataset specs (and key specs) one method's stages see: the suite's, with the input normalisation the
+    method's network expects when its config states one (``normalize``, e.g. ImageNet statistics for a
+    torchvision-initialised DeepLab-v3+ in a suite normalised for the Caffe DeepLab-v2). Every stage of the
+    method, its evaluation included, then reads the same inputs; the normalisation is part of the stage keys."""
+    norm = getattr(cfg, "dataset_normalize", None)
+    norm = norm() if callable(norm) else getattr(cfg, "normalize", None)
+    if not norm:
+        return specs, fps
+
+    def with_norm(spec: dict) -> dict:
+        return {**spec, "options": {**(spec.get("options") or {}), "normalize": norm}}
+
+    return ({d: with_norm(v) for d, v in specs.items()},
+            {d: {**v, "spec": with_norm(v["spec"])} for d, v in fps.items()})
+
+
 def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Experiment], dict, dict]:
     """→ (experiments, unique stages by key, dataset specs by stage key)."""
     targets = list(suite.get("targets") or {"": {}})
@@ -111,9 +128,10 @@ def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Expe
                 if getattr(cfg, "eval_protocol", None):  # a method that states its own protocol (e.g. ms)
                     evaluation["protocol"] = cfg.eval_protocol
                 ev = eval_stage(final, evaluation)
-                planned = plan_stages([ev], seed, fps, train)
+                m_specs, m_fps = method_datasets(cfg, specs, fps)
+                planned = plan_stages([ev], seed, m_fps, train)
                 for ps in planned:
                     unique.setdefault(ps.key, ps)
-                    specs_by_key.setdefault(ps.key, specs)
+                    specs_by_key.setdefault(ps.key, m_specs)
                 experiments.append(Experiment(mname, variant, target, seed, cfg, planned))
     return experiments, unique, specs_by_key

@@ -106,12 +106,19 @@ def ensure_data(suite: dict) -> dict:
     except (KeyError, ValueError) as e:
         raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e
     for mname, values in (suite.get("methods") or {}).items():
-        weights = (values or {}).get("init_weights")
-        if weights and not resolve_root(weights).is_file():
-            raise SuiteDataError(
-                f"suite {suite['name']}: methods.{mname}.init_weights {weights} does not exist "
-                f"({resolve_root(weights)}). uda-bench never downloads weights: see datasets/README.md "
-                f"(Initial weights) for where to get the file, or set methods.{mname}.init_weights=PATH")
+        if suite.get("only") is not None and mname not in suite["only"]:
+            continue
+        # every weights file a method (or one of its variants) names, checked now, not when its stage comes
+        entries = [("", values or {})] + [(f"variants.{v}.", o or {}) for v, o in
+                                           ((values or {}).get("variants") or {}).items()]
+        for where, vals in entries:
+            for key, weights in vals.items():
+                if not (key.endswith("weights") and isinstance(weights, str)) or resolve_root(weights).is_file():
+                    continue
+                raise SuiteDataError(
+                    f"suite {suite['name']}: methods.{mname}.{where}{key} {weights} does not exist "
+                    f"({resolve_root(weights)}). uda-bench never downloads weights: see datasets/README.md "
+                    f"(Initial weights) for where to get the file, or set methods.{mname}.{where}{key}=PATH")
     out = {}
     for target in list(suite.get("targets") or {"": {}}):
         specs = dataset_specs(suite, target)

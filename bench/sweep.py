@@ -23,24 +23,38 @@ from bench.suite_runner import REPO, SUITE_KEYS, SuiteError, ensure_data, load_s
 @dataclass(frozen=True)
 class Study:
     """A named study: ``param`` of ``method`` over ``values`` (with ``fixed`` config overrides), the label stage
-    whose pseudo-label ratio/precision the table shows, and the paper's points (table file, column)."""
+    whose pseudo-label ratio (result key ``ratio_key``) and precision the table shows, and the paper's points:
+    ``(paper, table, row or method name, value column, ratio column, ratio scale to %)`` of
+    ``results/paper/<paper>_t<N>_*.csv``."""
 
     method: str
     param: str
     values: tuple
     fixed: dict = field(default_factory=dict)
     label_stage: str | None = None
-    paper: tuple | None = None  # (paper, table, row prefix): rows of results/paper/<paper>_t<N>_*.csv
+    paper: tuple | None = None
     note: str = ""
+    ratio_key: str = "pl_ratio"
 
 
+_NO_ST = {"pl_ratio_target": None, "use_consistency": False, "distill_rounds": 0}  # BiSMAP Table 5's setting
 STUDIES: dict[str, Study] = {
     "cag_delta_d": Study("cag_uda", "delta_d", (0.5, 1.0, 1.5, 2.0, 2.5), {"num_stages": 1}, "cag_uda.label",
-                         ("bismap", 5, "CAs-PLA"), "stage 1 after the warm-up; paper points: BiSMAP's re-run"),
+                         ("bismap", 5, "CAs-PLA", "threshold", "PL ratio", 1.0),
+                         "stage 1 after the warm-up; paper points: BiSMAP's re-run of CAs-PLA on its features"),
     "ssf_rho_upper": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), note="SSF-DAN Fig. 4 (progressive)"),
     "ssf_fixed_rho": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), {"ablation": "fixed_rho"},
                            note="SSF-DAN Fig. 4 (ρ fixed at the value throughout)"),
     "ssf_delta": Study("ssf_dan", "delta", (0.0002, 0.0005, 0.001, 0.002, 0.005), note="SSF-DAN's adversarial weight"),
+    "bismap_delta": Study("bismap", "delta_override", (0.0, 50.0, 100.0, 150.0), _NO_ST, "bismap.label",
+                          ("bismap", 5, "MAPs-PLA", "threshold", "PL ratio", 1.0),
+                          "BiSMAP Table 5 (STM + MAPs-PLA); δ is in log-density units of the network's features"),
+    "bismap_cas_delta_d": Study("bismap", "cas_delta_d", (0.5, 1.0, 1.5, 2.0), {**_NO_ST, "pla": "cas"},
+                                "bismap.label_cas", ("bismap", 5, "CAs-PLA", "threshold", "PL ratio", 1.0),
+                                "BiSMAP Table 5 (STM + CAs-PLA)"),
+    "pixintrada_alpha": Study("pixintrada", "alpha", (0.7, 0.85, 1.0), {}, "pixintrada.label",
+                              ("pixintrada", 5, "PLA + CTS", "alpha", "Prop.", 100.0),
+                              "PixIntraDA Table 5; ratio = the easy proportion (Eq. 4) of round 1", "prop"),
 }
 
 HOLDOUT = {"fraction": 0.2, "seed": 0, "part": "held"}
@@ -53,6 +67,7 @@ class Trial:
     seed: int
     stages: list  # PlannedStage, upstream first; the last is the (val) evaluation
     holdout_eval: object = None  # PlannedStage on the held-out target train, or None
+    specs: dict = field(default_factory=dict)  # the dataset specs its stages read (the method's normalisation)
 
 
 def parse_axes(study_or_method: str, assignments) -> tuple[Study, list, list | None, list[str]]:
@@ -91,10 +106,12 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, list, list | N
     return study, values, seeds, overrides
 
 
-def plan_trials(suite: dict, study: Study, values, seeds, fingerprints: dict, holdout: bool) -> list[Trial]:
+def plan_trials(suite: dict, study: Study, values, seeds, specs: dict, fingerprints: dict,
+                holdout: bool) -> list[Trial]:
     """Every (value, seed) trial's planned stages (keys as in ``bench run``: the cache is shared with it)."""
     from bench.evaluate import eval_stage
     from bench.pipeline import plan_stages
+    from bench.plan import method_datasets
     from methods.base import get_method, make_config
 
     if study.method not in suite["methods"]:
@@ -112,12 +129,13 @@ def plan_trials(suite: dict, study: Study, values, seeds, fingerprints: dict, ho
         if getattr(cfg, "eval_protocol", None):
             evaluation = {**evaluation, "protocol": cfg.eval_protocol}
         final = module.stages(cfg)[-1]
+        m_specs, m_fps = method_datasets(cfg, specs, fingerprints)
         for seed in seeds:
-            planned = plan_stages([eval_stage(final, evaluation)], seed, fingerprints, train)
+            planned = plan_stages([eval_stage(final, evaluation)], seed, m_fps, train)
             extra = None
             if holdout:
-                extra = plan_stages([eval_stage(final, evaluation, "target_holdout")], seed, fingerprints, train)[-1]
-            trials.append(Trial(len(trials), value, seed, planned, extra))
+                extra = plan_stages([eval_stage(final, evaluation, "target_holdout")], seed, m_fps, train)[-1]
+            trials.append(Trial(len(trials), value, seed, planned, extra, m_specs))
     return trials
 
 
@@ -133,7 +151,7 @@ def shared_stages(trials: list[Trial]) -> dict:
     return {k: first[k] for k in first if count[k] > 1}
 
 
-def _trial_fn(config, trials, specs, train, cache_root):
+def _trial_fn(config, trials, train, cache_root):
     """Tune trainable: the trial's stages in order through the cache (done ones are answered from it)."""
     from ray import tune
 
@@ -141,7 +159,7 @@ def _trial_fn(config, trials, specs, train, cache_root):
 
     t = trials[config["trial"]]
     stages = t.stages + ([t.holdout_eval] if t.holdout_eval is not None else [])
-    computed = sum(not execute_stage(ps, cache_root, specs, train)["cached"] for ps in stages)
+    computed = sum(not execute_stage(ps, cache_root, t.specs, train)["cached"] for ps in stages)
     tune.report({"trial": t.index, "stages": len(stages), "computed": computed})
 
 
@@ -167,7 +185,7 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
         specs["target_holdout"] = {**specs["target_train"], "labels": True, "holdout": HOLDOUT}
         fps = {**fps, "target_holdout": {"spec": {**fps["target_train"]["spec"], "holdout": HOLDOUT},
                                          "fingerprint": fps["target_train"]["fingerprint"] + ":holdout"}}
-    trials = plan_trials(suite, study, values, seeds, fps, holdout)
+    trials = plan_trials(suite, study, values, seeds, specs, fps, holdout)
     train = dict(suite.get("train") or {})
     common = shared_stages(trials)
     print(f"sweep {study.method}.{study.param} over {values} × seeds {seeds}: {len(trials)} trials, {len(common)} "
@@ -175,18 +193,19 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
     gpu_share = (suite.get("resources") or {}).get("gpu")
     if executor == "ray":
         trial_resources(trials, init_ray(), gpu_share)  # before any stage runs
-    outcomes = Scheduler(common, dict.fromkeys(common, specs), train, cache_root, executor=executor,
+    specs_by_key = {ps.key: t.specs for t in trials for ps in t.stages}
+    outcomes = Scheduler(common, {k: specs_by_key[k] for k in common}, train, cache_root, executor=executor,
                          gpu_share=gpu_share).run()
     failed = [o for o in outcomes.values() if o.status in ("failed", "skipped")]
     if failed:
         raise RuntimeError(f"shared stages failed: {[(o.name, o.error) for o in failed]}")
     shared_seconds = time.perf_counter() - t0
     if executor == "ray":
-        computed = _tune(study, trials, specs, train, cache_root, results_root, init_ray(), gpu_share)
+        computed = _tune(study, trials, train, cache_root, results_root, init_ray(), gpu_share)
     else:
         from bench.pipeline import execute_stage
 
-        computed = {t.index: sum(not execute_stage(ps, str(cache_root), specs, train)["cached"]
+        computed = {t.index: sum(not execute_stage(ps, str(cache_root), t.specs, train)["cached"]
                                  for ps in t.stages + ([t.holdout_eval] if t.holdout_eval is not None else []))
                     for t in trials}
     from bench.sweep_report import record_sweep
@@ -210,7 +229,7 @@ def trial_resources(trials, cluster: dict, gpu_share=None) -> tuple[float, float
     return stage_resources(heaviest, cluster)
 
 
-def _tune(study, trials, specs, train, cache_root, results_root, cluster, gpu_share=None) -> dict:
+def _tune(study, trials, train, cache_root, results_root, cluster, gpu_share=None) -> dict:
     """One Tune trial per (value, seed): FIFO, grid, per-trial resources of the heaviest stage (the suite's
     ``resources.gpu`` share when set). → {trial index: stages it computed (not answered by the cache)}."""
     from ray import tune
@@ -219,7 +238,7 @@ def _tune(study, trials, specs, train, cache_root, results_root, cluster, gpu_sh
 
     cpu, gpu = trial_resources(trials, cluster, gpu_share)
     slots = int(cluster.get("CPU", 1) // max(cpu, 1)) if gpu == 0 else int(cluster.get("GPU", 0) // gpu)
-    fn = tune.with_parameters(_trial_fn, trials=trials, specs=specs, train=train, cache_root=str(cache_root))
+    fn = tune.with_parameters(_trial_fn, trials=trials, train=train, cache_root=str(cache_root))
     tuner = Tuner(tune.with_resources(fn, {"cpu": cpu, "gpu": gpu}),
                   param_space={"trial": tune.grid_search([t.index for t in trials])},
                   tune_config=TuneConfig(max_concurrent_trials=max(1, slots)),

@@ -28,7 +28,7 @@ def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
             row["holdout mIoU"] = 100 * h[miou_key] if miou_key in h else np.nan
         labels = [ps for ps in t.stages if study.label_stage and ps.name == study.label_stage]
         lab = cache.result(labels[-1].key) if labels else {}
-        row["PL ratio"] = 100 * lab["pl_ratio"] if "pl_ratio" in lab else np.nan
+        row["PL ratio"] = 100 * lab[study.ratio_key] if study.ratio_key in lab else np.nan
         row["PL precision"] = 100 * lab["pl_precision"] if "pl_precision" in lab else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
@@ -46,16 +46,18 @@ def sweep_frame(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def paper_points(study) -> pd.DataFrame | None:
-    """The paper's (threshold, PL ratio, mIoU) for the study, from ``results/paper`` (None if unpublished)."""
+    """The paper's (value, ratio %, mIoU) for the study, from ``results/paper`` (None if unpublished)."""
     if study.paper is None:
         return None
     from bench.paper_rows import load_extra_table
 
-    paper, table, prefix = study.paper
+    paper, table, name, value_col, ratio_col, scale = study.paper
     t = load_extra_table(paper, table)
-    t = t[t["row"].astype(str).str.startswith(prefix)]
-    return pd.DataFrame({"value": pd.to_numeric(t["threshold"]), "PL ratio": pd.to_numeric(t["PL ratio"]),
-                         "mIoU": pd.to_numeric(t["mIoU"])}).set_index("value")
+    t = t[t["method"] == name] if "method" in t.columns else t[t["row"] == name]
+    out = pd.DataFrame({"value": pd.to_numeric(t[value_col], errors="coerce"),
+                        "PL ratio": scale * pd.to_numeric(t[ratio_col], errors="coerce"),
+                        "mIoU": pd.to_numeric(t["mIoU"], errors="coerce")}).dropna(subset=["value"])
+    return out.set_index("value")
 
 
 def _cell(mean, std) -> str:

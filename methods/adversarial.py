@@ -63,12 +63,19 @@ def upsampled_softmax(logits: torch.Tensor, size) -> torch.Tensor:
 
 
 def output_space_losses(model, discriminators: dict, weights: dict, aux_weight: float, gan: str = "vanilla",
-                        source: str = "source", target: str = "target_train"):
+                        source: str = "source", target: str = "target_train", d_input=upsampled_softmax,
+                        d_upsample: bool = False):
     """The trainer's ``losses`` for multi-level output-space adversarial training.
 
     ``discriminators`` maps a level ("main", "aux") to its module name in the trainer; ``weights`` the level to
-    its λ_adv. Returns ``{"segmenter": {...}, "discriminator": {...}}``.
+    its λ_adv. ``d_input(logits, size)`` makes D's input (default the upsampled softmax; ADVENT/IntraDA feed the
+    weighted self-information map); ``d_upsample`` upsamples D's logits to the input size before the BCE (as
+    PixIntraDA's Table 4 runs IntraDA). Returns ``{"segmenter": {...}, "discriminator": {...}}``.
     """
+
+    def judge(d, x):
+        out = d(x)
+        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=True) if d_upsample else out
 
     def losses(batch, it):
         src, tgt = batch[source], batch[target]
@@ -79,11 +86,11 @@ def output_space_losses(model, discriminators: dict, weights: dict, aux_weight: 
         disc = {}
         size_s, size_t = src["image"].shape[-2:], tgt["image"].shape[-2:]
         for level, d in discriminators.items():
-            ps = upsampled_softmax(out_s.logits if level == "main" else out_s.aux, size_s)
-            pt = upsampled_softmax(out_t.logits if level == "main" else out_t.aux, size_t)
-            seg[f"adv_{level}"] = weights[level] * adversarial_loss(d(pt), SOURCE_LABEL, gan)
-            disc[f"d_{level}"] = 0.5 * (adversarial_loss(d(ps.detach()), SOURCE_LABEL, gan)
-                                        + adversarial_loss(d(pt.detach()), TARGET_LABEL, gan))
+            ps = d_input(out_s.logits if level == "main" else out_s.aux, size_s)
+            pt = d_input(out_t.logits if level == "main" else out_t.aux, size_t)
+            seg[f"adv_{level}"] = weights[level] * adversarial_loss(judge(d, pt), SOURCE_LABEL, gan)
+            disc[f"d_{level}"] = 0.5 * (adversarial_loss(judge(d, ps.detach()), SOURCE_LABEL, gan)
+                                        + adversarial_loss(judge(d, pt.detach()), TARGET_LABEL, gan))
         return {"segmenter": seg, "discriminator": disc}
 
     return losses
@@ -112,7 +119,8 @@ def train_adaptsegnet(p: dict, ctx) -> dict:
                                        power=p["power"]),
     }
     losses = output_space_losses(model, {lv: modules[f"d_{lv}"] for lv in levels}, levels, p["aux_weight"], p["gan"])
-    datasets = {"source": ctx.dataset("source"), "target_train": ctx.dataset("target_train", labels=False)}
+    datasets = {"source": ctx.dataset("source", root=source_images_root(p, ctx)),
+                "target_train": ctx.dataset("target_train", labels=False)}
     trainer = Trainer(modules, specs, losses, datasets,
                       ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
                       out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
@@ -122,8 +130,35 @@ def train_adaptsegnet(p: dict, ctx) -> dict:
             "iterations": fit["iterations"]}
 
 
-def train_stage(cfg: Config) -> Stage:
-    return Stage("adaptsegnet.train", "train", train_adaptsegnet, reads(cfg, *Config.__dataclass_fields__),
+def source_images_root(p: dict, ctx):
+    """Where the source images come from: an upstream ``source_tree`` stage's ``tree/`` (e.g. the GPA-stylised
+    source), a user-provided tree (``p["source_root"]``), or None = the suite's source."""
+    from bench.plan import resolve_root
+
+    if "source_tree" in ctx.inputs:
+        return ctx.inputs["source_tree"] / "tree"
+    if p.get("source_root"):
+        root = resolve_root(p["source_root"])
+        if not root.is_dir():
+            raise FileNotFoundError(f"source_root {p['source_root']!r}: {root} is not a directory")
+        return root
+    return None
+
+
+def train_stage(cfg: Config, source_tree: Stage | None = None, source_root: str | None = None) -> Stage:
+    """The ``adaptsegnet.train`` stage. By default it reads the suite's source; ``source_tree`` (a data stage writing
+    a mirror of the source tree at ``<out>/tree``, e.g. ``methods.gpa.gpa_stage()``) or ``source_root`` (a tree with
+    the source's layout) replace the source images. The option enters the key only when used, so the plain stage
+    keeps its key."""
+    if source_tree is not None and source_root is not None:
+        raise ValueError("adaptsegnet.train: give source_tree or source_root, not both")
+    params = reads(cfg, *Config.__dataclass_fields__)
+    upstream = {}
+    if source_tree is not None:
+        upstream["source_tree"] = source_tree
+    if source_root is not None:
+        params["source_root"] = str(source_root)
+    return Stage("adaptsegnet.train", "train", train_adaptsegnet, params, upstream=upstream,
                  datasets=("source", "target_train"), version=VERSION)
 
 

@@ -49,6 +49,9 @@ METHODS = {
     "adaptsegnet": "methods.adversarial",
     "cag_uda": "methods.cag_uda_pipeline",
     "ssf_dan": "methods.ssf_dan_pipeline",
+    "bismap": "methods.bismap_pipeline",
+    "pixintrada": "methods.pixintrada_pipeline",
+    "intrada": "methods.intrada",
 }
 
 

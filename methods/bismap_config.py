@@ -18,15 +18,31 @@ _GTA5_SAMPLE_RATES_CODE = (0.002, 0.01, 0.003, 0.1, 0.1, 0.1, 1.0, 1.0, 0.01, 0.
 @dataclass
 class Config:
     # -- variants (Tables 3-5)
-    pla: str = param("maps", "paper", "pseudo-label assignment: maps | cas (CAG anchors) | ias (IAST selector); "
-                     "Table 3 compares them on one warm-up model, all with STM")
+    pla: str = param("maps", "paper", "pseudo-label assignment: maps | cas (CAG anchors) | ias (IAST selector) | "
+                     "none (no target labels: Table 4's baseline and +STM rows); Table 3 compares the first three "
+                     "on one warm-up model, all with STM")
     use_stm: bool = param(True, "paper", "Table 4 ablation switch")
     use_consistency: bool = param(True, "paper", "Table 4 ablation switch")
     distill_rounds: int = param(1, "paper", "'an additional distillation stage'; the README runs 2; 0 = none")
     cas_delta_d: float = param(1.0, "paper", "CAs-PLA distance threshold for Table 3/5; best of {0.5,1,1.5,2} "
                                "(Table 5); CAG's own 2.5 is for its features")
+    cas_anchor_pixels: str = param("correct", "inferred", "CAs anchors = class means of the MAPs feature pool "
+                                   "(GT = prediction, after the code's subsampling), so only the density model "
+                                   "differs from MAPs-PLA | all (CAG paper Eq. 4: every GT pixel)")
+    ias_alpha: float = param(0.2, "code", "IAST configs sl_*.yaml PSEUDO_PL_ALPHA")
+    ias_beta: float = param(0.9, "code", "IAST default.py PSEUDO_PL_BETA (threshold momentum)")
+    ias_gamma: float = param(8.0, "code", "IAST configs PSEUDO_PL_GAMMA")
+    ias_init: float = param(0.9, "code", "IAST starts every class threshold at 0.9")
+    ias_cap: float = param(0.999, "code", "IAST replaces a threshold >= 1 by 0.999")
+    pl_ratio_target: float | None = param(None, "harness", "MAPs/CAs only: set δ (Δd) so that this fraction of "
+                                          "target-train pixels is labelled (a label-free quantile of the scores; "
+                                          "e.g. 0.613, the ratio of the paper's δ = 100); None = the fixed value")
     # -- network and GPA warm-up (stage W)
     model: str = param("deeplabv3plus_r101", "paper", "DeepLab-v3+ R101 (OS16), ImageNet init; code agrees")
+    normalize: str | None = param("imagenet", "code", "RGB/255 with ImageNet mean/std, for every stage and the "
+                                  "evaluation (overrides the suite's, e.g. Caffe for DeepLab-v2); None = the suite's")
+    model_options: dict = param({"bn_mode": "train", "aspp_dropout": 0.0, "decoder_dropout": [0.0, 0.1]}, "code",
+                                "trainable BN, no ASPP dropout, Dropout2d(0.1) before the classifier")
     init_weights: str | None = param(None, "harness", "local ImageNet ResNet-101 weights")
     gpa: bool = param(True, "paper", "every stage trains on GPA-stylised source (Ma et al. CVPR 2021)")
     gpa_gamma: str = param("mean_l", "inferred", "L gamma chosen so mean(L/100) matches the target's; GPA's "
@@ -34,6 +50,11 @@ class Config:
     gpa_pair_seed: int = param(0, "harness", "seed of the random source→target pairing (methods.gpa.pair_targets)")
     warmup_iters: int = param(90_000, "paper")
     warmup_batch_size: int = param(8, "paper", "no warm-up code released; the checkpoint is")
+    warmup_lr: float = param(5e-4, "paper", "SGD 5e-4, poly 0.9 (the paper's one optimiser setting); the model's "
+                             "10x head groups as source_only trains them")
+    native_resolution: bool = param(True, "code", "labelling, STM and (self-)training read source and target at "
+                                    "their native size (GTA5 1914x1052, Cityscapes 2048x1024; SYNTHIA resized to "
+                                    "synthia_resize), not the suite's resize; the GPA warm-up keeps the suite's")
     # -- MAPs (stage P2): Eq. 3-6
     gmm_components: int = param(8, "paper", "K diagonal-covariance Gaussians per class (paper and code)")
     gmm_max_samples: int = param(300_000, "paper", "features per class fed to EM (paper and code)")
@@ -49,6 +70,8 @@ class Config:
                              "all but the final 1×1 classifier")
     gmm_sample_rates: tuple = param(_GTA5_SAMPLE_RATES_CODE, "code", "per-class keep rate of correct source "
                                     "features before pooling (GTA5; code only; pools capped at 1e6)")
+    gmm_pool_cap: int = param(1_000_000, "code", "features kept per class pool, in image order (the code's first "
+                              "pool file); memory cap·D·4 bytes per class")
     delta_gta5: float = param(100.0, "paper", "Eq. 6 log-density threshold δ for GTA5 (code default too)")
     delta_synthia: float = param(-50.0, "paper", "δ for SYNTHIA (paper only; no SYNTHIA config in the code)")
     delta_override: float | None = param(None, "harness", "any other source (MiniCity): δ re-chosen on source "
@@ -73,14 +96,17 @@ class Config:
     stm_entropy_gta5_code: tuple = param(_GTA5_ENTROPY_CODE, "code", "GTA5 e_c constants in the released STM")
     stm_entropy_synthia_code: tuple = param(_SYNTHIA_ENTROPY_CODE, "code", "SYNTHIA e_c constants (0 = absent)")
     # -- self-training (stage S): Eq. 10-13
-    st_init: str = param("imagenet", "code", "retrained from ImageNet, not from the warm-up (resume_flag False)")
+    st_init: str = param("imagenet", "code", "retrained from ImageNet (init_weights), not from the warm-up "
+                         "(resume_flag False) | warmup")
     st_iters: int = param(90_000, "paper")
     st_batch_source: int = param(4, "paper")
     st_batch_target: int = param(4, "paper")
     lr: float = param(5e-4, "paper")
     head_lr_mult: float = param(1.0, "paper", "code: 10 (head_10x_lr)")
-    lr_warmup_iters: int = param(0, "paper", "code: 400 linear warm-up iterations")
-    eta_min: float = param(0.0, "paper", "code: poly decays to 1e-7")
+    lr_warmup_iters: int = param(0, "paper", "code: 400 linear warm-up iterations (from 0)")
+    eta_min: float = param(0.0, "paper", "code: poly decays to 1e-7; the harness's poly ends at 0, so only 0 is "
+                           "accepted")
+    hflip: bool = param(True, "code", "random horizontal flip (p 0.5) of source and target crops")
     momentum: float = param(0.9, "paper")
     weight_decay: float = param(5e-4, "paper")
     power: float = param(0.9, "paper")
@@ -107,7 +133,10 @@ class Config:
                     "kl_div(softmax, softmax) bug (ProDA#43)")
     kd_weight: float = param(1.0, "code")
     distill_iters: int = param(90_000, "code")
-    distill_student_init: str = param("simclrv2_r101", "code", "falls back to ImageNet (SimCLRv2 not offline)")
+    distill_student_init: str = param("simclrv2_r101", "code", "simclrv2_r101 (distill_student_weights; without "
+                                      "the file, ImageNet: recorded) | imagenet | warmup")
+    distill_student_weights: str | None = param(None, "harness", "local SimCLRv2 R101 backbone in torchvision "
+                                                "layout for the distillation student; None = init_weights (recorded)")
     distill_pl_scales: tuple = param((0.75, 1.0, 1.5), "code", "teacher labels: multi-scale + flip, argmax")
     distill_pl_threshold: float = param(0.0, "code", "every pixel labelled")
     # -- evaluation

@@ -39,6 +39,8 @@ class Config:
                                "the classifier, so f_D is its 2048-d input (stride 8). Δd=2.5 was set on the code's "
                                "features: re-tune it for these")
     feature_layer_code: str = param("decoder", "code", "256-d decoder output before the 1×1 classifier, stride 4")
+    normalize: str | None = param(None, "paper", "input normalisation: None = the suite's (Caffe, as DeepLab-v2's "
+                                  "init expects); the code variant always uses 'unit' (RGB/255, no mean or std)")
     bn_mode: str = param("frozen_affine", "paper", "§4.1 'weights of all BN layers were frozen' (γ/β; whether "
                          "running statistics were also fixed is not said)")
     bn_mode_code: str = param("train", "code", "trainable SyncBN (freeze_bn: False)")
@@ -109,6 +111,10 @@ class Config:
         if not (self.delta_d >= 0 and 0 <= self.p0 < 1 and self.num_stages >= 0):
             raise ValueError(f"need delta_d ≥ 0, 0 ≤ p0 < 1, num_stages ≥ 0; got {self.delta_d}, {self.p0}, "
                              f"{self.num_stages}")
+
+    def dataset_normalize(self) -> str | None:
+        """The planner's hook (bench.plan.method_datasets): the inputs this variant's network expects."""
+        return "unit" if self.variant == "code" else self.normalize
 
 
 _CODE_VALUES = ("model", "feature_layer", "bn_mode", "stage_iters", "batch_size", "crop", "resize_scale", "lr",

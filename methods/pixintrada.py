@@ -1,12 +1,13 @@
 """PixIntraDA — Yan et al., "Pixel-level Intra-domain Adaptation for Semantic Segmentation", ACM MM 2021
-(``shared/papers/004_…``). No code was ever released: every setting below is the paper's or our reading of it.
+(``shared/papers/004_…``). No code was ever released: every setting is the paper's or our reading of it.
 
 Stage I trains an inter-domain model G_inter (AdaptSegNet multi-level output-space adversarial training on a
 style-translated source; for SYNTHIA the paper used BDL's released model). Stage II splits the target pixels into
 easy and hard by class thresholds on G_inter's probabilities (Eq. 2–3), self-trains a fresh G on the easy pixels
 (Eq. 5) and adapts it to the hard ones with per-pixel adversarial learning, binary (``pla``, Eq. 6) or
 continuously indexed (``cts``, Eq. 7–8). A second round (T=1) re-splits with the round-1 model and adds CRST's
-KLD regulariser. This module holds the Config and the equations; the stages are wired elsewhere.
+KLD regulariser. This module holds the equations; the settings are in ``methods.pixintrada_config`` (re-exported
+here), the stages in ``methods.pixintrada_pipeline``.
 
 Conventions: probabilities ``[N, C, H, W]`` (softmax, at the input resolution: the paper upsamples G's logits
 and D's outputs to the input size, §5.1); masks and labels ``[N, H, W]``; ignore = 255.
@@ -14,96 +15,12 @@ and D's outputs to the input size, §5.1); masks and labels ``[N, H, W]``; ignor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods.base import param
+from methods.pixintrada_config import ALPHA_BY_SOURCE, Config, InterConfig, resolve_alpha  # noqa: F401 - re-exported
 from methods.source_only import segmentation_ce
-
-# Paper Tables 5 and 8: the α that gave the best PLA+CTS per source (Prop. 0.67 GTA5, 0.66 SYNTHIA).
-ALPHA_BY_SOURCE = {"gta5": 0.85, "synthia": 0.79}
-
-
-@dataclass
-class Config:
-    # ---- Stage I: inter-domain model G_inter = AdaptSegNet [32] multi-level, on a translated source (§5.3)
-    translation: str = param("gpa", "harness",
-                             "gpa | fda | user_tree. The paper used BDL's CycleGAN-translated GTA5 (= user_tree); "
-                             "GPA/FDA run offline here")
-    translated_root: str | None = param(None, "harness", "user_tree: root of a translated-GTA5 tree (BDL layout)")
-    fda_beta: float = param(0.01, "inferred", "translation=fda: FDA's amplitude window L (FDA's GTA5 setting)")
-    inter_weights: str | None = param(None, "harness",
-                                      "a ready G_inter checkpoint (the paper used BDL's released SYNTHIA model); "
-                                      "None = train Stage I here")
-    model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 for G_inter and G (§5.1)")
-    model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "inferred",
-                                "AdaptSegNet's DeeplabMulti: affine-frozen BN, layer3 aux head (§5.1: aux classifier "
-                                "as [26, 32])")
-    init_weights: str | None = param(None, "harness", "local path to the ImageNet DeepLab init")
-    inter_iters: int = param(150_000, "inferred", "AdaptSegNet's code stops at 150k; PixIntraDA is silent")
-    inter_horizon: int = param(250_000, "inferred", "AdaptSegNet's poly decays over 250k")
-    inter_batch_size: int = param(1, "inferred", "AdaptSegNet: 1 source + 1 target")
-    inter_lr: float = param(2.5e-4, "paper", "AdaptSegNet [32] paper, adopted by reference (§5.3)")
-    inter_momentum: float = param(0.9, "paper", "AdaptSegNet [32]")
-    inter_weight_decay: float = param(5e-4, "paper", "AdaptSegNet [32]")
-    inter_power: float = param(0.9, "paper", "AdaptSegNet [32] poly")
-    inter_aux_weight: float = param(0.1, "paper", "λ_seg of the aux head, AdaptSegNet [32]")
-    inter_adv_main: float = param(0.001, "paper", "λ_adv main, AdaptSegNet [32]")
-    inter_adv_aux: float = param(0.0002, "paper", "λ_adv aux, AdaptSegNet [32]")
-    d_lr: float = param(1e-4, "paper", "Adam, both stages (§5.3 and [32])")
-    d_betas: tuple = param((0.9, 0.99), "paper", "Adam momenta (§5.3)")
-    d_channels: tuple = param((64, 128, 256, 512), "paper", "AdaptSegNet's D, both stages (§5.1 follows [26, 32])")
-    # ---- Pixel-level split (Eq. 2–3)
-    alpha: float | None = param(None, "paper", "None = ALPHA_BY_SOURCE: 0.85 GTA5, 0.79 SYNTHIA (Tables 5, 8)")
-    threshold_cap: float = param(0.9, "paper", "t_k = min(median, 0.9) (§4.1, BDL's rule)")
-    threshold_scheme: str = param("median", "paper", "median (Eq. 2) | ias (Table 6: IAS [24] thresholds)")
-    threshold_bins: int = param(10_000, "inferred", "streaming median histogram: bin width 1e-4, error ≤ 5e-5")
-    skip_unpredicted: bool = param(True, "inferred",
-                                   "t_k = 0 (class never predicted) would make every pixel easy under Eq. 2; "
-                                   "such a class is left out of Eq. 2–3")
-    split_size: tuple = param((1024, 512), "inferred", "W×H at which G_inter predicts t_k, M, Z (BDL's 1024×512)")
-    # ---- Stage II: intra-domain model G on target images only (§4.2, §5.3)
-    variant: str = param("cts", "paper", "pla (Eq. 6) | cts (Eq. 8, the final method)")
-    pla_form: str = param("pixel_bce", "inferred",
-                          "Eq. 6 prints −log of per-image pixel sums ('log_sum'); read as per-pixel BCE")
-    d_activation: str = param("sigmoid", "inferred", "cts: D's output activation (Z ∈ [0,1]): sigmoid | none")
-    adv_reduction: str = param("mean", "inferred",
-                               "adversarial sums ÷ N·H·W ('mean', scale of AdaptSegNet's λ) or ÷ N ('sum', literal)")
-    intra_init: str = param("imagenet", "inferred", "G's init: imagenet (§5.1 backbone, as IntraDA) | inter")
-    iters: int = param(120_000, "inferred", "unstated; IntraDA/ADVENT stop at 120k")
-    horizon: int = param(250_000, "inferred", "poly horizon as AdaptSegNet/ADVENT")
-    batch_size: int = param(4, "paper", "§5.3")
-    lr: float = param(2.4e-4, "paper", "§5.3")
-    momentum: float = param(0.9, "paper", "§5.3")
-    weight_decay: float = param(5e-4, "paper", "§5.3")
-    power: float = param(0.9, "paper", "§5.3")
-    aux_weight: float = param(0.1, "paper", "λ_seg aux, 'same as [32]' (§5.3)")
-    beta_main: float = param(0.001, "inferred", "β of Eq. 9, unstated; AdaptSegNet's λ_adv main")
-    beta_aux: float = param(0.0002, "inferred", "β of the aux D; AdaptSegNet's λ_adv aux")
-    train_size: tuple = param((1024, 512), "inferred", "W×H of the training input (Cityscapes resized as [32])")
-    train_scale_range: tuple = param((0.75, 1.25), "inferred", "'multi-scale training' (§5.3), range unstated")
-    # ---- Second round T=1 with CRST's KLD (§5.3)
-    rounds: int = param(2, "paper", "T=0 and T=1 (Table 3)")
-    round2_init: str = param("round1", "inferred", "round 2 starts from: round1 | imagenet")
-    kld: bool = param(True, "paper", "KLD regulariser [52] in round 2 (Table 3 '+KLD')")
-    kld_weight: float = param(0.1, "inferred", "unstated; CRST's mr_weight_kld (mrkld.sh)")
-    kld_on: str = param("easy", "inferred", "pixels regularised: easy (CRST: pseudo-labelled) | all")
-    # ---- Evaluation
-    eval_scales: tuple = param((0.5, 0.75, 1.0, 1.25, 1.5), "inferred",
-                               "'multi-scale testing' (§5.3), scales unstated; softmax averaged")
-    eval_flip: bool = param(False, "inferred", "flip not mentioned")
-
-
-def resolve_alpha(alpha: float | None, source: str) -> float:
-    """α for a source domain: the override, else the paper's per-source value (Tables 5, 8)."""
-    if alpha is not None:
-        return float(alpha)
-    if source not in ALPHA_BY_SOURCE:
-        raise ValueError(f"source {source!r}: no paper α; valid: {sorted(ALPHA_BY_SOURCE)} or set Config.alpha")
-    return ALPHA_BY_SOURCE[source]
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -332,8 +249,15 @@ def _log_sum(log_terms: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(x, 1) * has
 
 
+def _valid(valid, like: torch.Tensor, device) -> torch.Tensor | None:
+    if valid is None:
+        return None
+    _check_mask(valid, like.shape[0], like.shape[1:], "valid")
+    return valid.to(device)
+
+
 def pla_d_loss(d_logits: torch.Tensor, hard_mask: torch.Tensor, form: str = "pixel_bce",
-               reduction: str = "mean") -> torch.Tensor:
+               reduction: str = "mean", valid: torch.Tensor | None = None) -> torch.Tensor:
     """PixIntraDA Eq. 6, discriminator side: D(·) = σ(d_logits upsampled to [H, W]) should be 1 on hard and
     0 on easy pixels.
 
@@ -341,15 +265,19 @@ def pla_d_loss(d_logits: torch.Tensor, hard_mask: torch.Tensor, form: str = "pix
     ``reduction`` ('mean' ÷ N·H·W, 'sum' ÷ N). ``form="log_sum"`` (the printed formula): per image
     −log Σ_hard D − log Σ_easy (1−D), averaged over the batch; a term whose pixel set is empty is 0
     (``reduction`` is ignored). d_logits ``[N, 1, h, w]`` (D has no output activation, as AdaptSegNet's);
-    hard_mask bool ``[N, H, W]``.
+    hard_mask bool ``[N, H, W]``. ``valid`` (bool ``[N, H, W]``, optional): pixels outside it (crop padding) are
+    neither hard nor easy and cost 0; the 'mean' denominator stays N·H·W.
     """
     _check_mask(hard_mask, None, None)
     d = _d_map(d_logits, hard_mask)
     m = hard_mask.to(d.device)
+    v = _valid(valid, hard_mask, d.device)
     if form == "pixel_bce":
-        return _reduce(torch.where(m, F.softplus(-d), F.softplus(d)), reduction)  # −log σ(l), −log(1−σ(l))
+        per_pixel = torch.where(m, F.softplus(-d), F.softplus(d))  # −log σ(l), −log(1−σ(l))
+        return _reduce(per_pixel if v is None else per_pixel * v, reduction)
     if form == "log_sum":
-        return -(_log_sum(F.logsigmoid(d), m) + _log_sum(F.logsigmoid(-d), ~m)).mean()
+        easy = ~m if v is None else ~m & v
+        return -(_log_sum(F.logsigmoid(d), m if v is None else m & v) + _log_sum(F.logsigmoid(-d), easy)).mean()
     raise ValueError(f"form {form!r}; valid: 'pixel_bce', 'log_sum'")
 
 
@@ -380,11 +308,12 @@ def _activate(d: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 def cts_d_loss(d_logits: torch.Tensor, z: torch.Tensor, activation: str = "sigmoid",
-               reduction: str = "mean") -> torch.Tensor:
+               reduction: str = "mean", valid: torch.Tensor | None = None) -> torch.Tensor:
     """PixIntraDA Eq. 8, discriminator side: ‖D(G(x)) − Z‖_F², D regresses the continuous index Z (Eq. 7).
 
     D = ``activation`` (sigmoid | none) of d_logits ``[N, 1, h, w]`` upsampled to Z's size (upsampled before
     the activation). z: float ``[N, H, W]`` in [0, 1]. 'mean' ÷ N·H·W, 'sum' ÷ N (per-image ‖·‖², batch mean).
+    ``valid``: as :func:`pla_d_loss` (padding costs 0).
     """
     if not isinstance(z, torch.Tensor) or z.dim() != 3 or not z.is_floating_point():
         raise ValueError(f"z: expected a float tensor [N, H, W], got {_desc(z)}")
@@ -392,7 +321,9 @@ def cts_d_loss(d_logits: torch.Tensor, z: torch.Tensor, activation: str = "sigmo
         raise ValueError("z: values must lie in [0, 1] (no NaN)")
     _check_d(d_logits, z.shape[0])
     d = _activate(upsample(d_logits, z.shape[1:])[:, 0], activation)
-    return _reduce((d - z.to(d)) ** 2, reduction)
+    v = _valid(valid, z, d.device)
+    sq = (d - z.to(d)) ** 2
+    return _reduce(sq if v is None else sq * v, reduction)
 
 
 def cts_g_loss(d_logits: torch.Tensor, hard_mask: torch.Tensor, activation: str = "sigmoid",

@@ -61,7 +61,8 @@ TRAIN_FIELDS = ("train_domain", "model", "model_options", "init_weights", "iters
 
 
 def train_supervised(p: dict, ctx) -> dict:
-    """Stage ``source_only.train``: supervised training on ``ctx.dataset(p["train_domain"])``."""
+    """Stage ``source_only.train``: supervised training on ``ctx.dataset(p["train_domain"])`` — read from the
+    upstream ``source_tree``'s ``tree/`` mirror when the stage has one (e.g. GPA-stylised source)."""
     from bench.models import build_model
     from bench.plan import resolve_root
     from bench.schedule import OptimizerSpec
@@ -73,8 +74,9 @@ def train_supervised(p: dict, ctx) -> dict:
     spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
                          weight_decay=p["weight_decay"], power=p["power"])
     domain = p["train_domain"]
+    root = ctx.inputs["source_tree"] / "tree" if "source_tree" in ctx.inputs else None
     trainer = Trainer({"segmenter": model}, {"segmenter": spec},
-                      supervised_losses(model, domain, p["aux_weight"]), {domain: ctx.dataset(domain)},
+                      supervised_losses(model, domain, p["aux_weight"]), {domain: ctx.dataset(domain, root=root)},
                       ctx.train_config(p["iters"], p["horizon"], {domain: p["batch_size"]}),
                       out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
     fit = trainer.fit()
@@ -83,9 +85,17 @@ def train_supervised(p: dict, ctx) -> dict:
             "iterations": fit["iterations"], "resumed_from": fit["resumed_from"]}
 
 
-def train_stage(cfg: Config) -> Stage:
-    """The shared supervised-training stage; any method whose Config has these fields can start from it."""
-    return Stage("source_only.train", "train", train_supervised, reads(cfg, *TRAIN_FIELDS),
+def train_stage(cfg: Config, source_tree: Stage | None = None) -> Stage:
+    """The shared supervised-training stage; any method whose Config has these fields can start from it.
+    ``source_tree``: a data stage writing a mirror of the source tree under ``tree/`` (e.g. ``gpa.source``, for
+    BiSMAP's warm-up on GPA-stylised images); it becomes the upstream ``source_tree`` and enters the key. Without
+    it the stage and its key are exactly the plain one that every method shares."""
+    upstream = {}
+    if source_tree is not None:
+        if cfg.train_domain != "source":
+            raise ValueError(f"train_domain {cfg.train_domain!r}: a source_tree replaces the source only")
+        upstream = {"source_tree": source_tree}
+    return Stage("source_only.train", "train", train_supervised, reads(cfg, *TRAIN_FIELDS), upstream=upstream,
                  datasets=(cfg.train_domain,), version=VERSION)
 
 

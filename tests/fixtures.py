@@ -100,3 +100,28 @@ def make_crosscity(root: Path, city="Rome", n_train=2, n_test=2, size=(32, 16), 
 def _mk(p: Path) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def tiny_minicity_suite(tmp: Path, counts: dict, **train) -> dict:
+    """minicity.yaml pointed at a tiny MiniCity (64×32) generated under ``tmp/mc``, one seed, CPU, frequent
+    checkpoints; ``counts`` are the generator's image counts, ``train`` updates the train section. Callers set
+    the methods and write the YAML (:func:`write_suite`)."""
+    import yaml
+
+    from bench.suite_runner import SUITES_DIR
+
+    suite = yaml.safe_load((SUITES_DIR / "minicity.yaml").read_text())
+    root = tmp / "mc"
+    suite["minicity"] = {"root": str(root), "seed": 0, "size": [64, 32], "counts": counts}
+    for domain, d in zip(["source", "target_train", "target_val"], ["gta5", "cityscapes", "cityscapes"]):
+        suite["datasets"][domain]["root"] = str(root / d)
+    suite["seeds"] = [0]
+    suite["train"].update({"device": "cpu", "log_every": 0, "checkpoint_every": 3, "metrics_every": 2, **train})
+    return suite
+
+
+def write_suite(suite: dict, path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path

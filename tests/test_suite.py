@@ -48,11 +48,22 @@ def test_real_suites_stop_before_training_when_data_is_missing(name, tmp_path):
     # ... then a missing dataset, with the `bench data check` command to run.
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
-    over = [f"methods.{m}.init_weights={weights}" for m in s["methods"]]
+    over = [f"methods.{m}.{k}={weights}" for m, v in s["methods"].items() for k in v if k.endswith("weights")]
     over += [f"datasets.{d}.root={tmp_path / 'nothing'}" for d in s["datasets"]]
     with pytest.raises(SuiteDataError, match=r"(?s)is not usable.*bench data check \w+ --root .*nothing"):
         run_suite(name, over, results_root=tmp_path, executor="local")
     assert not (tmp_path / "cache").exists()  # nothing was started
+
+
+def test_every_weights_file_of_a_method_is_checked_before_training(tmp_path):
+    from bench.suite_runner import SuiteDataError, run_suite
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    s = load_suite("gta5_cityscapes")
+    over = [f"methods.{m}.init_weights={weights}" for m in s["methods"]] + ["only=[pixintrada]"]
+    with pytest.raises(SuiteDataError, match=r"methods\.pixintrada\.intra_init_weights .* does not exist"):
+        run_suite("gta5_cityscapes", over, results_root=tmp_path, executor="local")
 
 
 def test_unknown_top_level_key_is_refused():
@@ -132,3 +143,20 @@ def test_a_method_can_state_its_own_evaluation_protocol():
     experiments, _, _ = plan_suite(s, fps)
     protocols = {e.variant: e.stages[-1].stage.params["protocol"] for e in experiments if e.seed == 0}
     assert protocols == {"": "B", "ms": "ms"}  # the suite's protocol unless the method says otherwise
+
+
+def test_a_method_stating_its_input_normalisation_gets_its_own_stages_and_eval_inputs():
+    from bench.plan import plan_suite
+
+    s = load_suite("minicity", ["only=[source_only,cag_uda]", "seeds=[0]",
+                                "methods.cag_uda.variants={code: {variant: code, model_code: small}}"])
+    fps = {"": {d: {"spec": {"options": {"normalize": "imagenet"}}, "fingerprint": "x", "images": 1}
+                for d in s["datasets"]}}
+    experiments, unique, specs = plan_suite(s, fps)
+    first = {(e.method, e.variant): e.stages[0] for e in experiments}
+    assert first[("source_only", "")].key == first[("cag_uda", "")].key  # the suite's inputs: one shared stage
+    code = first[("cag_uda", "code")]
+    assert code.name == "source_only.train" and code.key != first[("source_only", "")].key
+    ev = next(e for e in experiments if e.variant == "code").stages[-1]
+    assert specs[ev.key]["target_val"]["options"]["normalize"] == "unit"  # the evaluation reads what it trained on
+    assert specs[first[("source_only", "")].key]["target_val"]["options"]["normalize"] == "imagenet"

@@ -2,9 +2,9 @@
 each trial is a nested MLflow run, a trial whose stages were lost resumes through the cache, over-asking stops."""
 
 import pytest
-import yaml
+from fixtures import tiny_minicity_suite, write_suite
 
-from bench.suite_runner import SUITES_DIR, SuiteError
+from bench.suite_runner import SuiteError
 
 SWEEP = ["methods.cag_uda.pretrain={model: small, model_options: {}, iters: 3, horizon: null, batch_size: 2, "
          "lr: 0.01, weight_decay: 0.0005, aux_weight: 0.0}", "methods.cag_uda.warmup_iters=2",
@@ -14,17 +14,9 @@ SWEEP = ["methods.cag_uda.pretrain={model: small, model_options: {}, iters: 3, h
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    suite = yaml.safe_load((SUITES_DIR / "minicity.yaml").read_text())
-    root = tmp / "mc"
-    suite["minicity"] = {"root": str(root), "seed": 0, "size": [64, 32],
-                         "counts": {"gta5": 6, "synthia": 2, "cityscapes_train": 16, "cityscapes_val": 2}}
-    for domain, d in zip(["source", "target_train", "target_val"], ["gta5", "cityscapes", "cityscapes"]):
-        suite["datasets"][domain]["root"] = str(root / d)
-    suite["seeds"] = [0]
-    suite["train"].update(device="cpu", log_every=0, checkpoint_every=1, metrics_every=1)
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(suite, sort_keys=False))
-    return str(path), tmp / "results"
+    suite = tiny_minicity_suite(tmp, {"gta5": 6, "synthia": 2, "cityscapes_train": 16, "cityscapes_val": 2},
+                                checkpoint_every=1, metrics_every=1)
+    return str(write_suite(suite, tmp / "tiny.yaml")), tmp / "results"
 
 
 @pytest.fixture(scope="module")

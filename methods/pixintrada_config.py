@@ -1,0 +1,113 @@
+"""PixIntraDA's settings (and Stage I's, shared with the IntraDA baseline): every value with its source. PixIntraDA
+released no code, so a value is the paper's, our reading of it (inferred), or a harness setting — never "code".
+The equations are in ``methods.pixintrada``, the stages in ``methods.pixintrada_pipeline``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.base import param
+
+# Paper Tables 5 and 8: the α that gave the best PLA+CTS per source (Prop. 0.67 GTA5, 0.66 SYNTHIA).
+ALPHA_BY_SOURCE = {"gta5": 0.85, "synthia": 0.79}
+TRANSLATIONS = ("gpa", "none", "user_tree")
+
+
+@dataclass
+class InterConfig:
+    """Stage I, the inter-domain model G_inter: AdaptSegNet [32] multi-level output-space adversarial training on a
+    style-translated source (§5.3). PixIntraDA and IntraDA both read these fields, so equal values give one stage."""
+
+    translation: str = param("gpa", "harness",
+                             "gpa | none | user_tree. The paper trained on BDL's CycleGAN-translated GTA5 "
+                             "(= user_tree); gpa = the harness's own offline translation (methods.gpa); none = the "
+                             "plain source, i.e. the adaptsegnet row's stage")
+    translated_root: str | None = param(None, "harness",
+                                        "user_tree: a translated source tree in the suite source's layout (images and "
+                                        "labels: link the original label folder in); its path, not its content, "
+                                        "enters the cache key")
+    inter_weights: str | None = param(None, "harness",
+                                      "a ready G_inter checkpoint in the model's init format (the paper used BDL's "
+                                      "released SYNTHIA model); None = train Stage I here")
+    model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 for G_inter and G (§5.1)")
+    model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "inferred",
+                                "AdaptSegNet's DeeplabMulti: affine-frozen BN, layer3 aux head (§5.1: aux classifier "
+                                "as [26, 32])")
+    init_weights: str | None = param(None, "harness", "local path to the ImageNet DeepLab init")
+    inter_iters: int = param(150_000, "inferred", "AdaptSegNet's code stops at 150k; PixIntraDA is silent")
+    inter_horizon: int | None = param(250_000, "inferred", "AdaptSegNet's poly decays over 250k")
+    inter_batch_size: int = param(1, "inferred", "AdaptSegNet: 1 source + 1 target")
+    inter_lr: float = param(2.5e-4, "paper", "AdaptSegNet [32] paper, adopted by reference (§5.3)")
+    inter_momentum: float = param(0.9, "paper", "AdaptSegNet [32]")
+    inter_weight_decay: float = param(5e-4, "paper", "AdaptSegNet [32]")
+    inter_power: float = param(0.9, "paper", "AdaptSegNet [32] poly")
+    inter_aux_weight: float = param(0.1, "paper", "λ_seg of the aux head, AdaptSegNet [32]")
+    inter_adv_main: float = param(0.001, "paper", "λ_adv main, AdaptSegNet [32]")
+    inter_adv_aux: float = param(0.0002, "paper", "λ_adv aux, AdaptSegNet [32]")
+    d_lr: float = param(1e-4, "paper", "Adam, both stages (§5.3 and [32])")
+    d_channels: tuple = param((64, 128, 256, 512), "paper", "AdaptSegNet's D, both stages (§5.1 follows [26, 32])")
+
+
+@dataclass
+class Config(InterConfig):
+    # ---- Pixel-level split (Eq. 2–3)
+    alpha: float | None = param(None, "paper", "None = ALPHA_BY_SOURCE by the suite's source: 0.85 GTA5, 0.79 SYNTHIA "
+                                               "(Tables 5, 8); 0 = every pixel easy (the Prop. = 1 endpoint)")
+    threshold_cap: float = param(0.9, "paper", "t_k = min(median, 0.9) (§4.1, BDL's rule)")
+    threshold_scheme: str = param("median", "paper", "median (Eq. 2); Table 6's IAS thresholds are not implemented")
+    threshold_bins: int = param(10_000, "inferred", "streaming median histogram: bin width 1e-4, error ≤ 5e-5")
+    skip_unpredicted: bool = param(True, "inferred",
+                                   "t_k = 0 (class never predicted) would make every pixel easy under Eq. 2; "
+                                   "such a class is left out of Eq. 2–3")
+    split_size: tuple | None = param(None, "inferred",
+                                     "W×H at which G_inter's probabilities give t_k, M, Z; None = G_inter's input, the "
+                                     "suite's target resize (1024×512 in the Cityscapes suites, as BDL)")
+    # ---- Stage II: intra-domain model G on target images only (§4.2, §5.3)
+    variant: str = param("cts", "paper", "pla (Eq. 6) | cts (Eq. 8, the final method)")
+    pla_form: str = param("pixel_bce", "inferred",
+                          "Eq. 6 prints −log of per-image pixel sums ('log_sum'); read as per-pixel BCE")
+    d_activation: str = param("sigmoid", "inferred", "cts: D's output activation (Z ∈ [0,1]): sigmoid | none")
+    adv_reduction: str = param("mean", "inferred",
+                               "adversarial sums ÷ N·H·W ('mean', the scale of AdaptSegNet's λ) or ÷ N "
+                               "('sum', literal)")
+    d_betas: tuple = param((0.9, 0.99), "paper", "Stage II's Adam momenta (§5.3); Stage I: AdaptSegNet's, equal")
+    intra_init: str = param("imagenet", "inferred", "G's init: imagenet (§5.1 backbone, as IntraDA) | inter (G_inter)")
+    intra_init_weights: str | None = param(None, "harness",
+                                           "G's init file for intra_init=imagenet; None = init_weights. §5.1: ImageNet "
+                                           "(ADVENT/IntraDA: DeepLab_resnet_pretrained_imagenet.pth)")
+    iters: int = param(120_000, "inferred", "unstated; IntraDA/ADVENT stop at 120k")
+    horizon: int | None = param(250_000, "inferred", "poly horizon as AdaptSegNet/ADVENT (None = iters)")
+    batch_size: int = param(4, "paper", "§5.3")
+    lr: float = param(2.4e-4, "paper", "§5.3")
+    momentum: float = param(0.9, "paper", "§5.3")
+    weight_decay: float = param(5e-4, "paper", "§5.3")
+    power: float = param(0.9, "paper", "§5.3")
+    aux_weight: float = param(0.1, "paper", "λ_seg aux, 'same as [32]' (§5.3)")
+    beta_main: float = param(0.001, "inferred", "β of Eq. 9, unstated; AdaptSegNet's λ_adv main")
+    beta_aux: float = param(0.0002, "inferred", "β of the aux D; AdaptSegNet's λ_adv aux")
+    train_size: tuple | None = param((1024, 512), "inferred",
+                                     "W×H crop after the random scale (Cityscapes resized as [32]); None = no crop")
+    train_scale_range: tuple | None = param((0.75, 1.25), "inferred",
+                                            "'multi-scale training' (§5.3), range unstated; None = off. A scaled "
+                                            "image smaller than the crop is padded; padding is neither easy nor hard")
+    # ---- Rounds: T=0 and T=1 with CRST's KLD (§5.3, Table 3)
+    rounds: int = param(2, "paper", "T=0 and T=1 (Table 3); 1 = T=0 only; 0 = no Stage II (INTER, the Prop. = 0 row)")
+    round2_init: str = param("round1", "inferred", "round 2 starts from: round1 | imagenet | inter")
+    round2_iters: int | None = param(None, "inferred", "round 2's iterations, unstated; None = iters")
+    kld: bool = param(True, "paper", "KLD regulariser [52] in round 2 (Table 3 '+KLD')")
+    kld_weight: float = param(0.1, "inferred", "unstated; CRST's mr_weight_kld (mrkld.sh)")
+    kld_on: str = param("easy", "inferred", "pixels regularised: easy (CRST: pseudo-labelled) | all; main output only")
+    # ---- Evaluation
+    eval_protocol: str | None = param(None, "harness",
+                                      "None = the suite's; paper: multi-scale testing (scales unstated); set ms to "
+                                      "reproduce (the ms protocol's scales 0.5–1.5 with flip)")
+
+
+def resolve_alpha(alpha: float | None, source: str) -> float:
+    """α for a source domain: the override, else the paper's per-source value (Tables 5, 8)."""
+    if alpha is not None:
+        return float(alpha)
+    if source not in ALPHA_BY_SOURCE:
+        raise ValueError(f"source {source!r}: no paper α; valid: {sorted(ALPHA_BY_SOURCE)} or set Config.alpha")
+    return ALPHA_BY_SOURCE[source]

@@ -1,0 +1,237 @@
+"""PixIntraDA's stages (methods/pixintrada_pipeline.py): the stage graph, what shares a cache key (Stage I with
+AdaptSegNet and IntraDA, labels across PLA/CTS, thresholds across α), the unchanged AdaptSegNet keys, the Z coding,
+padding in the discriminator losses, and one run of PixIntraDA and IntraDA on a tiny MiniCity."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from fixtures import tiny_minicity_suite, write_suite
+
+from bench.pipeline import plan_stages
+from methods import adversarial, intrada
+from methods import pixintrada as px
+from methods import pixintrada_pipeline as pp
+from methods.base import METHODS, make_config
+from methods.pixintrada_inter import adaptsegnet_config
+
+FPS = {d: {"spec": {"name": d}, "fingerprint": "f" + d} for d in ("source", "target_train", "target_val")}
+TRAIN = {"amp": "auto"}
+
+
+def _key(stage, seed=0) -> str:
+    return plan_stages([stage], seed, FPS, TRAIN)[-1].key
+
+
+# ------------------------------------------------------------------------------------------ graph
+def test_default_graph_two_rounds_in_order_with_their_links():
+    cfg = px.Config()
+    st = pp.stages(cfg)
+    assert [s.name for s in st] == ["gpa.source", "adaptsegnet.train"] + 2 * [
+        "pixintrada.thresholds", "pixintrada.label", "pixintrada.train"]
+    gpa, inter, fit1, lab1, tr1, fit2, lab2, tr2 = st
+    assert inter.upstream == {"source_tree": gpa}
+    assert fit1.upstream == {"model": inter} and lab1.upstream == {"model": inter, "thresholds": fit1}
+    assert tr1.upstream == {"labels": lab1}  # round 1 from the init weights (intra_init=imagenet)
+    assert fit2.upstream == {"model": tr1} and lab2.upstream == {"model": tr1, "thresholds": fit2}
+    assert tr2.upstream == {"labels": lab2, "init": tr1}  # round2_init=round1
+    assert (tr1.params["kld_weight"], tr2.params["kld_weight"]) == (0.0, 0.1)
+    assert tr1.params["lr"] == 2.4e-4 and tr1.params["batch_size"] == 4 and tr1.params["variant"] == "cts"
+    # Stage I carries AdaptSegNet's recipe from the inter_* fields
+    assert (inter.params["lr"], inter.params["iters"], inter.params["lambda_adv_aux"]) == (2.5e-4, 150_000, 2e-4)
+    # α = None is resolved from the suite's source, so the source's spec is part of the label stage's key
+    assert lab1.datasets == ("source", "target_train")
+    assert pp.stages(px.Config(alpha=0.7))[3].datasets == ("target_train",)
+
+
+def test_existing_adaptsegnet_keys_unchanged():
+    # recorded from the code before Stage I learned to read a translated source tree
+    assert _key(adversarial.stages(adversarial.Config())[-1]) == "adaptsegnet-train-7bcfb6de2a4d3a80"
+    from bench.suite_runner import load_suite
+
+    cfg = make_config(adversarial.Config, load_suite("minicity")["methods"]["adaptsegnet"])
+    assert _key(adversarial.stages(cfg)[-1]) == "adaptsegnet-train-8d72741b149d8d3d"
+
+
+def test_translation_options():
+    plain = pp.stages(px.Config(translation="none", rounds=0))
+    acfg = adaptsegnet_config(px.Config())
+    assert [s.name for s in plain] == ["adaptsegnet.train"]
+    assert _key(plain[-1]) == _key(adversarial.stages(acfg)[-1])  # = the adaptsegnet row's stage
+    user = pp.stages(px.Config(translation="user_tree", translated_root="datasets/bdl_gta5", rounds=0))
+    assert user[-1].params["source_root"] == "datasets/bdl_gta5" and not user[-1].upstream
+    imported = pp.stages(px.Config(inter_weights="w/bdl.pth", rounds=1))
+    assert imported[0].name == "pixintrada.import_inter" and imported[1].upstream["model"] is imported[0]
+    assert _key(imported[1], 0) == _key(imported[1], 1)  # a fixed checkpoint: its thresholds do not depend on the seed
+    with pytest.raises(ValueError, match="translated_root"):
+        pp.stages(px.Config(translation="user_tree"))
+    with pytest.raises(ValueError, match="translation"):
+        pp.stages(px.Config(translation="cyclegan"))
+
+
+def test_imported_inter_checkpoint_loads_as_a_trained_model(tmp_path):
+    from bench.models import build_model
+    from bench.pipeline import StageContext, load_model
+    from methods.pixintrada_inter import import_inter
+
+    torch.manual_seed(3)
+    released = build_model("small")
+    torch.save(released.state_dict(), tmp_path / "bdl.pth")
+    out = tmp_path / "stage"
+    out.mkdir()
+    import_inter({"weights": str(tmp_path / "bdl.pth"), "model": "small", "model_options": {}},
+                 StageContext(out, 0, {}, {}))
+    loaded = load_model(out)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), released.state_dict().values()))
+    with pytest.raises(FileNotFoundError, match="inter_weights"):
+        import_inter({"weights": str(tmp_path / "none.pth"), "model": "small", "model_options": {}},
+                     StageContext(out, 0, {}, {}))
+
+
+@pytest.mark.parametrize("key,value", [("variant", "both"), ("intra_init", "coco"), ("kld_on", "hard"),
+                                       ("threshold_scheme", "ias"), ("rounds", 3), ("alpha", 1.5)])
+def test_bad_setting_names_its_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        pp.stages(px.Config(**{key: value}))
+
+
+TABLE3 = {"inter": {"rounds": 0}, "pla": {"rounds": 1, "variant": "pla"}, "cts": {"rounds": 1},
+          "t1": {"rounds": 2, "kld": False}, "": {}}
+
+
+def test_table3_variants_share_their_prefixes():
+    finals = {v: pp.stages(px.Config(**o)) for v, o in TABLE3.items()}
+    keys = {v: [_key(s) for s in st] for v, st in finals.items()}
+    assert finals["inter"][-1].name == "adaptsegnet.train"
+    assert keys["pla"][:4] == keys["cts"][:4] and keys["pla"][4] != keys["cts"][4]  # one label stage for both
+    assert keys["t1"][:5] == keys["cts"] and keys[""][:7] == keys["t1"][:7] and keys[""][7] != keys["t1"][7]
+    # α changes the labels but not the thresholds; α = 0 (Prop. = 1) is accepted
+    a70, a0 = pp.stages(px.Config(alpha=0.7, rounds=1)), pp.stages(px.Config(alpha=0.0, rounds=1))
+    assert _key(a70[2]) == keys["cts"][2] and _key(a70[3]) != keys["cts"][3] != _key(a0[3])
+
+
+def test_intrada_shares_stage_one_with_pixintrada():
+    values = {"model": "small", "model_options": {}, "inter_iters": 7, "d_channels": (8, 8, 8, 8)}
+    pix = pp.stages(make_config(px.Config, values))
+    intra = intrada.stages(make_config(intrada.Config, values))
+    assert [s.name for s in intra] == ["gpa.source", "adaptsegnet.train", "intrada.rank", "intrada.train"]
+    assert [_key(s) for s in intra[:2]] == [_key(s) for s in pix[:2]]
+    assert intra[2].upstream == {"model": intra[1]}
+    other = intrada.stages(make_config(intrada.Config, {**values, "inter_iters": 8}))
+    assert _key(other[1]) != _key(pix[1])
+
+
+# ------------------------------------------------------------------------------------------ data and losses
+def test_index_codes_decode_to_z_and_padding():
+    class Fake:
+        def __init__(self, label):
+            self.label = torch.tensor(label)
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, key):
+            return {"image": torch.zeros(3, 1, 3), "label": self.label, "name": "a"}
+
+    item = pp.PseudoWithIndex(Fake([[3, 255, 255]]), Fake([[0, 127, 255]]))[0]
+    assert item["valid"].tolist() == [[True, True, False]]
+    assert item["z"].tolist() == [[0.0, pytest.approx(0.5), 0.0]]
+    hard = (item["label"] == 255) & item["valid"]
+    assert hard.tolist() == [[False, True, False]]  # the padded pixel is not hard
+
+
+def test_padding_costs_nothing_in_the_discriminator_losses():
+    d = torch.zeros(1, 1, 1, 3)  # D = σ(0) = 0.5 everywhere
+    hard = torch.tensor([[[True, False, False]]])
+    valid = torch.tensor([[[True, True, False]]])
+    # per pixel BCE = ln 2 on the two valid pixels, 0 on padding; 'mean' still ÷ N·H·W = 3
+    assert px.pla_d_loss(d, hard, valid=valid).item() == pytest.approx(2 * 0.6931472 / 3, abs=1e-6)
+    z = torch.tensor([[[0.5, 0.0, 0.0]]])
+    assert px.cts_d_loss(d, z, valid=valid).item() == pytest.approx(0.25 / 3, abs=1e-7)  # (0.5−0)² at pixel 2 only
+    # log_sum: the easy term sums pixel 2 only: −log(1−0.5) − log(0.5) = 2 ln 2
+    assert px.pla_d_loss(d, hard, form="log_sum", valid=valid).item() == pytest.approx(2 * 0.6931472, abs=1e-6)
+    with pytest.raises(ValueError, match="valid"):
+        px.pla_d_loss(d, hard, valid=torch.ones(1, 2, 3, dtype=torch.bool))
+
+
+class PixelNet(torch.nn.Module):
+    """A per-pixel linear segmenter (2 classes) with the SegOutput fields the losses read."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 1)
+
+    def forward(self, x):
+        logits = self.conv(x)
+        return type("Out", (), {"logits": logits, "aux": None})()
+
+
+@pytest.mark.parametrize("variant", ["pla", "cts"])
+def test_pixel_losses_compose_eq9_and_route_gradients(variant):
+    torch.manual_seed(0)
+    g, d = PixelNet(), torch.nn.Conv2d(2, 1, 1)
+    x = torch.randn(1, 1, 2, 2)
+    label = torch.tensor([[[0, 255], [1, 255]]])
+    valid = torch.tensor([[[True, True], [True, False]]])
+    batch = {"target_train": {"image": x, "label": label, "valid": valid,
+                              "z": torch.tensor([[[0.0, 0.4], [0.0, 0.0]]])}}
+    p = {"adv_reduction": "mean", "aux_weight": 0.0, "kld_weight": 0.5, "kld_on": "easy", "beta_main": 0.01,
+         "beta_aux": 0.0, "variant": variant, "d_activation": "sigmoid", "pla_form": "pixel_bce"}
+    out = pp.pixel_losses(g, {"main": d}, p)(batch, 0)
+    probs = torch.softmax(g(x).logits, 1)
+    hard = torch.tensor([[[False, True], [False, False]]])
+    assert out["segmenter"]["ce"].item() == pytest.approx(px.partial_ce_loss(g(x).logits, label).item())
+    if variant == "cts":
+        g_adv, d_adv = px.cts_g_loss(d(probs), hard), px.cts_d_loss(d(probs), batch["target_train"]["z"], valid=valid)
+    else:
+        g_adv, d_adv = px.pla_g_loss(d(probs), hard), px.pla_d_loss(d(probs), hard, valid=valid)
+    assert out["segmenter"]["adv_main"].item() == pytest.approx(0.01 * g_adv.item())
+    assert out["discriminator"]["d_main"].item() == pytest.approx(d_adv.item())
+    assert out["segmenter"]["kld"].item() == pytest.approx(0.5 * px.kld_regulariser(g(x).logits, label != 255).item())
+    # gradient check: the generator's adversarial term moves G's output at the hard pixel only (the padded one
+    # at (1, 1) and the easy ones get none), and D's term gives G nothing (it sees detached probabilities)
+    x.requires_grad_(True)
+    out = pp.pixel_losses(g, {"main": d}, p)(batch, 0)
+    gx = torch.autograd.grad(out["segmenter"]["adv_main"], x, retain_graph=True)[0][0, 0]
+    assert gx[0, 1] != 0 and gx[0, 0] == 0 and gx[1, 0] == 0 and gx[1, 1] == 0
+    assert torch.autograd.grad(out["discriminator"]["d_main"], x, allow_unused=True)[0] is None
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def tiny_suite(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("suite")
+    suite = tiny_minicity_suite(tmp, {"gta5": 4, "synthia": 2, "cityscapes_train": 6, "cityscapes_val": 2})
+    shared = {"model": "small", "model_options": {}, "inter_iters": 2, "inter_horizon": None, "inter_batch_size": 2,
+              "inter_lr": 0.01, "inter_aux_weight": 0.0, "d_channels": [8, 8, 8, 8], "iters": 2, "horizon": None,
+              "batch_size": 2, "lr": 0.01, "aux_weight": 0.0, "train_size": [64, 32], "train_scale_range": [0.5, 1.0]}
+    suite["methods"] = {"pixintrada": shared, "intrada": {**shared, "easy_fraction": 0.5}}
+    return write_suite(suite, tmp / "tiny.yaml"), tmp / "results"
+
+
+@pytest.mark.slow
+def test_pixintrada_and_intrada_run_on_tiny_minicity(tiny_suite, monkeypatch):
+    """Two rounds of PixIntraDA (CTS, KLD in round 2; random scale 0.5–1 pads the crops) and IntraDA, in-process."""
+    from bench.suite_runner import run_suite
+
+    monkeypatch.setitem(METHODS, "pixintrada", "methods.pixintrada_pipeline")
+    monkeypatch.setitem(METHODS, "intrada", "methods.intrada")
+    path, results = tiny_suite
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine's cores are shared: one thread avoids oversubscription stalls
+    try:
+        out = run_suite(str(path), results_root=results, executor="local")
+    finally:
+        torch.set_num_threads(threads)
+    oc = list(out["outcomes"].values())
+    assert {o.status for o in oc} == {"done"}
+    names = sorted(o.name for o in oc)
+    assert names == sorted(["gpa.source", "adaptsegnet.train", "intrada.rank", "intrada.train", "eval", "eval"]
+                           + 2 * ["pixintrada.thresholds", "pixintrada.label", "pixintrada.train"])  # one Stage I
+    labels = [o.result for o in oc if o.name == "pixintrada.label"]
+    assert all(r["alpha"] == 0.85 and 0 <= r["prop"] <= 1 and 0 <= r["pl_precision"] <= 1 for r in labels)
+    assert all(r["pl_ratio"] == pytest.approx(r["prop"], abs=0.05) for r in labels)  # native ≈ split resolution
+    (train,) = [o.result for o in oc if o.name == "intrada.train"]
+    assert (train["easy_images"], train["hard_images"]) == (3, 3) and 0 <= train["pl_precision"] <= 1
+    assert all(o.result["iterations"] == 2 for o in oc if o.name == "pixintrada.train")
+    assert {(r["method"], r["variant"]) for r in out["results"]} == {("pixintrada", ""), ("intrada", "")}
