@@ -240,7 +240,7 @@ def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU
     lines = [f"### {title}", ""] if title else []
     head = f"| Method | seeds | {metric} | gain |"
     lines += [head + (" paper row | paper | paper gain |" if paper else ""),
-              "|:---|---:|---:|---:|" + ("|:---|---:|---:|" if paper else "")]
+              "|:---|---:|---:|---:|" + (":---|---:|---:|" if paper else "")]
     pgain = _paper_gain(abl, base or abl.index[0]) if paper else None
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else f" ± {r[f'{metric}_std']:.{digits}f}"

@@ -86,7 +86,7 @@ def test_variants_and_ablation():
     # the paper's rows beside ours: its value and its gain over its own full-method row
     abl["paper row"], abl["paper mIoU"] = ["Full", "No distance"], [50.2, 47.0]
     md = ablation_markdown(abl, "Ablation", base="cag_uda").splitlines()
-    assert md[2].endswith("| paper row | paper | paper gain |")
+    assert md[2].endswith("| paper row | paper | paper gain |") and md[3].count("|") == md[2].count("|")
     assert md[-1].endswith("| No distance | 47.0 | -3.2 |") and md[-2].endswith("| Full | 50.2 | +0.0 |")
     tex = ablation_latex(abl, "Ablation 50%", base="cag_uda")
     assert r"Ablation 50\%" in tex and r"No distance & 47.0 & -3.2 \\" in tex and r"\toprule" in tex
