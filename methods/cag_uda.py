@@ -1,5 +1,5 @@
 """CAG-UDA (Zhang et al., NeurIPS 2019, "Category Anchor-Guided Unsupervised Domain Adaptation for Semantic
-Segmentation"; code RogerZhangzz/CAG_UDA): the configuration and the equation layer.
+Segmentation"; code RogerZhangzz/CAG_UDA): the equation layer (its Config: ``methods.cag_uda_config``).
 
 Pipeline (paper Alg. 1): source-only pre-training → warm-up (global feature-level adversarial alignment, FCNs in
 the wild) → K stages, each: category anchors from M_{k-1} on source (Eq. 4), active target pixels and pseudo-labels
@@ -14,144 +14,20 @@ grid as the features (:func:`labels_to_feature_grid` brings full-size labels the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods.base import param
+from methods.cag_uda_config import (  # noqa: F401 - re-exported: the config lives beside
+    ABLATIONS,
+    DIS_LABELS,
+    TERMS,
+    VARIANTS,
+    Config,
+    effective,
+)
 from methods.source_only import segmentation_ce
-
-VARIANTS = ("paper", "code")
-TERMS = ("ce_s", "dis_s", "dis_t", "ce_t", "ce_tp")  # Eq. 12: L^s_CE, L^s_dis, L^t_dis, L^t_CE, L^tP_CE
-DIS_LABELS = ("anchor", "prob")
-
-
-@dataclass
-class Config:
-    variant: str = param("paper", "harness", "paper | code: code uses every *_code value and the code's rules "
-                         "(class-mean SmoothL1 distance, anchors from correct predictions, online labels)")
-    # network
-    model: str = param("deeplabv2_r101", "paper", "§3.2 DeepLab-v2, ResNet-101, ASPP")
-    model_code: str = param("deeplabv3plus_r101", "code", "DeepLab-v3+ OS16; the author calls 'v2' a mistake (#6)")
-    feature_layer: str = param("layer4", "inferred", "f_D = decoder minus last classifier; DeepLab-v2's ASPP is "
-                               "the classifier, so f_D is its 2048-d input (stride 8). Δd=2.5 was set on the code's "
-                               "features: re-tune it for these")
-    feature_layer_code: str = param("decoder", "code", "256-d decoder output before the 1×1 classifier, stride 4")
-    normalize: str | None = param(None, "paper", "input normalisation: None = the suite's (Caffe, as DeepLab-v2's "
-                                  "init expects); the code variant always uses 'unit' (RGB/255, no mean or std)")
-    bn_mode: str = param("frozen_affine", "paper", "§4.1 'weights of all BN layers were frozen' (γ/β; whether "
-                         "running statistics were also fixed is not said)")
-    bn_mode_code: str = param("train", "code", "trainable SyncBN (freeze_bn: False)")
-    init_weights: str | None = param(None, "harness", "local ImageNet init of the backbone")
-    # stage 0a: source-only pre-training
-    pretrain: dict = param({}, "inferred", "Alg. 1 step 1 'according to [4]', no schedule given: overrides of "
-                           "methods.source_only.Config (model/bn_mode/init from this config); equal values share "
-                           "the stage with the source_only method")
-    # stage 0b: warm-up (no code released, issue #9)
-    warmup: bool = param(True, "paper", "Alg. 1 step 2; §4.3: without it −6.3 mIoU")
-    warmup_discriminator: str = param("feature", "paper", "§4.1: 5 convs 3×3 stride 2, [64,128,256,512,1], ReLU "
-                                      "after the first three, LeakyReLU(0.2) after the 4th; on f_D features")
-    warmup_adv_weight: float = param(1e-2, "paper", "§4.1; CE + adversarial on source and target (Alg. 1 omits X_t:"
-                                     " a typo per the author, #11)")
-    warmup_iters: int = param(59_500, "inferred", "'20 epochs' read as 20 × 2,975 Cityscapes train images at batch 1"
-                              " (20 GTA5 epochs would be 499,320)")
-    warmup_lr: float = param(2.5e-4, "inferred", "paper gives the lr for the stages only")
-    warmup_d_lr: float = param(1e-4, "inferred", "AdaptSegNet's discriminator: Adam, betas (0.9, 0.99), poly 0.9")
-    warmup_gan: str = param("vanilla", "inferred", "BCE with logits; target features labelled as source for G")
-    warmup_batch_size: int = param(1, "paper", "§4.1 batch 1 (one source + one target image)")
-    warmup_d_channels: tuple = param((64, 128, 256, 512), "paper", "§4.1 discriminator widths")
-    # stages 1..K
-    num_stages: int = param(3, "paper", "K = 3; a 4th stage saturates at 50.2 (§4.2)")
-    stage_iters: int = param(59_500, "inferred", "'20 epochs' per stage, read as for the warm-up")
-    stage_iters_code: int = param(90_000, "code", "configs/adaptation_from_gta_to_city.yml train_iters")
-    batch_size: int = param(1, "paper", "§4.1; one source + one target image per iteration")
-    batch_size_code: int = param(4, "code", "4 source + 4 target; author: 4 'for quick convergence' (#4)")
-    crop: tuple = param((1280, 640), "paper", "W×H random crop after the random resize")
-    crop_code: tuple = param((896, 512), "code", "rcrop; the code's 1/4-res label path hard-codes it")
-    resize_scale: tuple = param((1.0, 1.5), "paper", "random resize ×1–×1.5 of the image")
-    resize_scale_code: tuple = param((0.5, 1.5), "code", "width = U(0.5, 1.5) × 2200 px (rsize), aspect kept")
-    hflip: float = param(0.5, "code", "paper silent")
-    lr: float = param(2.5e-4, "paper")
-    lr_code: float = param(1e-4, "code")
-    momentum: float = param(0.9, "paper", "code: 0.9 too")
-    weight_decay: float = param(1e-4, "paper")
-    weight_decay_code: float = param(2e-4, "code")
-    power: float = param(0.9, "paper", "poly; code: 0.9 over its 90k iterations")
-    head_lr_mult: float = param(1.0, "code", "paper silent; the code uses one lr for all parameters "
-                                "(get_10x_lr_params is unused). MiniCity: 10× lost the warm-up's gain on held-out "
-                                "target train (stage 1 19.9 vs warm-up 20.9 mIoU), 1× kept it (21.6)")
-    lambda1: float = param(0.3, "paper", "Eq. 12 weight of L^s_dis + L^t_dis")
-    lambda1_code: float = param(0.7, "code", "cls_feature_weight, on the distance terms")
-    lambda2: float = param(0.7, "paper", "Eq. 12 weight of L^t_CE + L^tP_CE")
-    lambda2_code: float = param(0.5, "code", "(CE_t + CE_tP) / 2")
-    delta_d: float = param(2.5, "paper", "Eq. 6 margin (code: same); feature-scale dependent")
-    p0: float = param(0.95, "paper", "probability pseudo-label threshold (code: class_threshold 0.95)")
-    terms: tuple = param(TERMS, "paper", "the Eq. 12 terms switched on; Table 4 rows switch some off (ABLATIONS)")
-    dis_labels: str = param("anchor", "paper", "active set of the distance terms: anchor (Eq. 6–7) | prob (Table 4 "
-                            "L^P_dis row)")
-    # the code variant's rules
-    anchor_min_pixels_code: int = param(10, "code", "an (image, class) pair needs ≥10 correctly predicted pixels")
-    anchor_count_cap_code: int = param(3000, "code", "running-mean count capped at 3000 images per class")
-    dis_min_pixels_code: int = param(10, "code", "distance loss: ≥10 pixels per (image, class)")
-    dis_clamp_code: float = param(5.0, "code", "a pair's SmoothL1 is divided by 10 while > 5")
-    dis_scale_code: float = param(10.0, "code", "mean over pairs × 10")
-    dis_grad_rescale_code: bool = param(True, "code", "normalisation_pooling: gradient × 2·count/(h·w)")
-    eval_protocol: str | None = param(None, "harness", "None: the suite's protocol (one per table); the code's "
-                                      "test.py evaluates at full resolution (protocol B)")
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant={self.variant!r}; valid: {VARIANTS}")
-        if not set(self.terms) <= set(TERMS) or "ce_s" not in self.terms:
-            raise ValueError(f"terms={self.terms!r}: a subset of {TERMS} that includes 'ce_s'")
-        if self.dis_labels not in DIS_LABELS:
-            raise ValueError(f"dis_labels={self.dis_labels!r}; valid: {DIS_LABELS}")
-        if not (self.delta_d >= 0 and 0 <= self.p0 < 1 and self.num_stages >= 0):
-            raise ValueError(f"need delta_d ≥ 0, 0 ≤ p0 < 1, num_stages ≥ 0; got {self.delta_d}, {self.p0}, "
-                             f"{self.num_stages}")
-
-    def dataset_normalize(self) -> str | None:
-        """The planner's hook (bench.plan.method_datasets): the inputs this variant's network expects."""
-        return "unit" if self.variant == "code" else self.normalize
-
-
-_CODE_VALUES = ("model", "feature_layer", "bn_mode", "stage_iters", "batch_size", "crop", "resize_scale", "lr",
-                "weight_decay", "lambda1", "lambda2")
-
-
-def effective(cfg: Config) -> dict:
-    """The settings a stage uses for ``cfg.variant``: each ``x`` or, for ``code``, ``x_code``; plus the rules
-    the variant implies (distance loss, anchor rule, when labels are made, tie rule at exactly Δd)."""
-    code = cfg.variant == "code"
-    out = {k: getattr(cfg, f"{k}_code" if code else k) for k in _CODE_VALUES}
-    out.update(
-        distance_loss="class_mean_smoothl1" if code else "pixel_l2",
-        anchor_rule="gt_and_pred_image_mean" if code else "gt_pixel_mean",
-        anchors_per_stage=not code,  # code: one anchor file for all stages
-        online_labels=code,  # code: labels recomputed every iteration on the augmented crop
-        tie_inclusive=code,  # code drops a pixel only where margin < Δd, so margin == Δd stays labelled
-    )
-    return out
-
-
-# Table 4 rows (labels as in results/paper/cag_uda_t4_ablation.csv) → Config overrides; "no warm-up" is §4.3.
-# Every row keeps L^s_CE (inferred: "combining L^t_CE with different losses" reads as a typo for L^s_CE). For
-# L^sP_dis we read the source active set as GT pixels whose predicted max probability > P0 (the paper is silent).
-ABLATIONS: dict[str, dict] = {
-    "Warm-up": {"num_stages": 0},
-    "+L^tP_CE": {"num_stages": 1, "terms": ("ce_s", "ce_tp")},
-    "+L^t_CE": {"num_stages": 1, "terms": ("ce_s", "ce_t")},
-    "+L^sP_dis + L^tP_dis": {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t"), "dis_labels": "prob"},
-    "+L^s_dis + L^t_dis": {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t")},
-    "+L^s_dis + L^t_dis + L^t_CE": {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t", "ce_t")},
-    "+L^t_CE + L^tP_CE": {"num_stages": 1, "terms": ("ce_s", "ce_t", "ce_tp")},
-    "CAG-UDA (Stage 1)": {"num_stages": 1},
-    "CAG-UDA (Stage 2)": {"num_stages": 2},
-    "CAG-UDA (Stage 3)": {"num_stages": 3},
-    "no warm-up": {"warmup": False},
-}
 
 
 # ------------------------------------------------------------------------------------------ input checks
