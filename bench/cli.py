@@ -161,7 +161,7 @@ def cmd_perf_ssd(a) -> int:
 def cmd_perf_gmm(a) -> int:
     import torch
 
-    from methods.bismap import gmm_fit_timing
+    from bench.perf import gmm_fit_timing
 
     devices = [a.device] if a.device != "auto" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"GMM fit: {a.classes} classes x {a.components} diagonal components, {a.dim}-d, {a.samples} samples per "

@@ -258,6 +258,24 @@ class StageContext:
         """Record how to rebuild the trained segmenter from this stage's ``model.pt``."""
         _atomic_write(self.out_dir / "model.json", json.dumps({"module": module, "name": name, "options": options}))
 
+    def start_model(self, p: dict):
+        """The segmenter a stage trains: the upstream ``init`` model when the stage has one, else ``p["model"]``
+        built with ``p["model_options"]`` from the local file ``p["init_weights"]`` (or randomly initialised)."""
+        if "init" in self.inputs:
+            return self.load_model("init")
+        from bench.models import build_model
+        from bench.plan import resolve_root
+
+        init = p["init_weights"] and resolve_root(p["init_weights"])
+        return build_model(p["model"], init_weights=init, **p["model_options"])
+
+    def record_model(self, p: dict) -> None:
+        """``model.json`` for a model made by :meth:`start_model`."""
+        if "init" in self.inputs:
+            self.copy_model_spec("init")
+        else:
+            self.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
+
     def copy_model_spec(self, alias: str) -> None:
         """This stage's segmenter has the same architecture as the upstream ``alias``'s."""
         spec = json.loads((self.inputs[alias] / "model.json").read_text())

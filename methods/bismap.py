@@ -13,7 +13,6 @@ Every equation below is a pure function; the stages that run them live elsewhere
 from __future__ import annotations
 
 import math
-import time
 from typing import NamedTuple
 
 import numpy as np
@@ -412,50 +411,3 @@ def distillation_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     q = F.softmax(teacher_logits.detach().float(), 1)
     student = F.log_softmax(student_logits.float(), 1) if variant == "paper" else F.softmax(student_logits.float(), 1)
     return (torch.xlogy(q, q) - q * student).mean()
-
-
-# ------------------------------------------------------------------------------------------ measurement
-def gmm_fit_timing(num_classes: int = 19, n_per_class: int = 20_000, dim: int = 64, n_components: int = 8,
-                   device: str = "cpu", sklearn: bool = True, seed: int = 0) -> dict:
-    """Seconds to fit ``fit_class_gmms`` (float32, max_iter 100, tol 1e-3) on synthetic data (per class, K
-    blobs of unit variance), and with ``sklearn`` scikit-learn's GaussianMixture(covariance_type="diag") on the
-    same data (float64) from the same initial parameters (our k-means++ init). Reports each one's mean per-sample
-    log-likelihood under its final parameters. A measurement helper for notes, never a timed test."""
-    from sklearn.mixture import GaussianMixture
-
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.empty(num_classes * n_per_class, dim)
-    for c in range(num_classes):  # filled per class: no [C, N, D] temporaries at benchmark sizes
-        centres = torch.randn(n_components, dim, generator=gen) * 3
-        pick = torch.randint(n_components, (n_per_class,), generator=gen)
-        x[c * n_per_class:(c + 1) * n_per_class] = centres[pick] + torch.randn(n_per_class, dim, generator=gen)
-    x = x.to(device)
-    y = torch.arange(num_classes, device=device).repeat_interleave(n_per_class)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    start = fit_class_gmms(x, y, num_classes, n_components, seed=seed, max_iter=0)
-    sync()
-    t = time.perf_counter()
-    fit = fit_class_gmms(x, y, num_classes, n_components, seed=seed, init=start)
-    sync()
-    out = {"classes": num_classes, "per_class": n_per_class, "dim": dim, "K": n_components, "device": device,
-           "torch_threads": torch.get_num_threads(), "torch_s": time.perf_counter() - t,
-           "torch_iters": int(fit.n_iter.sum())}
-
-    def own(g, c):  # mean log-likelihood of class c's data under class c's GMM
-        one = ClassGMMs(g.weights[c:c + 1], g.means[c:c + 1], g.variances[c:c + 1], *[None] * 4)
-        return float(log_density(one, x[c * n_per_class:(c + 1) * n_per_class])[:, 0].double().mean())
-
-    out["torch_mean_loglik"] = float(np.mean([own(fit, c) for c in range(num_classes)]))
-    if sklearn:
-        xs, t, ll, iters = x.double().cpu().numpy(), time.perf_counter(), [], 0
-        for c in range(num_classes):
-            xc = xs[c * n_per_class:(c + 1) * n_per_class]
-            w0 = start.weights[c].double().cpu().numpy()
-            gm = GaussianMixture(n_components, covariance_type="diag", tol=1e-3, reg_covar=1e-6, max_iter=100,
-                                 init_params="random", random_state=0, weights_init=w0 / w0.sum(),
-                                 means_init=start.means[c].double().cpu().numpy(),
-                                 precisions_init=1.0 / start.variances[c].double().cpu().numpy()).fit(xc)
-            iters += gm.n_iter_
-            ll.append(gm.score(xc))
-        out.update(sklearn_s=time.perf_counter() - t, sklearn_iters=iters, sklearn_mean_loglik=float(np.mean(ll)))
-    return out

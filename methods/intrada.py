@@ -130,8 +130,7 @@ def rank_target(p: dict, ctx) -> dict:
 def train_intrada(p: dict, ctx) -> dict:
     """Stage ``intrada.train``: the easy split (pseudo-labelled) against the hard split with AdvEnt; with no hard
     image (λ = 1, the Prop. = 1 end) plain self-training on every image."""
-    from bench.models import build_discriminator, build_model
-    from bench.plan import resolve_root
+    from bench.models import build_discriminator
     from bench.pseudo import with_pseudo_labels
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
@@ -143,11 +142,7 @@ def train_intrada(p: dict, ctx) -> dict:
     easy_idx, hard_idx = easy.nonzero()[:, 0].tolist(), (~easy).nonzero()[:, 0].tolist()
     if not easy_idx:
         raise ValueError(f"easy_fraction={p['easy_fraction']} ranks none of {len(easy)} target images easy")
-    if "init" in ctx.inputs:
-        model = ctx.load_model("init")
-    else:
-        init = p["init_weights"] and resolve_root(p["init_weights"])
-        model = build_model(p["model"], init_weights=init, **p["model_options"])
+    model = ctx.start_model(p)
     aug = {k: v for k, v in (("scale", p["train_scale_range"]), ("crop", p["train_size"])) if v}
     target = ctx.dataset("target_train", labels=False, options=aug)
     datasets = {"easy": subset(with_pseudo_labels(target, ctx.inputs["ranking"] / "labels"), easy_idx)}
@@ -171,10 +166,7 @@ def train_intrada(p: dict, ctx) -> dict:
                       ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
                       out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
     fit = trainer.fit()
-    if "init" in ctx.inputs:
-        ctx.copy_model_spec("init")
-    else:
-        ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
+    ctx.record_model(p)
     out = {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
            "iterations": fit["iterations"], "easy_images": len(easy_idx), "hard_images": len(hard_idx)}
     hits = [ranking["hits"][i] for i in easy_idx]

@@ -128,18 +128,13 @@ def pixel_losses(model, discriminators: dict, p: dict):
 def train_intra(p: dict, ctx) -> dict:
     """Stage ``pixintrada.train``: G (from the init weights or the upstream ``init`` model) and two discriminators
     on target images only, with the label stage's pseudo-labels and Z."""
-    from bench.models import build_discriminator, build_model
-    from bench.plan import resolve_root
+    from bench.models import build_discriminator
     from bench.pseudo import with_pseudo_labels
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
 
     seed_everything(ctx.seed)
-    if "init" in ctx.inputs:
-        model = ctx.load_model("init")
-    else:
-        init = p["init_weights"] and resolve_root(p["init_weights"])
-        model = build_model(p["model"], init_weights=init, **p["model_options"])
+    model = ctx.start_model(p)
     levels = ["main"] + (["aux"] if p["model_options"].get("aux") else [])
     modules = {"segmenter": model}
     for lv in levels:
@@ -158,10 +153,7 @@ def train_intra(p: dict, ctx) -> dict:
                       ctx.train_config(p["iters"], p["horizon"], {"target_train": p["batch_size"]}),
                       out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
     fit = trainer.fit()
-    if "init" in ctx.inputs:
-        ctx.copy_model_spec("init")
-    else:
-        ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
+    ctx.record_model(p)
     return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
             "iterations": fit["iterations"]}
 
