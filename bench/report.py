@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.ablations import PAPER_NAMES, ablation_tables
 from bench.data.labels import CLASS_NAMES, SUBSETS
 
 STATUS_OK = ("done", "cached")
-PAPER_NAMES = {"cag_uda": "CAG-UDA", "ssf_dan": "SSF-DAN", "bismap": "BiSMAP", "pixintrada": "PixIntraDA"}
 
 
 def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
@@ -34,59 +34,6 @@ def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
     rows = rows.assign(paper=rows["paper"].map(lambda k: PAPER_NAMES.get(k, k)))
     note = spec.get("note", f"published {bench_name} rows")
     return rows, note
-
-
-def paper_ablation(suite: dict, method: str) -> tuple[dict, str] | None:
-    """{(method, our variant): (the paper's ablation row, its mIoU)} for ``method``'s variants ("" = the full
-    method) and for the optional ``baseline`` row of another method (e.g. source-only = "without adaptation"),
-    and the source."""
-    from bench.paper_rows import load_extra_table
-
-    spec = ((suite.get("paper") or {}).get("ablations") or {}).get(method)
-    if not spec:
-        return None
-    table = load_extra_table(spec["paper"], int(spec["table"]))
-    by_row = dict(zip(table["row"], table["mIoU"]))
-    wanted = {(method, v): r for v, r in spec["rows"].items()}
-    if spec.get("baseline"):
-        wanted[(spec["baseline"]["method"], "")] = spec["baseline"]["row"]
-    missing = sorted(r for r in wanted.values() if r not in by_row)
-    if missing:
-        raise KeyError(f"suite paper.ablations.{method}: rows {missing} are not in {spec['paper']} Table "
-                       f"{spec['table']}; valid: {sorted(by_row)}")
-    source = f"{PAPER_NAMES.get(spec['paper'])}, Table {spec['table']}"
-    return {k: (r, float(by_row[r])) for k, r in wanted.items()}, source
-
-
-def _ablation_tables(suite: dict, target: str, ours, subset: str, out_dir: Path) -> list[str]:
-    """Per method with named variants: ours (with the baseline row the suite maps, e.g. source-only) beside the
-    paper's ablation rows; Markdown lines returned, ``.md``/``.tex``/``.csv`` written under ``tables/``."""
-    from bench.tables import ablation_frame, ablation_latex, ablation_markdown
-
-    md = []
-    for method in ours.loc[ours["variant"] != "", "method"].unique():
-        if not ((ours["method"] == method) & (ours["variant"] == "")).any():
-            continue  # no base run to compare the variants with
-        published = paper_ablation(suite, method)
-        rows = ours["method"] == method
-        if published:
-            base = {m for (m, v) in published[0] if m != method}
-            rows |= ours["method"].isin(base) & (ours["variant"] == "")
-        abl = ablation_frame(ours[rows], method)
-        title = f"Ablation: {method}"
-        if published:
-            vals, src = published
-            keys = list(zip(abl["method"], abl["variant"]))
-            abl["paper row"] = [vals.get(k, ("", None))[0] for k in keys]
-            abl["paper mIoU"] = [vals.get(k, ("", float("nan")))[1] for k in keys]
-            title += f" (paper: {src}, {paper_rows(suite, target)[1] or 'its benchmark'})"
-        stem = f"ablation_{method}_{subset}"
-        abl.to_csv(out_dir / "tables" / f"{stem}.csv")
-        text = ablation_markdown(abl, title, base=method)
-        (out_dir / "tables" / f"{stem}.md").write_text(text)
-        (out_dir / "tables" / f"{stem}.tex").write_text(ablation_latex(abl, title, base=method))
-        md += [text, ""]
-    return md
 
 
 def table_title(suite: dict, target: str, subset: str) -> str:
@@ -206,7 +153,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
             md += [f"![per-class IoU](plots/{bars.name})", "",
                    f"Files: `tables/{stem}.tex` (booktabs), `.md`, `.csv`.", ""]
             if "variant" in ours.columns:
-                md += _ablation_tables(suite, target, ours, subset, out_dir)
+                md += ablation_tables(suite, ours, subset, out_dir, note)
     curves = _curves(experiments, outcomes, cache_root)
     if curves:
         p = training_curves(curves, out_dir / "plots" / "training_curves.png", "segmenter loss (seed "

@@ -96,13 +96,14 @@ def ensure_data(suite: dict) -> dict:
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
-    from bench.report import paper_ablation, paper_rows
+    from bench.ablations import ablation_specs
+    from bench.report import paper_rows
 
     try:  # a typo in paper.rows / paper.ablations fails now, not after training
         for target in list(suite.get("targets") or {"": {}}):
             paper_rows(suite, target)
         for method in (suite.get("paper") or {}).get("ablations") or {}:
-            paper_ablation(suite, method)
+            ablation_specs(suite, method)
     except (KeyError, ValueError) as e:
         raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e
     for mname, values in (suite.get("methods") or {}).items():

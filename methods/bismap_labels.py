@@ -171,7 +171,7 @@ def label_target(p: dict, ctx) -> dict:
                 f, logits = _feature_and_logits(model, x, p["feature"], p["flip"])
             yield i, f, logits, tuple(x.shape[-2:])
 
-    threshold = theta = None
+    threshold = selector = None
     if p["pla"] in ("maps", "cas") and p["ratio_target"] is not None:
         threshold = ratio_threshold(p, images(), gmms, anchors, ctx.seed)
         result["pl_ratio_target"] = p["ratio_target"]
@@ -180,7 +180,8 @@ def label_target(p: dict, ctx) -> dict:
     elif p["pla"] == "cas":
         threshold = float(p["delta_d"])
     else:
-        theta = torch.full((NUM_CLASSES,), float(p["ias_init"]), dtype=torch.float64)
+        selector = ias.IASSelector(NUM_CLASSES, p["ias_alpha"], p["ias_beta"], p["ias_gamma"], p["ias_init"],
+                                   p["ias_cap"])
     gt = ctx.ground_truth("target_train")
     gt_index = {s.name: j for j, s in enumerate(gt.samples)} if gt is not None else {}
     stats = LabelStats()
@@ -189,10 +190,7 @@ def label_target(p: dict, ctx) -> dict:
     for i, f, logits, size in images():
         probs = torch.softmax(upsample(logits, size), 1)
         if p["pla"] == "ias":
-            conf, pred = probs[0].max(0)
-            theta = ias.ias_threshold_update(theta, conf, pred, p["ias_alpha"], p["ias_beta"], p["ias_gamma"],
-                                             p["ias_cap"])
-            lab = ias.ias_pseudo_labels(conf, pred, theta)
+            lab = selector(probs[0])
         else:
             lab = pseudo_labels(p, f, size, gmms, anchors, threshold)
         flat = lab.reshape(-1)
@@ -209,7 +207,7 @@ def label_target(p: dict, ctx) -> dict:
     if threshold is not None:
         result["threshold"] = threshold
     if p["pla"] == "ias":
-        result["ias_final_thresholds"] = theta.tolist()
+        result["ias_final_thresholds"] = selector.theta.tolist()
     return {**result, **stats.summary("pl_"), "class_entropy": entropy.tolist()}
 
 

@@ -76,3 +76,20 @@ def ias_pseudo_labels(confidence: torch.Tensor, prediction: torch.Tensor, thresh
         raise ValueError(f"prediction: values must be 0..{thresholds.numel() - 1}")
     theta = thresholds.to(confidence.device, torch.float64)[pred]
     return torch.where(confidence.double() >= theta, pred, torch.full_like(pred, IGNORE))
+
+
+class IASSelector:
+    """IAST's selector over a stream of instances (one image each, in dataset order): keeps θ, updates it with each
+    instance's probabilities (:func:`ias_threshold_update`) and labels that instance with the new θ
+    (:func:`ias_pseudo_labels`). Shared by BiSMAP's IAS-PLA (Table 3) and PixIntraDA's Table 6."""
+
+    def __init__(self, num_classes: int, alpha: float = 0.2, beta: float = 0.9, gamma: float = 8.0,
+                 init: float = 0.9, cap: float = 0.999) -> None:
+        self.theta = torch.full((num_classes,), float(init), dtype=torch.float64)
+        self.alpha, self.beta, self.gamma, self.cap = alpha, beta, gamma, cap
+
+    def __call__(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs: float [C, H, W] softmax of one instance → int64 [H, W] labels (255 = not selected)."""
+        conf, pred = probs.max(0)
+        self.theta = ias_threshold_update(self.theta, conf, pred, self.alpha, self.beta, self.gamma, self.cap)
+        return ias_pseudo_labels(conf, pred, self.theta)

@@ -6,7 +6,8 @@ The label stage writes, per target image at the file's native resolution (so the
 crops and flips them exactly like a ground-truth label): ``labels/`` the Eq. 3 pseudo-labels (255 = hard, so the
 hard mask M of Eq. 2 is ``label == 255``) and ``index/`` the continuous index Z of Eq. 7 coded as
 round(254·Z) (255 only where a crop pads). Neither depends on the variant, so PLA and CTS share one label stage;
-the thresholds do not depend on α, so the α sweep shares one fit stage.
+the thresholds do not depend on α, so the α sweep shares one fit stage. ``threshold_scheme: ias`` (Table 6)
+replaces the fit stage and Eq. 2–3 by IAST's per-image selector (``methods.ias``): its labels are the easy pixels.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from bench.data.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
+from methods import ias
 from methods import pixintrada as px
 from methods.adversarial import upsampled_softmax
 from methods.base import Stage
@@ -24,6 +26,7 @@ from methods.pixintrada_inter import ground_truth_lookup, inter_stages, target_p
 VERSION = "1"
 Z_SCALE, NO_INDEX = 254, 255  # Z ∈ [0, 1] stored as round(254·Z); 255 = crop padding (no pixel)
 VARIANTS, INITS, KLD_ON = ("pla", "cts"), ("imagenet", "inter"), ("easy", "all")
+SCHEMES, IAS_KEYS = ("median", "ias"), ("alpha", "beta", "gamma", "init", "cap")
 
 
 # ------------------------------------------------------------------------------------------------ fit
@@ -51,15 +54,23 @@ def label_split(p: dict, ctx) -> dict:
 
     from bench.pseudo import LabelStats, label_path, save_label
 
-    alpha = px.resolve_alpha(p["alpha"], ctx.dataset_specs["source"]["name"])
+    ias_scheme = p.get("scheme") == "ias"
+    if ias_scheme:
+        alpha, selector = None, ias.IASSelector(NUM_CLASSES, *(p[k] for k in IAS_KEYS))
+    else:
+        alpha = px.resolve_alpha(p["alpha"], ctx.dataset_specs["source"]["name"])
+        t = torch.load(ctx.inputs["thresholds"] / "thresholds.pt", weights_only=True)
     model = ctx.load_model("model").to(ctx.device)
-    t = torch.load(ctx.inputs["thresholds"] / "thresholds.pt", weights_only=True)
     ds = ctx.dataset("target_train", plain=True, labels=False)
     gt = ground_truth_lookup(ctx, ds)
     stats, easy, total, z_sum = LabelStats(), 0, 0, 0.0
     (ctx.out_dir / "index").mkdir(parents=True, exist_ok=True)
     for i, probs, native in target_probabilities(model, ds, ctx.device, p["split_size"]):
-        hard, pseudo = px.split_easy_hard(probs, t.to(probs), alpha, skip_unpredicted=p["skip_unpredicted"])
+        if ias_scheme:
+            pseudo = selector(probs[0])[None]
+            hard = pseudo == IGNORE
+        else:
+            hard, pseudo = px.split_easy_hard(probs, t.to(probs), alpha, skip_unpredicted=p["skip_unpredicted"])
         z = px.continuous_index(probs, hard)
         easy += int((~hard).sum())
         total += hard.numel()
@@ -70,7 +81,8 @@ def label_split(p: dict, ctx) -> dict:
         Image.fromarray(to_native(code, native)).save(label_path(ctx.out_dir / "index", i))
         stats.update(label, gt(i))
     hard_px = total - easy
-    return {"alpha": alpha, "prop": easy / total, "hard_z_mean": z_sum / hard_px if hard_px else 0.0,
+    extra = {"ias_final_thresholds": selector.theta.tolist()} if ias_scheme else {"alpha": alpha}
+    return {**extra, "prop": easy / total, "hard_z_mean": z_sum / hard_px if hard_px else 0.0,
             **stats.summary("pl_")}
 
 
@@ -167,9 +179,8 @@ def check(cfg: Config) -> None:
     for key, valid in choices.items():
         if getattr(cfg, key) not in valid:
             raise ValueError(f"pixintrada: {key}={getattr(cfg, key)!r}; valid: {valid}")
-    if cfg.threshold_scheme != "median":
-        raise ValueError(f"pixintrada: threshold_scheme={cfg.threshold_scheme!r} (Table 6's IAS) is not "
-                         "implemented; valid: 'median'")
+    if cfg.threshold_scheme not in SCHEMES:
+        raise ValueError(f"pixintrada: threshold_scheme={cfg.threshold_scheme!r}; valid: {SCHEMES}")
     if cfg.rounds not in (0, 1, 2):
         raise ValueError(f"pixintrada: rounds={cfg.rounds!r}; valid: 0 (INTER), 1 (T=0), 2 (T=0 and T=1)")
     if cfg.alpha is not None and not 0 <= cfg.alpha <= 1:
@@ -179,14 +190,20 @@ def check(cfg: Config) -> None:
 def _round(cfg: Config, model: Stage, inter: Stage, init: str, iters: int, kld_weight: float) -> list[Stage]:
     """One round of Stage II from ``model``'s predictions: [thresholds, label, train]."""
     split = list(cfg.split_size) if cfg.split_size else None
-    fit = Stage("pixintrada.thresholds", "fit", fit_thresholds,
-                {"bins": cfg.threshold_bins, "cap": cfg.threshold_cap, "split_size": split},
-                upstream={"model": model}, datasets=("target_train",), version=VERSION, seeded=False)
-    rule = {"alpha": cfg.alpha, "skip_unpredicted": cfg.skip_unpredicted, "split_size": split}
-    # α = None is resolved from the suite's source at run time, so the source's spec enters the key then
-    domains = ("target_train",) if cfg.alpha is not None else ("source", "target_train")
-    label = Stage("pixintrada.label", "label", label_split, rule, upstream={"model": model, "thresholds": fit},
-                  datasets=domains, version=VERSION, seeded=False)
+    if cfg.threshold_scheme == "ias":  # Table 6: IAST's per-image thresholds replace t_k and α
+        fit = None
+        rule = {"scheme": "ias", "split_size": split, **{k: getattr(cfg, f"ias_{k}") for k in IAS_KEYS}}
+        domains, up = ("target_train",), {"model": model}
+    else:
+        fit = Stage("pixintrada.thresholds", "fit", fit_thresholds,
+                    {"bins": cfg.threshold_bins, "cap": cfg.threshold_cap, "split_size": split},
+                    upstream={"model": model}, datasets=("target_train",), version=VERSION, seeded=False)
+        rule = {"alpha": cfg.alpha, "skip_unpredicted": cfg.skip_unpredicted, "split_size": split}
+        # α = None is resolved from the suite's source at run time, so the source's spec enters the key then
+        domains = ("target_train",) if cfg.alpha is not None else ("source", "target_train")
+        up = {"model": model, "thresholds": fit}
+    label = Stage("pixintrada.label", "label", label_split, rule, upstream=up, datasets=domains, version=VERSION,
+                  seeded=False)
     train = {"variant": cfg.variant, "pla_form": cfg.pla_form, "d_activation": cfg.d_activation,
              "adv_reduction": cfg.adv_reduction, "d_lr": cfg.d_lr, "d_betas": list(cfg.d_betas),
              "d_channels": list(cfg.d_channels), "iters": iters, "horizon": cfg.horizon,
@@ -200,7 +217,7 @@ def _round(cfg: Config, model: Stage, inter: Stage, init: str, iters: int, kld_w
         train.update(model=cfg.model, init_weights=cfg.intra_init_weights or cfg.init_weights)
     else:
         upstream["init"] = {"inter": inter, "round1": model}[init]
-    return [fit, label, Stage("pixintrada.train", "train", train_intra, train, upstream=upstream,
+    return [*([fit] if fit else []), label, Stage("pixintrada.train", "train", train_intra, train, upstream=upstream,
                               datasets=("target_train",), version=VERSION)]
 
 

@@ -71,3 +71,20 @@ def test_bad_inputs_name_the_argument():
         ias.ias_threshold_update(t([0.9]), t([0.5]), torch.tensor([0]), alpha=0.0)
     with pytest.raises(ValueError, match="prediction"):
         ias.ias_pseudo_labels(t([0.9]), torch.tensor([3]), t([0.5, 0.5]))
+
+
+def test_selector_labels_each_image_with_the_thresholds_it_produced():
+    """α 0.5, γ 0 (ψ = the median), β 0.5, θ_0 = 0.8, two classes over two 1×2 images: each image is labelled with
+    the θ its own update produced; a class absent from an image keeps its θ."""
+    sel = ias.IASSelector(2, alpha=0.5, beta=0.5, gamma=0.0, init=0.8)
+    # image 1: pixel conf 0.6 (class 0) and 0.76 (class 0): ψ_0 = median{0.8, 0.6, 0.76} = 0.76 → θ_0 = 0.78
+    p1 = torch.tensor([[[0.6, 0.76]], [[0.4, 0.24]]], dtype=torch.float64)
+    assert sel(p1).tolist() == [[255, 255]]  # 0.6 and 0.76 < 0.78
+    assert sel.theta.tolist() == pytest.approx([0.78, 0.8])
+    # image 2: class 1 at 0.9 → ψ_1 = median{0.8, 0.9} = 0.85 → θ_1 = 0.825; class 0 at 0.8 → ψ_0 = 0.79 → 0.785
+    p2 = torch.tensor([[[0.1, 0.8]], [[0.9, 0.2]]], dtype=torch.float64)
+    assert sel(p2).tolist() == [[1, 0]]  # 0.9 ≥ 0.825, 0.8 ≥ 0.785
+    assert sel.theta.tolist() == pytest.approx([0.785, 0.825])
+    # image 3: only class 1 present, at 0.81 < θ_1' = 0.5·0.825 + 0.5·0.8175 → unlabelled; class 0 keeps 0.785
+    assert sel(torch.tensor([[[0.19]], [[0.81]]], dtype=torch.float64)).tolist() == [[255]]
+    assert sel.theta.tolist() == pytest.approx([0.785, 0.82125])

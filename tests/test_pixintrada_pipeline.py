@@ -89,7 +89,7 @@ def test_imported_inter_checkpoint_loads_as_a_trained_model(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("variant", "both"), ("intra_init", "coco"), ("kld_on", "hard"),
-                                       ("threshold_scheme", "ias"), ("rounds", 3), ("alpha", 1.5)])
+                                       ("threshold_scheme", "otsu"), ("rounds", 3), ("alpha", 1.5)])
 def test_bad_setting_names_its_key(key, value):
     with pytest.raises(ValueError, match=key):
         pp.stages(px.Config(**{key: value}))
@@ -108,6 +108,19 @@ def test_table3_variants_share_their_prefixes():
     # α changes the labels but not the thresholds; α = 0 (Prop. = 1) is accepted
     a70, a0 = pp.stages(px.Config(alpha=0.7, rounds=1)), pp.stages(px.Config(alpha=0.0, rounds=1))
     assert _key(a70[2]) == keys["cts"][2] and _key(a70[3]) != keys["cts"][3] != _key(a0[3])
+
+
+def test_ias_scheme_replaces_the_threshold_stage_and_keeps_stage_one():
+    """Table 6: IAST's selector labels from G_inter directly (no t_k fit, no α); Stage I is the median run's."""
+    median, ias_run = pp.stages(px.Config(rounds=1)), pp.stages(px.Config(rounds=1, threshold_scheme="ias"))
+    assert [s.name for s in ias_run] == ["gpa.source", "adaptsegnet.train", "pixintrada.label", "pixintrada.train"]
+    label = ias_run[2]
+    assert label.upstream == {"model": ias_run[1]} and label.datasets == ("target_train",)
+    assert label.params["scheme"] == "ias" and "alpha" in label.params and label.params["alpha"] == 0.2  # IAS α
+    assert [_key(s) for s in ias_run[:2]] == [_key(s) for s in median[:2]]
+    other = pp.stages(px.Config(rounds=1, threshold_scheme="ias", ias_gamma=4.0))
+    assert _key(other[2]) != _key(label) and _key(pp.stages(px.Config(rounds=1, threshold_scheme="ias",
+                                                                         alpha=0.7))[2]) == _key(label)
 
 
 def test_intrada_shares_stage_one_with_pixintrada():
@@ -205,7 +218,8 @@ def tiny_suite(tmp_path_factory):
     shared = {"model": "small", "model_options": {}, "inter_iters": 2, "inter_horizon": None, "inter_batch_size": 2,
               "inter_lr": 0.01, "inter_aux_weight": 0.0, "d_channels": [8, 8, 8, 8], "iters": 2, "horizon": None,
               "batch_size": 2, "lr": 0.01, "aux_weight": 0.0, "train_size": [64, 32], "train_scale_range": [0.5, 1.0]}
-    suite["methods"] = {"pixintrada": shared, "intrada": {**shared, "easy_fraction": 0.5}}
+    suite["methods"] = {"pixintrada": {**shared, "variants": {"ias": {"rounds": 1, "threshold_scheme": "ias"}}},
+                        "intrada": {**shared, "easy_fraction": 0.5}}
     return write_suite(suite, tmp / "tiny.yaml"), tmp / "results"
 
 
@@ -227,11 +241,16 @@ def test_pixintrada_and_intrada_run_on_tiny_minicity(tiny_suite, monkeypatch):
     assert {o.status for o in oc} == {"done"}
     names = sorted(o.name for o in oc)
     assert names == sorted(["gpa.source", "adaptsegnet.train", "intrada.rank", "intrada.train", "eval", "eval"]
-                           + 2 * ["pixintrada.thresholds", "pixintrada.label", "pixintrada.train"])  # one Stage I
+                           + 2 * ["pixintrada.thresholds", "pixintrada.label", "pixintrada.train"]  # one Stage I
+                           + ["pixintrada.label", "pixintrada.train", "eval"])  # the IAS variant (Table 6)
     labels = [o.result for o in oc if o.name == "pixintrada.label"]
+    (ias_labels,) = [r for r in labels if "ias_final_thresholds" in r]
+    assert len(ias_labels["ias_final_thresholds"]) == 19 and 0 <= ias_labels["prop"] <= 1
+    labels.remove(ias_labels)
     assert all(r["alpha"] == 0.85 and 0 <= r["prop"] <= 1 and 0 <= r["pl_precision"] <= 1 for r in labels)
     assert all(r["pl_ratio"] == pytest.approx(r["prop"], abs=0.05) for r in labels)  # native ≈ split resolution
     (train,) = [o.result for o in oc if o.name == "intrada.train"]
     assert (train["easy_images"], train["hard_images"]) == (3, 3) and 0 <= train["pl_precision"] <= 1
     assert all(o.result["iterations"] == 2 for o in oc if o.name == "pixintrada.train")
-    assert {(r["method"], r["variant"]) for r in out["results"]} == {("pixintrada", ""), ("intrada", "")}
+    assert {(r["method"], r["variant"]) for r in out["results"]} == {("pixintrada", ""), ("pixintrada", "ias"),
+                                                                     ("intrada", "")}

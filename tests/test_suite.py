@@ -125,14 +125,14 @@ def test_extends_keeps_the_base_and_updates_one_domain_and_one_method():
 @pytest.mark.parametrize("name", ["gta5_cityscapes", "minicity_ablations"])
 def test_table4_ablations_map_every_variant_to_a_paper_row(name):
     """Each named variant of CAG-UDA and SSF-DAN has its Table 4 row, and source-only its baseline row."""
-    from bench.report import paper_ablation
+    from bench.ablations import ablation_specs
 
     s = load_suite(name)
     for method in ("cag_uda", "ssf_dan"):
-        rows, source = paper_ablation(s, method)
+        (table,) = ablation_specs(s, method)
         ours = {(method, v) for v in s["methods"][method]["variants"]} | {(method, "")}
-        assert ours - {(method, "no_warmup")} <= set(rows) and rows[("source_only", "")][0]
-        assert source.endswith("Table 4")
+        assert ours - {(method, "no_warmup")} <= set(table.rows) and table.rows[("source_only", "")][0]
+        assert table.source.endswith("Table 4")
 
 
 def test_a_method_can_state_its_own_evaluation_protocol():
