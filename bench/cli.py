@@ -177,6 +177,21 @@ def cmd_perf_gmm(a) -> int:
     return 0
 
 
+def cmd_perf_sweep(a) -> int:
+    from bench.perf_sweep import sweep_vs_independent
+
+    r = sweep_vs_independent(a.study, a.suite, a.results, seed=a.seed, independent=a.independent,
+                             executor=a.executor)
+    n = len(r["values"])
+    print(f"{r['study']} on {a.suite}, {n} values {r['values']}, seed {a.seed}:")
+    print(f"  sweep (shared stages once + {n} trial tails): {r['sweep_s']:8.0f} s")
+    print(f"  one independent pipeline (mean of {len(r['independent_s'])}): {r['one_pipeline_s']:8.0f} s  "
+          f"→ {n} independent ≈ {r['independent_total_est_s']:.0f} s")
+    print(f"  sweep / one pipeline = {r['ratio_to_one']:.2f}  (goal ≤ 1.5 when the swept key touches only the "
+          f"last stages)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -274,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-sklearn", dest="sklearn", action="store_false", help="torch only")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_perf_gmm)
+    w = perf.add_parser("sweep", help="a study as one sweep vs as independent pipelines (wall time, empty caches)")
+    w.add_argument("study", help="a named study (bench sweep's)")
+    w.add_argument("suite", nargs="?", default="minicity")
+    w.add_argument("--results", type=Path, required=True, help="an empty folder: each run gets its own root")
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--independent", type=int, default=1, help="how many independent pipelines to time")
+    w.add_argument("--executor", default="ray", choices=["ray", "local"])
+    w.set_defaults(func=cmd_perf_sweep)
     return p
 
 

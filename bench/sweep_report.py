@@ -51,10 +51,11 @@ def paper_points(study) -> pd.DataFrame | None:
         return None
     from bench.paper_rows import load_extra_table
 
-    paper, table, name, value_col, ratio_col, scale = study.paper
+    paper, table, name, value_col, ratio_col, scale, *vscale = study.paper
     t = load_extra_table(paper, table)
     t = t[t["method"] == name] if "method" in t.columns else t[t["row"] == name]
-    out = pd.DataFrame({"value": pd.to_numeric(t[value_col], errors="coerce"),
+    value = (vscale[0] if vscale else 1.0) * pd.to_numeric(t[value_col], errors="coerce")
+    out = pd.DataFrame({"value": value.round(9),
                         "PL ratio": scale * pd.to_numeric(t[ratio_col], errors="coerce"),
                         "mIoU": pd.to_numeric(t["mIoU"], errors="coerce")}).dropna(subset=["value"])
     return out.set_index("value")
@@ -77,7 +78,7 @@ def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title
         mark = (" (best on val)" if v == best_val else "") + (" (held-out choice)" if v == best_hold else "")
         cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"]) for c in cols]
         if paper is not None:
-            p = paper.loc[v] if v in paper.index else None
+            p = paper.loc[round(v, 9)] if isinstance(v, (int, float)) and round(v, 9) in paper.index else None
             cells += [_cell(p["PL ratio"], None) if p is not None else "–", _cell(p["mIoU"], None) if p is not None
                       else "–"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -85,3 +85,39 @@ def test_sweep_asking_for_more_gpus_than_the_cluster_stops_before_running(tiny, 
     path, results = tiny
     with pytest.raises(ResourceError, match="GPU"):
         run_sweep("cag_delta_d", path, ["delta_d=0.5,1", "resources={gpu: 2}", *SWEEP], results_root=results)
+
+
+def test_label_share_studies_meet_the_papers_rows_at_their_pl_ratio():
+    """bismap_ratio / bismap_cas_ratio sweep the label share; the paper's Table 5 rows are matched by PL ratio
+    (value scale 0.01), and a value between rows gets no paper cell."""
+    import pandas as pd
+
+    from bench.sweep import STUDIES
+    from bench.sweep_report import paper_points, sweep_markdown
+
+    maps, cas = paper_points(STUDIES["bismap_ratio"]), paper_points(STUDIES["bismap_cas_ratio"])
+    assert list(maps.index) == list(STUDIES["bismap_ratio"].values) and maps.loc[0.613, "mIoU"] == 57.3
+    assert cas.loc[0.678, "mIoU"] == 54.9 and STUDIES["bismap_cas_ratio"].fixed["pla"] == "cas"
+    frame = pd.DataFrame({"seeds": [1, 1], "mIoU": [20.0, 21.0], "mIoU_std": [float("nan")] * 2,
+                          "PL ratio": [61.3, 50.0], "PL ratio_std": [float("nan")] * 2}, index=[0.613, 0.5])
+    md = sweep_markdown(frame, STUDIES["bismap_ratio"], maps, "t")
+    assert "| 0.613 | 1 | 20.0 | 61.3 | 61.3 | 57.3 |" in md and "| 0.5 (best on val) | 1 | 21.0 | 50.0 | – | – |" in md
+
+
+@pytest.mark.parametrize("name", ["cag_delta_d", "bismap_ratio", "pixintrada_alpha"])
+def test_perf_sweep_independent_pipeline_is_the_same_trial(name):
+    """`bench perf sweep` compares like with like: the overrides it gives `bench run` plan exactly the stages
+    (same cache keys) of the sweep's trial for that value."""
+    from bench.perf_sweep import independent_overrides
+    from bench.plan import dataset_specs, plan_suite
+    from bench.suite_runner import load_suite
+    from bench.sweep import STUDIES, plan_trials
+
+    study = STUDIES[name]
+    value = study.values[1]
+    suite = load_suite("minicity", independent_overrides(study, value, 0))
+    fps = {d: {"spec": {}, "fingerprint": "x" + d, "images": 1} for d in suite["datasets"]}
+    (exp,) = plan_suite(suite, {"": fps})[0]
+    (trial,) = plan_trials(load_suite("minicity"), study, [value], [0], dataset_specs(load_suite("minicity"), ""),
+                           fps, False)
+    assert [ps.key for ps in exp.stages] == [ps.key for ps in trial.stages]
