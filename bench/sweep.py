@@ -64,9 +64,10 @@ STUDIES: dict[str, Study] = {
                               {**_RATIO_ST, "pla": "cas"}, "bismap.label_cas",
                               ("bismap", 5, "CAs-PLA", "PL ratio", "PL ratio", 1.0, 0.01),
                               "BiSMAP Table 5 (STM + CAs-PLA) at the paper's PL ratios; Δd from a label-free quantile"),
-    "pixintrada_alpha": Study("pixintrada", "alpha", (0.7, 0.85, 1.0), {}, "pixintrada.label",
+    "pixintrada_alpha": Study("pixintrada", "alpha", (0.7, 0.85, 1.0), {"rounds": 1}, "pixintrada.label",
                               ("pixintrada", 5, "PLA + CTS", "alpha", "Prop.", 100.0),
-                              "PixIntraDA Table 5; ratio = the easy proportion (Eq. 4) of round 1", "prop"),
+                              "PixIntraDA Table 5 (PLA + CTS, one round as the table); ratio = the easy proportion "
+                              "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end", "prop"),
 }
 
 HOLDOUT = {"fraction": 0.2, "seed": 0, "part": "held"}
