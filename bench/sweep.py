@@ -35,6 +35,7 @@ class Study:
     paper: tuple | None = None
     note: str = ""
     ratio_key: str = "pl_ratio"
+    paper_by_source: dict | None = None  # source dataset name -> a ``paper`` tuple (e.g. PixIntraDA T5 / T8)
 
 
 _NO_ST = {"pl_ratio_target": None, "use_consistency": False, "distill_rounds": 0}  # BiSMAP Table 5's setting
@@ -67,7 +68,8 @@ STUDIES: dict[str, Study] = {
     "pixintrada_alpha": Study("pixintrada", "alpha", (0.7, 0.85, 1.0), {"rounds": 1}, "pixintrada.label",
                               ("pixintrada", 5, "PLA + CTS", "alpha", "Prop.", 100.0),
                               "PixIntraDA Table 5 (PLA + CTS, one round as the table); ratio = the easy proportion "
-                              "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end", "prop"),
+                              "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end", "prop",
+                              {"synthia": ("pixintrada", 8, "PLA + CTS", "alpha", "Prop.", 100.0)}),
 }
 
 HOLDOUT = {"fraction": 0.2, "seed": 0, "part": "held"}

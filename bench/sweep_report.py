@@ -45,13 +45,15 @@ def sweep_frame(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def paper_points(study) -> pd.DataFrame | None:
-    """The paper's (value, ratio %, mIoU) for the study, from ``results/paper`` (None if unpublished)."""
-    if study.paper is None:
+def paper_points(study, source: str | None = None) -> pd.DataFrame | None:
+    """The paper's (value, ratio %, mIoU) for the study, from ``results/paper`` (None if unpublished); a study
+    whose paper has one table per source (``paper_by_source``) picks the suite source's."""
+    spec = (study.paper_by_source or {}).get(source, study.paper)
+    if spec is None:
         return None
     from bench.paper_rows import load_extra_table
 
-    paper, table, name, value_col, ratio_col, scale, *vscale = study.paper
+    paper, table, name, value_col, ratio_col, scale, *vscale = spec
     t = load_extra_table(paper, table)
     t = t[t["method"] == name] if "method" in t.columns else t[t["row"] == name]
     value = (vscale[0] if vscale else 1.0) * pd.to_numeric(t[value_col], errors="coerce")
@@ -139,7 +141,7 @@ def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Pat
 
     rows = trial_rows(study, trials, cache_root)
     frame = sweep_frame(rows)
-    paper = paper_points(study)
+    paper = paper_points(study, suite["datasets"]["source"]["name"])
     name = f"{study.method}_{study.param}" + ("_" + "_".join(f"{k}-{v}" for k, v in study.fixed.items())
                                               if study.fixed else "")
     out_dir = results_root / suite["name"] / "sweeps" / name

@@ -98,6 +98,9 @@ def test_label_share_studies_meet_the_papers_rows_at_their_pl_ratio():
     maps, cas = paper_points(STUDIES["bismap_ratio"]), paper_points(STUDIES["bismap_cas_ratio"])
     assert list(maps.index) == list(STUDIES["bismap_ratio"].values) and maps.loc[0.613, "mIoU"] == 57.3
     assert cas.loc[0.678, "mIoU"] == 54.9 and STUDIES["bismap_cas_ratio"].fixed["pla"] == "cas"
+    alpha = STUDIES["pixintrada_alpha"]  # Table 5 for a GTA5-format source, Table 8 for SYNTHIA
+    assert paper_points(alpha, "gta5").loc[0.85, "mIoU"] == 50.3 and paper_points(alpha, "synthia").loc[0.79,
+                                                                                                        "mIoU"] == 55.1
     frame = pd.DataFrame({"seeds": [1, 1], "mIoU": [20.0, 21.0], "mIoU_std": [float("nan")] * 2,
                           "PL ratio": [61.3, 50.0], "PL ratio_std": [float("nan")] * 2}, index=[0.613, 0.5])
     md = sweep_markdown(frame, STUDIES["bismap_ratio"], maps, "t")
