@@ -68,8 +68,8 @@ STUDIES: dict[str, Study] = {
     "pixintrada_alpha": Study("pixintrada", "alpha", (0.7, 0.85, 1.0), {"rounds": 1}, "pixintrada.label",
                               ("pixintrada", 5, "PLA + CTS", "alpha", "Prop.", 100.0),
                               "PixIntraDA Table 5 (PLA + CTS, one round as the table); ratio = the easy proportion "
-                              "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end. By Eq. 2–4 Prop. "
-                              "falls as α rises; the paper's table pairs rising α with rising Prop. (0.57/0.67/0.79),"
+                              "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end. By Eq. 2–4 "
+                              "Prop. falls as α rises; the paper's table pairs rising α with rising Prop. (0.57/0.67/0.79),"
                               " so its Prop. column beside ours is as printed, not re-derived", "prop",
                               {"synthia": ("pixintrada", 8, "PLA + CTS", "alpha", "Prop.", 100.0)}),
 }
