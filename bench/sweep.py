@@ -69,8 +69,8 @@ STUDIES: dict[str, Study] = {
                               ("pixintrada", 5, "PLA + CTS", "alpha", "Prop.", 100.0),
                               "PixIntraDA Table 5 (PLA + CTS, one round as the table); ratio = the easy proportion "
                               "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end. By Eq. 2–4 "
-                              "Prop. falls as α rises; the paper's table pairs rising α with rising Prop. (0.57/0.67/0.79),"
-                              " so its Prop. column beside ours is as printed, not re-derived", "prop",
+                              "Prop. falls as α rises; the paper's table pairs rising α with rising Prop. "
+                              "(0.57/0.67/0.79), so its Prop. column beside ours is as printed", "prop",
                               {"synthia": ("pixintrada", 8, "PLA + CTS", "alpha", "Prop.", 100.0)}),
 }
 
