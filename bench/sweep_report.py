@@ -30,6 +30,8 @@ def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
         lab = cache.result(labels[-1].key) if labels else {}
         row["PL ratio"] = 100 * lab[study.ratio_key] if study.ratio_key in lab else np.nan
         row["PL precision"] = 100 * lab["pl_precision"] if "pl_precision" in lab else np.nan
+        if "threshold" in lab and study.param not in ("delta_override", "delta_d", "cas_delta_d"):
+            row["threshold"] = lab["threshold"]  # the δ / Δd a label-share trial resolved to
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -63,10 +65,14 @@ def paper_points(study, source: str | None = None) -> pd.DataFrame | None:
     return out.set_index("value")
 
 
-def _cell(mean, std) -> str:
+def _cell(mean, std, digits: int = 1) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    return f"{mean:.1f}" + ("" if std is None or math.isnan(std) else f" ± {std:.1f}")
+    return f"{mean:.{digits}f}" + ("" if std is None or math.isnan(std) else f" ± {std:.{digits}f}")
+
+
+def _digits(col: str) -> int:
+    return 3 if col == "threshold" else 1
 
 
 def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title: str) -> str:
@@ -78,7 +84,7 @@ def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for v, r in frame.iterrows():
         mark = (" (best on val)" if v == best_val else "") + (" (held-out choice)" if v == best_hold else "")
-        cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"]) for c in cols]
+        cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"], _digits(c)) for c in cols]
         if paper is not None:
             p = paper.loc[round(v, 9)] if isinstance(v, (int, float)) and round(v, 9) in paper.index else None
             cells += [_cell(p["PL ratio"], None) if p is not None else "–", _cell(p["mIoU"], None) if p is not None
@@ -93,7 +99,8 @@ def sweep_latex(frame: pd.DataFrame, study, caption: str) -> str:
            rf"\begin{{tabular}}{{r{'r' * (len(cols) + 1)}}}", r"\toprule",
            " & ".join(tex_escape(c) for c in [study.param, "seeds", *cols]) + r" \\", r"\midrule"]
     for v, r in frame.iterrows():
-        cells = [str(v), str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"]).replace("±", r"$\pm$") for c in cols]
+        cells = [str(v), str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"], _digits(c)).replace("±", r"$\pm$")
+                                                  for c in cols]
         out.append(" & ".join(cells) + r" \\")
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
 

@@ -105,6 +105,9 @@ def test_label_share_studies_meet_the_papers_rows_at_their_pl_ratio():
                           "PL ratio": [61.3, 50.0], "PL ratio_std": [float("nan")] * 2}, index=[0.613, 0.5])
     md = sweep_markdown(frame, STUDIES["bismap_ratio"], maps, "t")
     assert "| 0.613 | 1 | 20.0 | 61.3 | 61.3 | 57.3 |" in md and "| 0.5 (best on val) | 1 | 21.0 | 50.0 | – | – |" in md
+    frame["threshold"], frame["threshold_std"] = [42.6799, 0.9861], [float("nan")] * 2  # δ resolved per trial
+    assert "| 0.613 | 1 | 20.0 | 61.3 | 42.680 | 61.3 | 57.3 |" in sweep_markdown(frame, STUDIES["bismap_ratio"], maps,
+                                                                                 "t")
 
 
 @pytest.mark.parametrize("name", ["cag_delta_d", "bismap_ratio", "pixintrada_alpha"])
