@@ -15,9 +15,13 @@ def independent_overrides(study, value, seed: int) -> list[str]:
     """``bench run`` overrides that make the suite one trial of ``study``: the method alone, one seed, no named
     variants, the study's fixed settings and the swept value."""
     settings = {**study.fixed, study.param: value}
-    dump = lambda v: yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()  # noqa: E731
     return [f"only=[{study.method}]", f"seeds=[{seed}]", "ablations=false",
-            *(f"methods.{study.method}.{k}={dump(v)}" for k, v in settings.items())]
+            *(f"methods.{study.method}.{k}={_yaml(v)}" for k, v in settings.items())]
+
+
+def _yaml(value) -> str:
+    """One value as an override's YAML text (flow style, without the document-end marker)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def sweep_vs_independent(study_name: str, suite: str, root: Path, seed: int = 0, values=None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from methods.base import param
+from methods.ias import DEFAULTS as IAS
 
 _GTA5_ENTROPY_CODE = (0.1502, 0.2935, 0.1362, 0.4436, 0.4393, 0.2795, 0.3139, 0.3106, 0.1068, 0.3195, 0.0719,
                       0.2364, 0.4754, 0.0986, 0.3673, 0.4127, 0.4826, 0.5645, 0.6694)
@@ -29,11 +30,11 @@ class Config:
     cas_anchor_pixels: str = param("correct", "inferred", "CAs anchors = class means of the MAPs feature pool "
                                    "(GT = prediction, after the code's subsampling), so only the density model "
                                    "differs from MAPs-PLA | all (CAG paper Eq. 4: every GT pixel)")
-    ias_alpha: float = param(0.2, "code", "IAST configs sl_*.yaml PSEUDO_PL_ALPHA")
-    ias_beta: float = param(0.9, "code", "IAST default.py PSEUDO_PL_BETA (threshold momentum)")
-    ias_gamma: float = param(8.0, "code", "IAST configs PSEUDO_PL_GAMMA")
-    ias_init: float = param(0.9, "code", "IAST starts every class threshold at 0.9")
-    ias_cap: float = param(0.999, "code", "IAST replaces a threshold >= 1 by 0.999")
+    ias_alpha: float = param(IAS["alpha"], "code", "IAST configs sl_*.yaml PSEUDO_PL_ALPHA")
+    ias_beta: float = param(IAS["beta"], "code", "IAST default.py PSEUDO_PL_BETA (threshold momentum)")
+    ias_gamma: float = param(IAS["gamma"], "code", "IAST configs PSEUDO_PL_GAMMA")
+    ias_init: float = param(IAS["init"], "code", "IAST starts every class threshold at 0.9")
+    ias_cap: float = param(IAS["cap"], "code", "IAST replaces a threshold >= 1 by 0.999")
     pl_ratio_target: float | None = param(None, "harness", "MAPs/CAs only: set δ (Δd) so that this fraction of "
                                           "target-train pixels is labelled (a label-free quantile of the scores; "
                                           "e.g. 0.613, the ratio of the paper's δ = 100); None = the fixed value")

@@ -21,6 +21,9 @@ import torch
 
 from bench.data.labels import IGNORE
 
+# IAST's released values (configs sl_*.yaml α, γ; default.py β; θ_0; the cap), read by every method's config
+DEFAULTS = {"alpha": 0.2, "beta": 0.9, "gamma": 8.0, "init": 0.9, "cap": 0.999}
+
 
 def linear_percentile(values: torch.Tensor, q: float) -> torch.Tensor:
     """numpy's ``percentile(values, q)`` (method "linear"): the sorted values interpolated at rank
@@ -83,8 +86,9 @@ class IASSelector:
     instance's probabilities (:func:`ias_threshold_update`) and labels that instance with the new θ
     (:func:`ias_pseudo_labels`). Shared by BiSMAP's IAS-PLA (Table 3) and PixIntraDA's Table 6."""
 
-    def __init__(self, num_classes: int, alpha: float = 0.2, beta: float = 0.9, gamma: float = 8.0,
-                 init: float = 0.9, cap: float = 0.999) -> None:
+    def __init__(self, num_classes: int, alpha: float = DEFAULTS["alpha"], beta: float = DEFAULTS["beta"],
+                 gamma: float = DEFAULTS["gamma"], init: float = DEFAULTS["init"],
+                 cap: float = DEFAULTS["cap"]) -> None:
         self.theta = torch.full((num_classes,), float(init), dtype=torch.float64)
         self.alpha, self.beta, self.gamma, self.cap = alpha, beta, gamma, cap
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from methods.base import param
+from methods.ias import DEFAULTS as IAS
 
 # Paper Tables 5 and 8: the α that gave the best PLA+CTS per source (Prop. 0.67 GTA5, 0.66 SYNTHIA).
 ALPHA_BY_SOURCE = {"gta5": 0.85, "synthia": 0.79}
@@ -57,11 +58,11 @@ class Config(InterConfig):
     threshold_cap: float = param(0.9, "paper", "t_k = min(median, 0.9) (§4.1, BDL's rule)")
     threshold_scheme: str = param("median", "paper", "median (Eq. 2–3 with t_k) | ias (Table 6: IAST's per-image "
                                   "thresholds label the easy pixels; unselected pixels are hard)")
-    ias_alpha: float = param(0.2, "inferred", "Table 6's IAS [24]: IAST's released config value (methods.ias)")
-    ias_beta: float = param(0.9, "inferred", "IAS threshold momentum, IAST's default")
-    ias_gamma: float = param(8.0, "inferred", "IAS, IAST's config value")
-    ias_init: float = param(0.9, "inferred", "IAS initial per-class threshold, IAST's")
-    ias_cap: float = param(0.999, "inferred", "IAS: a threshold >= 1 becomes this, IAST's")
+    ias_alpha: float = param(IAS["alpha"], "inferred", "Table 6's IAS [24]: IAST's released config value (methods.ias)")
+    ias_beta: float = param(IAS["beta"], "inferred", "IAS threshold momentum, IAST's default")
+    ias_gamma: float = param(IAS["gamma"], "inferred", "IAS, IAST's config value")
+    ias_init: float = param(IAS["init"], "inferred", "IAS initial per-class threshold, IAST's")
+    ias_cap: float = param(IAS["cap"], "inferred", "IAS: a threshold >= 1 becomes this, IAST's")
     threshold_bins: int = param(10_000, "inferred", "streaming median histogram: bin width 1e-4, error ≤ 5e-5")
     skip_unpredicted: bool = param(True, "inferred",
                                    "t_k = 0 (class never predicted) would make every pixel easy under Eq. 2; "
