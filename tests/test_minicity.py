@@ -162,3 +162,37 @@ def test_bad_arguments(tmp_path):
         mc.generate_minicity(tmp_path, counts={"gta": 3})
     with pytest.raises(ValueError, match="too small"):
         mc.generate_minicity(tmp_path, size=(8, 8))
+
+
+def test_affine_check_flags_a_swap_and_passes_a_global_map():
+    from bench.data.minicity_shift import misassigned
+
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 255, (19, 3))
+    m = np.array([[0.8, 0.1, 0.0], [0.05, 0.9, 0.1], [0.0, 0.2, 0.7]])
+    tgt = src @ m + [20.0, -5.0, 10.0]
+    assert misassigned(src, tgt) == []
+    swapped = tgt.copy()
+    swapped[[1, 9]] = swapped[[9, 1]]  # sidewalk drawn like terrain and vice versa: a conditional shift
+    assert {a for a, _ in misassigned(src, swapped)} >= {"sidewalk", "terrain"}
+
+
+def test_hue_rotation_keeps_greys_and_permutes_channels_at_120_degrees():
+    from bench.data.minicity_style import Look, apply_look
+
+    grey = np.array([[100.0, 100.0, 100.0]])
+    np.testing.assert_allclose(apply_look(grey, Look(hue=37.0)), grey, atol=1e-3)
+    # A third of a turn about the grey axis maps the red axis onto green, green onto blue, blue onto red.
+    np.testing.assert_allclose(apply_look(np.array([[200.0, 50.0, 10.0]]), Look(hue=120.0)), [[10, 200, 50]],
+                               atol=1e-3)
+
+
+def test_target_is_a_covariate_shift_of_the_source():
+    """Issue 15's check: after one affine colour map fitted on class means, ≤ 4 target classes sit nearest
+    another class's source mean (generator v1, which painted classes in other classes' colours, had 12)."""
+    from bench.data.minicity_shift import class_mean_colours, misassigned
+
+    src, tgt = class_mean_colours("gta5", 40), class_mean_colours("cityscapes_train", 40)
+    assert not np.isnan(src).any() and not np.isnan(tgt).any()
+    bad = misassigned(src, tgt)
+    assert len(bad) <= 4, bad

@@ -31,8 +31,8 @@ _SHIFT = 4  # cv2 fixed-point bits: sub-pixel vertices keep distant thin objects
 class Camera:
     """Pinhole camera looking down the street; ``pt`` projects world (X, Y, Z) to pixel (x, y)."""
 
-    def __init__(self, w: int, h: int, yh: float, hc: float, vx: float):
-        self.f, self.yh, self.hc, self.vx, self.w, self.h = 0.9 * w, yh, hc, vx, w, h
+    def __init__(self, w: int, h: int, yh: float, hc: float, vx: float, focal: float = 0.9):
+        self.f, self.yh, self.hc, self.vx, self.w, self.h = focal * w, yh, hc, vx, w, h
 
     def pt(self, X: float, Y: float, Z: float) -> tuple[float, float]:
         Z = max(Z, 0.3)  # clamp points behind/at the camera: their polygons just run off-canvas

@@ -40,6 +40,9 @@ class SceneSpec:
 
     horizon: tuple[float, float] = (0.40, 0.50)  # horizon row as a fraction of the image height
     cam_height: tuple[float, float] = (1.3, 1.8)  # metres
+    focal: tuple[float, float] = (0.9, 0.9)  # focal length as a fraction of the image width (field of view)
+    road_half: tuple[float, float] = (2.5, 7.5)  # metres from the axis to each curb
+    sidewalk: tuple[float, float] = (1.8, 4.5)  # sidewalk width, metres
     cars: tuple[int, int] = (1, 5)
     persons: tuple[int, int] = (0, 4)
     cyclists: tuple[int, int] = (0, 2)
@@ -62,8 +65,10 @@ SPECS: dict[str, SceneSpec] = {
     # SYNTHIA-like: higher camera, horizon higher in the frame; few trucks/trains (ignored in its protocol).
     "synthia": SceneSpec(horizon=(0.26, 0.38), cam_height=(2.5, 5.0), cars=(1, 6), persons=(1, 6),
                          p_truck=0.08, p_train=0.05, p_terrain=0.3),
-    # Cityscapes-like: busier streets (more cars and people), fewer trucks, ego bonnet, void regions.
-    "cityscapes": SceneSpec(horizon=(0.42, 0.48), cars=(3, 9), persons=(2, 9), cyclists=(0, 3), p_truck=0.15,
+    # Cityscapes-like: a lower, wider-angle camera, narrower roads and wider sidewalks, busier streets (more cars
+    # and people), fewer trucks, ego bonnet, void regions.
+    "cityscapes": SceneSpec(horizon=(0.42, 0.48), cam_height=(1.2, 1.6), focal=(0.75, 0.95), road_half=(2.5, 6.0),
+                            sidewalk=(2.2, 5.0), cars=(3, 9), persons=(2, 9), cyclists=(0, 3), p_truck=0.15,
                             p_bus=0.25, p_train=0.15, p_static=0.6, p_parking=0.4, p_ego=1.0, p_unlabeled=0.3),
 }
 
@@ -89,9 +94,9 @@ class _Street:
     """Cross-section of the street in metres and the helpers that place things on it."""
 
     def __init__(self, rng, spec: SceneSpec):
-        self.xl, self.xr = -_u(rng, 2.5, 7.5), _u(rng, 2.5, 7.5)
+        self.xl, self.xr = -_u(rng, *spec.road_half), _u(rng, *spec.road_half)
         self.edge = {-1: self.xl, 1: self.xr}
-        self.sw = {s: (_u(rng, 1.8, 4.5) if rng.random() > 0.1 else 0.3) for s in (-1, 1)}
+        self.sw = {s: (_u(rng, *spec.sidewalk) if rng.random() > 0.1 else 0.3) for s in (-1, 1)}
         self.grass = {s: (_u(rng, 1.0, 4.5) if rng.random() < spec.p_terrain else 0.0) for s in (-1, 1)}
         self.zend = _u(rng, 45, 160)
         self.cross = (_u(rng, 14, 45), _u(rng, 8, 14)) if rng.random() < 0.4 else None
@@ -287,7 +292,8 @@ def _objects(cv, cam, rng, st: _Street, spec: SceneSpec, layer: list) -> list:
 def make_scene(spec: SceneSpec, rng: np.random.Generator, size: tuple[int, int] = (256, 128)) -> Scene:
     """Lay out and rasterise one street scene of ``size`` = (W, H); deterministic given ``rng``'s state."""
     w, h = size
-    cam = Camera(w, h, _u(rng, *spec.horizon) * h, _u(rng, *spec.cam_height), w / 2 + _u(rng, -0.1, 0.1) * w)
+    cam = Camera(w, h, _u(rng, *spec.horizon) * h, _u(rng, *spec.cam_height), w / 2 + _u(rng, -0.1, 0.1) * w,
+                 _u(rng, *spec.focal))
     cv, st = Canvas(w, h), _Street(rng, spec)
     _ground(cv, cam, st, rng, spec)
     _backdrop(cv, cam, rng, st)
