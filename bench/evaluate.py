@@ -12,17 +12,17 @@ from bench.protocols import get_protocol
 
 @torch.no_grad()
 def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu", batch_size: int = 1,
-             num_workers: int = 0, amp_dtype=None, progress=None, **settings) -> dict:
+             num_workers: int = 0, amp_dtype=None, progress=None, per_image: bool = True, **settings) -> dict:
     """Run ``model`` over every item of ``dataset`` (native resolution) and return ``ConfusionMatrix.summary``,
     plus ``confusion`` (``[C, C]``), ``confusion_per_image`` (``[N, C, C]``) and ``image_names`` (arrays, not
-    metrics: a caller stores them).
+    metrics: a caller stores them; ``per_image=False`` leaves the last two out).
 
     Batching is only possible when all items share one size. ``progress(done, total)`` is optional.
     """
     predict = get_protocol(protocol, **settings)
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(19, device=device, per_image=True)
+    cm = ConfusionMatrix(19, device=device, per_image=per_image)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     done = 0
     try:
@@ -41,7 +41,8 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
     out = cm.summary(subsets)
     out["protocol"] = protocol
     out["confusion"] = cm.numpy()
-    out["confusion_per_image"], out["image_names"] = cm.per_image(), cm.names
+    if per_image:
+        out["confusion_per_image"], out["image_names"] = cm.per_image(), cm.names
     return out
 
 
