@@ -127,11 +127,12 @@ def log_per_image(tracker, results: list[dict], experiments, cache_root: Path) -
 
 def difference_lines(diffs: dict, reference: str) -> list[str]:
     """The report's words under a results table: every row against the reference, distinguishable or not."""
+    from bench.stats import LEVEL
     from bench.tables import verdict_lines
 
     lines = verdict_lines(diffs, reference)
-    return [f"Differences from {reference} (95 % paired bootstrap over images and seeds):", "", *lines, ""] \
-        if lines else []
+    head = f"Differences from {reference} ({100 * LEVEL:g} % paired bootstrap over images and seeds):"
+    return [head, "", *lines, ""] if lines else []
 
 
 def ledger_lines(experiments) -> list[str]:

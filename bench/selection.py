@@ -100,7 +100,7 @@ def soft_neighbourhood_density(probs, temperature: float = 0.05, chunk: int = 10
         logits -= logits.max(axis=1, keepdims=True)
         logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         p = np.exp(logp)
-        total += -(np.where(p > 0, p * logp, 0.0)).sum()
+        total += -(p * np.where(np.isfinite(logp), logp, 0.0)).sum()  # the masked self term is 0 · (−∞) := 0
     return float(total / n)
 
 
@@ -180,3 +180,11 @@ def dev_score(source_train_features, target_features, val_features, val_losses, 
     w, b = fit_domain_classifier(xs, xt, c=c)
     weights = importance_weights(domain_probability(val_features, w, b), len(xs), len(xt))
     return dev_risk(val_losses, weights) if control_variate else iwcv_risk(val_losses, weights)
+
+
+def target_criteria(probs, snd_samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Every target-only criterion of one model's target probabilities (``[N, C]`` or ``[B, C, H, W]``): entropy
+    and mutual information on all rows, SND on ``snd_samples`` rows drawn with ``seed`` (it is quadratic). DEV
+    needs source features and losses as well: :func:`dev_score`."""
+    return {"entropy": prediction_entropy(probs), "info_max": information_maximization(probs),
+            "snd": soft_neighbourhood_density(sample_rows(probs, snd_samples, seed))}
