@@ -87,7 +87,9 @@ def soft_neighbourhood_density(probs, temperature: float = 0.05, chunk: int = 10
     the softmax outputs are L2-normalised, M_ij = f_i·f_j is their cosine similarity, P_ij =
     exp(M_ij/τ) / Σ_{j'≠i} exp(M_ij'/τ) the soft neighbour distribution of i over the other samples, and SND =
     −(1/N) Σ_i Σ_{j≠i} P_ij log P_ij (τ = 0.05 as in the paper). Dense neighbourhoods (outputs clustered with
-    their neighbours) give spread-out P and high entropy. Quadratic in N: subsample pixels first."""
+    their neighbours) give spread-out P and high entropy. Blind spot: near-uniform outputs are all alike and score
+    the maximum, log(N − 1) — read it beside the entropy or the mutual information. Quadratic in N: subsample
+    pixels first."""
     f = as_rows(probs)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), EPS)
     n = len(f)
