@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench.data.labels import CLASS_NAMES, SUBSETS
-from bench.stats import LEVEL, Difference, format_difference, row_difference
+from bench.stats import LEVEL, MISSING, Difference, format_difference, row_difference
 
 DASH, TEX_DASH = "–", "--"
 META = ("method", "source", "ours", "seeds")
@@ -220,6 +220,8 @@ def difference_note(frame: pd.DataFrame, *, n_boot: int = 2000, tex: bool = Fals
                and pd.notna(d)]
     if missing:
         text += " No interval, plain difference of the means: " + "; ".join(missing) + "."
+        if any(MISSING in m for m in missing):
+            text += " (`bench cache clear --stage eval` and the same run again re-evaluates from the cached models.)"
     return tex_escape(text) if tex else text
 
 
