@@ -69,10 +69,16 @@ def ablation_specs(suite: dict, method: str) -> list[AblationTable]:
     return out
 
 
-def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path, benchmark: str) -> list[str]:
+def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path, benchmark: str,
+                    per_image=None) -> list[str]:
     """Per method with variants (or with ablation specs): ours beside the paper's rows; Markdown lines returned,
-    ``.md``/``.tex``/``.csv`` written under ``out_dir/tables/``. A table whose base run is missing is skipped."""
-    from bench.tables import ablation_frame, ablation_latex, ablation_markdown, row_name
+    ``.md``/``.tex``/``.csv`` written under ``out_dir/tables/``. A table whose base run is missing is skipped.
+
+    ``per_image`` (``(row name, seed) → (matrices, image ids)`` or None per eval stage; see
+    ``bench.tables.row_differences``): every gain gets its paired-bootstrap interval against the table's base
+    row, and the Markdown says per row whether it is distinguishable from the base. Without it (None), plain
+    gains as before."""
+    from bench.tables import ablation_frame, ablation_latex, ablation_markdown, row_differences, row_name, verdict_lines
 
     variants = ours["variant"].fillna("")
     methods = list(dict.fromkeys(ours.loc[variants != "", "method"]))
@@ -90,7 +96,9 @@ def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path,
                                                                                            variants)) if m == method])
             keys = [k for k in dict.fromkeys(keys) if k in present]
             pick = pd.Series(list(zip(ours["method"], variants)), index=ours.index).isin(keys)
-            abl = ablation_frame(ours[pick], row_name(*t.base))
+            base = row_name(*t.base)
+            diffs = None if per_image is None else row_differences(ours[pick], per_image, base, classes=subset)
+            abl = ablation_frame(ours[pick], base, diffs=diffs)
             order = [row_name(*k) for k in keys]
             abl = abl.loc[[n for n in order if n in abl.index]]
             title = f"Ablation: {method}"
@@ -101,9 +109,10 @@ def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path,
                 title += f" (paper: {t.source}, {benchmark or 'its benchmark'})"
             stem = f"{t.stem}_{subset}"
             abl.to_csv(out_dir / "tables" / f"{stem}.csv")
-            base = row_name(*t.base)
             text = ablation_markdown(abl, title, base=base)
             (out_dir / "tables" / f"{stem}.md").write_text(text)
             (out_dir / "tables" / f"{stem}.tex").write_text(ablation_latex(abl, title, base=base))
             md += [text, ""]
+            if diffs is not None:
+                md += verdict_lines({n: diffs[n] for n in abl.index}, base) + [""]
     return md

@@ -1,25 +1,28 @@
-"""Evaluate a segmenter on a labelled dataset under a named protocol: one confusion matrix, named results."""
+"""Evaluate a segmenter on a labelled dataset under a named protocol: one confusion matrix, named results, and
+one confusion matrix per image (for ``bench.stats``' paired bootstrap)."""
 
 from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader
 
-from bench.metrics import ConfusionMatrix
+from bench.metrics import PER_IMAGE_FILE, ConfusionMatrix, save_per_image
 from bench.protocols import get_protocol
 
 
 @torch.no_grad()
 def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu", batch_size: int = 1,
-             num_workers: int = 0, amp_dtype=None, progress=None, **settings) -> dict:
-    """Run ``model`` over every item of ``dataset`` (native resolution) and return ``ConfusionMatrix.summary``.
+             num_workers: int = 0, amp_dtype=None, progress=None, per_image: bool = True, **settings) -> dict:
+    """Run ``model`` over every item of ``dataset`` (native resolution) and return ``ConfusionMatrix.summary``,
+    plus ``confusion`` (``[C, C]``), ``confusion_per_image`` (``[N, C, C]``) and ``image_names`` (arrays, not
+    metrics: a caller stores them; ``per_image=False`` leaves the last two out).
 
     Batching is only possible when all items share one size. ``progress(done, total)`` is optional.
     """
     predict = get_protocol(protocol, **settings)
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(19, device=device)
+    cm = ConfusionMatrix(19, device=device, per_image=per_image)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     done = 0
     try:
@@ -29,7 +32,7 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
             with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype,
                                 enabled=amp_dtype is not None):
                 logits = predict(model, x, tuple(label.shape[-2:]))
-            cm.update(logits.argmax(1), label, name=batch["name"][0])
+            cm.update(logits.argmax(1), label, name=list(batch["name"]))
             done += x.shape[0]
             if progress:
                 progress(done, len(dataset))
@@ -38,6 +41,8 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
     out = cm.summary(subsets)
     out["protocol"] = protocol
     out["confusion"] = cm.numpy()
+    if per_image:
+        out["confusion_per_image"], out["image_names"] = cm.per_image(), cm.names
     return out
 
 
@@ -46,7 +51,8 @@ QUALITATIVE_IMAGES = 3  # the first N target-val images (sorted file order) get 
 
 def run_eval(p: dict, ctx) -> dict:
     """Stage ``eval``: the upstream model's final iterate on the suite's ``target_val`` under protocol
-    ``p["protocol"]``; saves the confusion matrix and the predictions of the first few val images."""
+    ``p["protocol"]``; saves the confusion matrix, one per image (``confusion_per_image.npz``, for the paired
+    bootstrap of ``bench.stats``) and the predictions of the first few val images."""
     import numpy as np
     from PIL import Image
 
@@ -60,6 +66,7 @@ def run_eval(p: dict, ctx) -> dict:
     out = evaluate(model, ds, protocol=p["protocol"], subsets=tuple(p["subsets"]), device=ctx.device,
                    amp_dtype=amp, **settings)
     np.save(ctx.out_dir / "confusion.npy", out.pop("confusion"))
+    save_per_image(ctx.out_dir / PER_IMAGE_FILE, out.pop("confusion_per_image"), out.pop("image_names"))
     predict = get_protocol(p["protocol"], **settings)
     qual = ctx.out_dir / "qualitative"
     qual.mkdir(exist_ok=True)

@@ -2,11 +2,15 @@
 
 One int64 matrix accumulated over the whole evaluation set (never an average of per-image mIoUs), rows =
 ground truth, columns = prediction, built with ``torch.bincount`` on whatever device the tensors live on.
+Optionally the matrix of every image is kept as well (``per_image=True``): the mIoU is still computed from the
+sum, but ``bench.stats`` can resample images for confidence intervals on differences between methods.
 Bad predictions (wrong shape, values outside [0, C)) raise instead of landing in a wrong cell, which is
 what AdaptSegNet's ``fast_hist`` silently does (reference/datasets.md §4.3).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,19 +29,25 @@ def _as_tensor(x) -> torch.Tensor:
 class ConfusionMatrix:
     """Streaming ``[C, C]`` confusion matrix over trainIds; label 255 is ignored.
 
-    ``update`` accepts tensors or arrays of shape ``[H, W]`` or ``[N, H, W]`` on CPU or GPU.
+    ``update`` accepts tensors or arrays of shape ``[H, W]`` or ``[N, H, W]`` on CPU or GPU. With
+    ``per_image=True`` every image's own ``[C, C]`` matrix (and its name) is kept too: :meth:`per_image`.
     """
 
-    def __init__(self, num_classes: int = 19, device: str | torch.device | None = None):
+    def __init__(self, num_classes: int = 19, device: str | torch.device | None = None, per_image: bool = False):
         self.num_classes = num_classes
         self.device = torch.device(device) if device is not None else None
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=self.device)
         self.images = 0
+        self.keep_per_image = per_image
+        self._per_image: list[torch.Tensor] = []  # [n_img, C, C] per update, on the CPU
+        self.names: list[str] = []
 
-    def update(self, pred, label, name: str | None = None) -> None:
-        """Add one image (or a batch) of predictions against its ground truth."""
+    def update(self, pred, label, name=None) -> None:
+        """Add one image (or a batch) of predictions against its ground truth. ``name``: the image id (for a
+        batch, a list of ids), used in error messages and kept with the per-image matrices."""
         pred, label = _as_tensor(pred), _as_tensor(label)
-        where = f" ({name})" if name else ""
+        names = [name] if name is None or isinstance(name, str) else [str(x) for x in name]
+        where = f" ({names[0]})" if names[0] else ""
         if pred.shape != label.shape:
             raise EvaluationError(
                 f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}{where}: upsample "
@@ -66,20 +76,45 @@ class ConfusionMatrix:
             raise EvaluationError(f"label value {int(lmin) if int(lmin) < 0 else int(lmax)} is not a trainId{where}")
         # One bincount over all 256 possible label rows: rows n..254 must be empty (invalid labels),
         # row 255 is the ignore row and is dropped. Cheaper than masking the ignore pixels out first.
-        full = torch.bincount(label * n + pred, minlength=256 * n).reshape(256, n)
+        # Per image: the image index is one more digit of the bin, so a batch is still one bincount.
+        index = label * n + pred
+        if self.keep_per_image and n_img > 1:
+            index += torch.arange(n_img, device=self.device).repeat_interleave(index.numel() // n_img) * (256 * n)
+        per = torch.bincount(index, minlength=n_img * 256 * n if self.keep_per_image else 256 * n)
+        per = per.reshape(-1, 256, n)
+        full = per.sum(0) if per.shape[0] > 1 else per[0]
         stray = full[n:IGNORE].sum(1).nonzero()
         if stray.numel():
             raise EvaluationError(
                 f"label value {n + int(stray[0])} is neither a trainId in [0, {n}) nor {IGNORE}{where}: map "
                 "label ids to trainIds with the dataset's table before evaluating"
             )
+        if self.keep_per_image:
+            self._per_image.append(per[:, :n].cpu())
+            # without one id per image: the running index (a batch under one name gets name[i])
+            self.names += (names if len(names) == n_img and all(names) else
+                           [f"{names[0]}[{i}]" if names[0] else str(self.images + i) for i in range(n_img)])
         self.mat += full[:n]
         self.images += n_img
 
+    def per_image(self) -> np.ndarray:
+        """``[N, C, C]`` int64: one matrix per image in update order (needs ``per_image=True``); sums to
+        :meth:`numpy`."""
+        if not self.keep_per_image:
+            raise RuntimeError("ConfusionMatrix(per_image=True) keeps the per-image matrices; this one did not")
+        if not self._per_image:
+            return np.zeros((0, self.num_classes, self.num_classes), np.int64)
+        return torch.cat(self._per_image).numpy()
+
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
-        """Sum another matrix (e.g. from another worker) into this one."""
+        """Sum another matrix (e.g. from another worker) into this one (and append its per-image matrices)."""
         self.mat += other.mat.to(self.mat.device)
         self.images += other.images
+        if self.keep_per_image:
+            if not other.keep_per_image:
+                raise RuntimeError("cannot merge a matrix without per-image matrices into one that keeps them")
+            self._per_image += other._per_image
+            self.names += other.names
         return self
 
     def numpy(self) -> np.ndarray:
@@ -92,19 +127,11 @@ class ConfusionMatrix:
         a kept pixel counts as a miss (FN) of the ground-truth class. NaN where a class is absent from both
         prediction and ground truth (of the kept pixels).
         """
-        cls = _resolve(classes, self.num_classes)
-        mat = self.numpy().astype(np.float64)[cls]  # keep only GT rows of the subset
-        tp = mat[np.arange(len(cls)), cls]
-        fn = mat.sum(axis=1) - tp  # includes predictions outside the subset
-        fp = mat[:, cls].sum(axis=0) - tp
-        denom = tp + fp + fn
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+        return iou_from_confusion(self.numpy(), classes)
 
     def miou(self, classes=None) -> float:
         """Mean IoU over the classes present (NaN entries excluded)."""
-        iou = self.iou(classes)
-        return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+        return float(miou_from_confusion(self.numpy(), classes))
 
     def summary(self, subsets=("19",)) -> dict:
         """Named results: ``miou_<subset>`` and ``iou/<class>`` for each requested subset.
@@ -136,6 +163,58 @@ def _resolve(classes, num_classes: int) -> list[int]:
     if any(c < 0 or c >= num_classes for c in cls) or len(set(cls)) != len(cls):
         raise ValueError(f"class subset {cls} must be distinct trainIds in [0, {num_classes})")
     return cls
+
+
+def iou_from_confusion(mat, classes=None) -> np.ndarray:
+    """Per-class IoU of one ``[C, C]`` confusion matrix or of a stack ``[..., C, C]`` (rows = ground truth) →
+    ``[..., K]`` for the K ``classes`` (trainIds or a subset name; default all), float64.
+
+    The one definition of the subset semantics (used by :class:`ConfusionMatrix` and by ``bench.stats``): pixels
+    whose ground truth is outside the subset are ignored; a prediction outside the subset on a kept pixel is a
+    miss (FN) of the ground-truth class. NaN where a class is absent from both prediction and ground truth.
+    """
+    mat = np.asarray(mat)
+    cls = _resolve(classes, mat.shape[-1])
+    rows = mat[..., cls, :].astype(np.float64)  # keep only GT rows of the subset
+    tp = rows[..., np.arange(len(cls)), cls]
+    fn = rows.sum(axis=-1) - tp  # includes predictions outside the subset
+    fp = rows[..., :, cls].sum(axis=-2) - tp
+    denom = tp + fp + fn
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, tp / np.where(denom > 0, denom, 1), np.nan)
+
+
+def miou_from_confusion(mat, classes=None) -> np.ndarray:
+    """Mean of :func:`iou_from_confusion` over the classes present (NaN excluded) → ``[...]`` (a 0-d array for
+    one matrix); NaN where no class is present at all."""
+    iou = iou_from_confusion(mat, classes)
+    present = np.isfinite(iou)
+    n = present.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, np.where(present, iou, 0.0).sum(axis=-1) / np.maximum(n, 1), np.nan)
+
+
+PER_IMAGE_FILE = "confusion_per_image.npz"
+
+
+def save_per_image(path: str | Path, mats: np.ndarray, names) -> Path:
+    """Write per-image matrices ``[N, C, C]`` and their image ids as a compressed ``.npz`` (``confusion``,
+    ``names``). int32 when every count fits (one image's pixels always do): most cells are 0, so compressed
+    this is a few hundred bytes per image."""
+    mats = np.asarray(mats)
+    if mats.ndim != 3 or mats.shape[1] != mats.shape[2] or len(names) != len(mats):
+        raise ValueError(f"per-image matrices must be [N, C, C] with N names; got {mats.shape}, {len(names)} names")
+    small = mats.size == 0 or int(mats.max()) < np.iinfo(np.int32).max
+    path = Path(path)
+    np.savez_compressed(path, confusion=mats.astype(np.int32 if small else np.int64),
+                        names=np.asarray([str(x) for x in names]))
+    return path
+
+
+def load_per_image(path: str | Path) -> tuple[np.ndarray, list[str]]:
+    """``(matrices [N, C, C] int64, image ids)`` from :func:`save_per_image`'s file."""
+    with np.load(path, allow_pickle=False) as z:
+        return z["confusion"].astype(np.int64), [str(x) for x in z["names"]]
 
 
 def miou_13_of_16(iou16: np.ndarray) -> float:

@@ -12,6 +12,7 @@ from bench.ablations import PAPER_NAMES, ablation_tables
 from bench.data.labels import CLASS_NAMES, SUBSETS
 
 STATUS_OK = ("done", "cached")
+REFERENCE_METHOD = "source_only"  # every results table's differences are taken from this row
 
 
 def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
@@ -88,6 +89,52 @@ def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Pat
     return qualitative(images, gts, preds, path)
 
 
+def per_image_lookup(results: list[dict], experiments, cache_root: Path) -> dict:
+    """``(row name, seed) → (matrices [N, C, C], image ids)`` from each result's eval stage directory, or None
+    where that stage predates per-image matrices. The directory is the MLflow run's ``cache_key`` tag; a result
+    without one (an older record) falls back to the planned experiment with the same method, variant, target and
+    seed."""
+    from bench.metrics import PER_IMAGE_FILE, load_per_image
+    from bench.tables import row_name
+
+    planned = {(e.method, e.variant or "", e.target or "", e.seed): e.eval.key for e in experiments}
+    out = {}
+    for r in results:
+        key = r.get("cache_key") or planned.get((r["method"], r.get("variant") or "", r.get("target") or "",
+                                                 int(r["seed"])))
+        path = Path(cache_root) / key / PER_IMAGE_FILE if key else None
+        out[(row_name(r["method"], r.get("variant")), int(r["seed"]))] = (
+            load_per_image(path) if path is not None and path.is_file() else None)
+    return out
+
+
+def log_per_image(tracker, results: list[dict], experiments, cache_root: Path) -> int:
+    """Each experiment run gets its eval stage's per-image matrices as the artifact ``eval/<file>``; returns how
+    many were logged (stages without the file are skipped)."""
+    from bench.metrics import PER_IMAGE_FILE
+
+    planned = {(e.method, e.variant or "", e.target or "", e.seed): e.eval.key for e in experiments}
+    n = 0
+    for r in results:
+        key = r.get("cache_key") or planned.get((r["method"], r.get("variant") or "", r.get("target") or "",
+                                                 int(r["seed"])))
+        path = Path(cache_root) / key / PER_IMAGE_FILE if key else None
+        if path is not None and path.is_file() and r.get("run_id"):
+            tracker.log_artifact(r["run_id"], path, "eval")
+            n += 1
+    return n
+
+
+def difference_lines(diffs: dict, reference: str) -> list[str]:
+    """The report's words under a results table: every row against the reference, distinguishable or not."""
+    from bench.stats import LEVEL
+    from bench.tables import verdict_lines
+
+    lines = verdict_lines(diffs, reference)
+    head = f"Differences from {reference} ({100 * LEVEL:g} % paired bootstrap over images and seeds):"
+    return [head, "", *lines, ""] if lines else []
+
+
 def ledger_lines(experiments) -> list[str]:
     """The fidelity ledger: every setting of every method (variant), its source, and the method's default
     (with that default's source) wherever the suite overrides it."""
@@ -120,7 +167,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts."""
     from bench.plan import dataset_specs
     from bench.plots import per_class_bars, training_curves
-    from bench.tables import comparison_frame, per_class_frame, write_tables
+    from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, write_tables
     from bench.tracking import load_results
 
     out_dir = Path(out_dir)
@@ -136,24 +183,32 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
         if not rs:
             md += [f"No finished experiment for {target or 'this suite'}.", ""]
             continue
+        per_image = per_image_lookup(rs, experiments, cache_root)
         for subset in ev.get("subsets", ["19"]):
             ours = per_class_frame(rs, subset)
             paper, note = paper_rows(suite, target)
             classes = [CLASS_NAMES[c] for c in SUBSETS[subset]]
             extra = ("mIoU", "mIoU*") if subset == "16" else ("mIoU",)
             frame = comparison_frame(ours, paper, classes, extra)
+            diffs = None
+            plain = ours["variant"].fillna("") == "" if "variant" in ours.columns else True
+            if ((ours["method"] == REFERENCE_METHOD) & plain).any():
+                diffs = row_differences(ours, per_image, REFERENCE_METHOD, classes=subset)
+                frame = add_differences(frame, diffs, REFERENCE_METHOD)
             stem = f"per_class_{subset}" + (f"_{target}" if target else "")
             title = table_title(suite, target, subset)
             paths = write_tables(frame, out_dir / "tables", stem, title)
             print(paths["txt"].read_text())
             bars = per_class_bars(frame, classes, out_dir / "plots" / f"{stem}.png", title=f"{suite['name']} {target}")
             md += [paths["md"].read_text(), ""]
+            if diffs is not None:
+                md += difference_lines(diffs, REFERENCE_METHOD)
             if note:
                 md += [f"Paper rows: {note}.", ""]
             md += [f"![per-class IoU](plots/{bars.name})", "",
                    f"Files: `tables/{stem}.tex` (booktabs), `.md`, `.csv`.", ""]
             if "variant" in ours.columns:
-                md += ablation_tables(suite, ours, subset, out_dir, note)
+                md += ablation_tables(suite, ours, subset, out_dir, note, per_image=per_image)
     curves = _curves(experiments, outcomes, cache_root)
     if curves:
         p = training_curves(curves, out_dir / "plots" / "training_curves.png", "segmenter loss (seed "
@@ -172,6 +227,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     report = out_dir / "report.md"
     report.write_text("\n".join(md))
     if tracker is not None:
+        log_per_image(tracker, results, experiments, cache_root)
         for p in [report, *sorted((out_dir / "tables").iterdir()), *sorted((out_dir / "plots").iterdir())]:
             tracker.log_artifact(invocation, p, None if p == report else p.parent.name)
     return {"results": results, "path": report}

@@ -2,7 +2,10 @@
 
 A *comparison frame* (``comparison_frame``) has one row per our method (+variant) and per paper row, columns
 ``method, source, ours, seeds`` then, for each value column ``c``, ``c`` (mean, %) and ``c_std`` (NaN for
-paper rows and single seeds). The renderers (terminal, Markdown, LaTeX, CSV) all take that frame.
+paper rows and single seeds). ``add_differences`` appends each row's mIoU difference from a reference row
+(``delta``, its paired-bootstrap interval ``delta_lo``/``delta_hi``, ``delta_excludes_0``, ``delta_note``); the
+renderers (terminal, Markdown, LaTeX, CSV) all take that frame and show the difference as ``+2.3 [+1.1, +3.4]``,
+marked † where the interval excludes 0.
 """
 
 from __future__ import annotations
@@ -16,10 +19,14 @@ import numpy as np
 import pandas as pd
 
 from bench.data.labels import CLASS_NAMES, SUBSETS
+from bench.stats import LEVEL, MISSING, Difference, format_difference, row_difference
 
 DASH, TEX_DASH = "–", "--"
 META = ("method", "source", "ours", "seeds")
 RUN_KEYS = ("method", "variant", "seed")
+DIFF = ("delta", "delta_lo", "delta_hi", "delta_excludes_0", "delta_note")
+MARK = "†"  # tex_escape turns it into $^\dagger$
+REFERENCE = "reference"
 
 
 def row_name(method: str, variant=None) -> str:
@@ -113,10 +120,13 @@ def comparison_frame(ours: pd.DataFrame | None, paper: pd.DataFrame | None, clas
     return out.astype({"ours": bool, "seeds": float, **dict.fromkeys(values, float)})
 
 
-def ablation_frame(ours: pd.DataFrame, base_method: str, metric: str = "mIoU") -> pd.DataFrame:
+def ablation_frame(ours: pd.DataFrame, base_method: str, metric: str = "mIoU",
+                   diffs: dict[str, Difference] | None = None) -> pd.DataFrame:
     """One row per method (+variant) of a ``per_class_frame``: seeds, ``metric`` mean and std, gain over the base.
 
-    ``base_method`` is a row name as shown (``method`` or ``method (variant)``).
+    ``base_method`` is a row name as shown (``method`` or ``method (variant)``). ``diffs`` (from
+    :func:`row_differences` against the same base): the gain's interval as ``gain_lo``/``gain_hi`` (NaN where a
+    row has none) and ``gain_note`` (why not).
     """
     agg = aggregate(ours)
     if base_method not in agg.index:
@@ -125,12 +135,113 @@ def ablation_frame(ours: pd.DataFrame, base_method: str, metric: str = "mIoU") -
     first = ~names.duplicated()
     variants = ours["variant"].fillna("") if "variant" in ours.columns else pd.Series("", index=ours.index)
     mean = agg[("mean", metric)]
-    return pd.DataFrame({
+    out = pd.DataFrame({
         "method": ours["method"][first].to_numpy(), "variant": variants[first].to_numpy(),
         "seeds": agg[("mean", "seeds")].astype(int).to_numpy(),
         metric: mean.to_numpy(), f"{metric}_std": agg[("std", metric)].to_numpy(),
         "gain": (mean - mean[base_method]).to_numpy(),
     }, index=agg.index)
+    if diffs is not None:
+        got = [diffs.get(n, Difference(np.nan, note="not computed")) for n in out.index]
+        out["gain_lo"], out["gain_hi"] = [d.lo for d in got], [d.hi for d in got]
+        out["gain_excludes_0"] = [d.excludes_zero for d in got]
+        out["gain_note"] = [REFERENCE if n == base_method else d.note for n, d in zip(out.index, got)]
+    return out
+
+
+def row_differences(ours: pd.DataFrame, per_image, reference: str, classes=None, metric: str = "mIoU",
+                    n_boot: int = 2000, seed: int = 0) -> dict[str, Difference]:
+    """Each row (method + variant) of a ``per_class_frame`` against the ``reference`` row: the difference of the
+    rows' mean ``metric`` over seeds and its paired-bootstrap interval (``bench.stats.row_difference``).
+
+    ``per_image``: ``(row name, seed) → (matrices [N, C, C], image ids)`` or None where the eval stage did not
+    store them; ``classes``: the subset of the table's mIoU ("19"/"16"/"13"). The shown difference is always
+    the plain difference of the displayed means; the bootstrap only adds the interval (with equal seed sets the
+    two are the same number)."""
+    names = _run_names(ours)
+    if reference not in set(names):
+        raise KeyError(f"reference {reference!r} not among {list(dict.fromkeys(names))}")
+    means = ours[metric].groupby(names, sort=False).mean()
+    seeds = {n: sorted(int(x) for x in ours["seed"][names == n]) for n in means.index}
+    per_image = per_image or {}
+
+    def mats(name):
+        return {s: per_image.get((name, s)) for s in seeds[name]}
+
+    ref = mats(reference)
+    out = {}
+    for name in means.index:
+        plain = float(means[name] - means[reference])
+        if name == reference:
+            out[name] = Difference(0.0, note=REFERENCE)
+            continue
+        d = row_difference(mats(name), ref, plain, n_boot=n_boot, seed=seed, classes=classes)
+        out[name] = Difference(plain, d.lo, d.hi, d.note)
+    return out
+
+
+def verdict_lines(diffs: dict[str, Difference], reference: str, digits: int = 1) -> list[str]:
+    """The report's sentence per row: ``- row vs reference: +2.3 [+1.1, +3.4] — distinguishable (…)``, or "not
+    distinguishable", or "no interval: <why>"."""
+    from bench.stats import verdict
+
+    return [f"- {name} vs {reference}: {format_difference(d, digits, '')} mIoU points — {verdict(d)}"
+            for name, d in diffs.items() if name != reference and np.isfinite(d.delta)]
+
+
+def add_differences(frame: pd.DataFrame, diffs: dict[str, Difference], reference: str) -> pd.DataFrame:
+    """A comparison frame plus each of our rows' difference from ``reference`` (``delta``, ``delta_lo``,
+    ``delta_hi``, ``delta_excludes_0``, ``delta_note``; paper rows and rows without a difference NaN/empty).
+    ``frame.attrs["reference"]`` names the reference row for the renderers' header."""
+    out = frame.copy()
+    got = [diffs.get(m) if o else None for m, o in zip(out["method"], _ours_flags(out))]
+    out["delta"] = [np.nan if d is None else d.delta for d in got]
+    out["delta_lo"] = [np.nan if d is None else d.lo for d in got]
+    out["delta_hi"] = [np.nan if d is None else d.hi for d in got]
+    out["delta_excludes_0"] = [d is not None and d.excludes_zero for d in got]
+    out["delta_note"] = ["" if d is None else d.note for d in got]
+    out.attrs["reference"] = reference
+    return out
+
+
+def difference_note(frame: pd.DataFrame, *, n_boot: int = 2000, tex: bool = False) -> str:
+    """The text under a table with differences: what Δ and its interval are, what the mark means, and which rows
+    have no interval (and why). Empty without a ``delta`` column."""
+    if "delta" not in frame.columns:
+        return ""
+    ref = frame.attrs.get("reference", REFERENCE)
+    mark = MARK
+    text = (f"Δ: difference in mIoU points from {ref}, with its {100 * LEVEL:g} % paired-bootstrap interval "
+            f"({n_boot} resamplings of the validation images, the same images for both rows; with several seeds, "
+            f"the seeds are resampled too and Δ is the mean over seeds). {mark} the interval excludes 0; without "
+            "the mark the two rows are not distinguishable.")
+    missing = [f"{m} ({n})" for m, n, lo, d in zip(frame["method"], frame["delta_note"], frame["delta_lo"],
+                                                   frame["delta"]) if n and n != REFERENCE and pd.isna(lo)
+               and pd.notna(d)]
+    if missing:
+        text += " No interval, plain difference of the means: " + "; ".join(missing) + "."
+        if any(MISSING in m for m in missing):
+            text += " (`bench cache clear --stage eval` and the same run again re-evaluates from the cached models.)"
+    return tex_escape(text) if tex else text
+
+
+def _diff_cells(frame: pd.DataFrame, digits: int, mark: str, dash: str) -> list[str] | None:
+    """Display strings of the difference column (None when the frame has none)."""
+    if "delta" not in frame.columns:
+        return None
+    cells = []
+    for d, lo, hi, note in zip(frame["delta"], frame["delta_lo"], frame["delta_hi"], frame["delta_note"]):
+        if note == REFERENCE:
+            cells.append(REFERENCE)
+        elif pd.isna(d):
+            cells.append(dash)
+        else:
+            cells.append(format_difference(Difference(float(d), float(lo), float(hi)), digits, mark))
+    return cells
+
+
+def _diff_head(frame: pd.DataFrame) -> str:
+    return f"Δ mIoU vs {frame.attrs.get('reference', REFERENCE)}"
 
 
 # ---- rendering --------------------------------------------------------------------------------------------
@@ -138,7 +249,7 @@ def ablation_frame(ours: pd.DataFrame, base_method: str, metric: str = "mIoU") -
 
 def value_columns(frame: pd.DataFrame) -> list[str]:
     """The mean columns of a comparison frame, in order."""
-    return [c for c in frame.columns if c not in META and not str(c).endswith("_std")]
+    return [c for c in frame.columns if c not in META and c not in DIFF and not str(c).endswith("_std")]
 
 
 def best_cells(frame: pd.DataFrame, cols: Sequence[str], digits: int = 1) -> pd.DataFrame:
@@ -173,7 +284,7 @@ def _grid(frame: pd.DataFrame, digits: int, dash: str, bold: Callable[[str], str
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "→": r"$\rightarrow$",
-        "×": r"$\times$"}
+        "×": r"$\times$", "Δ": r"$\Delta$", "†": r"$^\dagger$"}
 _TEX_RE = re.compile("|".join(map(re.escape, _TEX)))
 
 
@@ -197,11 +308,15 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str, *, digits: int = 1, 
     cols, grid = _grid(frame, digits, TEX_DASH, lambda t: rf"\textbf{{{t}}}", lambda s: rf"{{\scriptsize$\pm${s}}}")
     heads = [rf"\rotatebox{{90}}{{{tex_escape(c)}}}" if rotate and not str(c).startswith("mIoU") else tex_escape(c)
              for c in cols]
+    diffs = _diff_cells(frame, digits, MARK, TEX_DASH)
+    if diffs is not None:
+        heads.append(tex_escape(_diff_head(frame)))
+        grid = [[*cells, tex_escape(d)] for cells, d in zip(grid, diffs)]
     lines = [rf"\begin{{{environment}}}[{position}]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
              rf"\label{{{label}}}"]
     if fit:
         lines.append(r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%")
-    lines += [rf"\begin{{tabular}}{{ll{'c' * len(cols)}}}", r"\toprule",
+    lines += [rf"\begin{{tabular}}{{ll{'c' * len(heads)}}}", r"\toprule",
               " & ".join(["Method", "Source", *heads]) + r" \\", r"\midrule"]
     flags = _ours_flags(frame)
     for i, cells in enumerate(grid):
@@ -209,7 +324,10 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str, *, digits: int = 1, 
             lines.append(r"\midrule")
         name, src = tex_escape(frame["method"].iloc[i]), tex_escape(frame["source"].iloc[i])
         lines.append(" & ".join([name, src, *cells]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if fit else ""), rf"\end{{{environment}}}"]
+    lines += [r"\bottomrule", r"\end{tabular}" + ("}" if fit else "")]
+    if diffs is not None:  # the mark's footnote, under the tabular
+        lines += [r"\par\smallskip", rf"{{\footnotesize {difference_note(frame, tex=True)}\par}}"]
+    lines.append(rf"\end{{{environment}}}")
     return "\n".join(lines) + "\n"
 
 
@@ -220,11 +338,17 @@ def to_markdown(frame: pd.DataFrame, title: str = "", *, digits: int = 1) -> str
     def md(x) -> str:
         return str(x).replace("|", r"\|")
 
+    diffs = _diff_cells(frame, digits, MARK, DASH)
+    heads = [*cols, *([_diff_head(frame)] if diffs is not None else [])]
     lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(md(h) for h in ["Method", "Source", *cols]) + " |",
-              "|" + "|".join([":---", ":---", *["---:"] * len(cols)]) + "|"]
+    lines += ["| " + " | ".join(md(h) for h in ["Method", "Source", *heads]) + " |",
+              "|" + "|".join([":---", ":---", *["---:"] * len(heads)]) + "|"]
     for i, cells in enumerate(grid):
-        lines.append("| " + " | ".join([md(frame["method"].iloc[i]), md(frame["source"].iloc[i]), *cells]) + " |")
+        extra = [diffs[i]] if diffs is not None else []
+        lines.append("| " + " | ".join([md(frame["method"].iloc[i]), md(frame["source"].iloc[i]), *cells, *extra])
+                     + " |")
+    if diffs is not None:
+        lines += ["", difference_note(frame)]
     return "\n".join(lines) + "\n"
 
 
@@ -232,10 +356,30 @@ def _paper_gain(abl: pd.DataFrame, base: str) -> pd.Series:
     return abl["paper mIoU"] - abl.loc[base, "paper mIoU"] if base in abl.index else abl["paper mIoU"] * np.nan
 
 
+def _gain_cell(r: pd.Series, digits: int) -> str:
+    """The gain over the base, with its interval and mark when the frame carries them (``gain_lo``/``gain_hi``)."""
+    if "gain_lo" not in r.index:
+        return f"{r['gain']:+.{digits}f}"
+    if r.get("gain_note") == REFERENCE:
+        return "base"
+    return format_difference(Difference(float(r["gain"]), float(r["gain_lo"]), float(r["gain_hi"])), digits, MARK)
+
+
+def ablation_note(abl: pd.DataFrame, base: str, *, n_boot: int = 2000) -> str:
+    """The text under an ablation table with intervals (empty without ``gain_lo``): see :func:`difference_note`."""
+    if "gain_lo" not in abl.columns:
+        return ""
+    frame = pd.DataFrame({"method": abl.index, "delta": abl["gain"], "delta_lo": abl["gain_lo"],
+                          "delta_note": abl["gain_note"]})
+    frame.attrs["reference"] = f"the base row ({base})"
+    return difference_note(frame, n_boot=n_boot).replace("Δ:", "gain:", 1)
+
+
 def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU", digits: int = 1,
                       base: str | None = None) -> str:
-    """An ``ablation_frame`` as a pipe table: row, seeds, ``metric`` mean ± std, signed gain; with a ``paper mIoU``
-    column (and ``paper row``), the paper's value and its gain over the paper's ``base`` row beside ours."""
+    """An ``ablation_frame`` as a pipe table: row, seeds, ``metric`` mean ± std, signed gain (with its interval and
+    † when the frame has ``gain_lo``/``gain_hi``, and a note under the table); with a ``paper mIoU`` column (and
+    ``paper row``), the paper's value and its gain over the paper's ``base`` row beside ours."""
     paper = "paper mIoU" in abl.columns
     lines = [f"### {title}", ""] if title else []
     head = f"| Method | seeds | {metric} | gain |"
@@ -245,14 +389,15 @@ def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else f" ± {r[f'{metric}_std']:.{digits}f}"
         label = str(name).replace("|", r"\|")
-        line = f"| {label} | {int(r['seeds'])} | {r[metric]:.{digits}f}{std} | {r['gain']:+.{digits}f} |"
+        line = f"| {label} | {int(r['seeds'])} | {r[metric]:.{digits}f}{std} | {_gain_cell(r, digits)} |"
         if paper:
             row = str(r.get("paper row", "") or "").replace("|", r"\|")
             pv = "–" if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}"
             pg = "–" if pd.isna(pgain[name]) else f"{pgain[name]:+.{digits}f}"
             line += f" {row} | {pv} | {pg} |"
         lines.append(line)
-    return "\n".join(lines) + "\n"
+    note = ablation_note(abl, base or abl.index[0])
+    return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
 def ablation_latex(abl: pd.DataFrame, caption: str = "", *, metric: str = "mIoU", digits: int = 1,
@@ -267,13 +412,17 @@ def ablation_latex(abl: pd.DataFrame, caption: str = "", *, metric: str = "mIoU"
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else rf" $\pm$ {r[f'{metric}_std']:.{digits}f}"
         cells = [tex_escape(str(name)), str(int(r["seeds"])), f"{r[metric]:.{digits}f}{std}",
-                 f"{r['gain']:+.{digits}f}"]
+                 tex_escape(_gain_cell(r, digits))]
         if paper:
             cells += [tex_escape(str(r.get("paper row", "") or "")),
                       "--" if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}",
                       "--" if pd.isna(pgain[name]) else f"{pgain[name]:+.{digits}f}"]
         out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    note = ablation_note(abl, base or abl.index[0])
+    if note:  # the mark's footnote
+        out += [r"\par\smallskip", rf"{{\footnotesize {tex_escape(note)}\par}}"]
+    out.append(r"\end{table}")
     return "\n".join(out) + "\n"
 
 
@@ -294,15 +443,18 @@ def render_terminal(frame: pd.DataFrame, title: str, *, digits: int = 1) -> str:
     best = best_cells(frame, cols, digits)
     with_source = not all(_ours_flags(frame))
     seeds = [DASH if pd.isna(n) else str(int(n)) for n in frame["seeds"]]
-    body = [[str(m), n, *([str(s)] if with_source else []), *cells]
-            for m, n, s, cells in zip(frame["method"], seeds, frame["source"], grid)]
-    heads = ["method", "seeds", *(["source"] if with_source else []), *map(_short, cols)]
-    table = Table(title=title, show_lines=False)
+    diffs = _diff_cells(frame, digits, MARK, DASH)
+    body = [[str(m), n, *([str(s)] if with_source else []), *cells, *([diffs[i]] if diffs is not None else [])]
+            for i, (m, n, s, cells) in enumerate(zip(frame["method"], seeds, frame["source"], grid))]
+    heads = ["method", "seeds", *(["source"] if with_source else []), *map(_short, cols),
+             *([f"Δ vs {frame.attrs.get('reference', REFERENCE)}"] if diffs is not None else [])]
+    table = Table(title=title, show_lines=False, caption=difference_note(frame) or None)
     for h in heads:
         table.add_column(h, justify="left" if h in ("method", "source") else "right", no_wrap=True)
     nv = len(heads) - len(cols)
     for i, row in enumerate(body):
-        styled = [Text(t, style="bold" if j >= nv and best[cols[j - nv]].iloc[i] else "") for j, t in enumerate(row)]
+        styled = [Text(t, style="bold" if nv <= j < nv + len(cols) and best[cols[j - nv]].iloc[i] else "")
+                  for j, t in enumerate(row)]
         table.add_row(*styled)
     width = 1 + sum(3 + max(len(h), *(len(r[j]) for r in body)) for j, h in enumerate(heads)) if body else 80
     buf = StringIO()

@@ -149,7 +149,8 @@ def load_results(uri: str, experiment: str, invocation: str | None = None) -> tu
     for r in runs:
         t = r.data.tags
         res = {"method": t["method"], "variant": t.get("variant", ""), "target": t.get("target", ""),
-               "seed": int(t["seed"]), "protocol": t.get("protocol", ""), "run_id": r.info.run_id}
+               "seed": int(t["seed"]), "protocol": t.get("protocol", ""), "run_id": r.info.run_id,
+               "cache_key": t.get("cache_key", "")}  # the eval stage's directory: per-image matrices live there
         res.update(r.data.metrics)
         results.append(res)
     return results, invocation
