@@ -108,9 +108,9 @@ class Style:
         return apply_look(CANONICAL, self.look)
 
 
-# The target's camera: warmer white balance, every hue turned 30°, paler colours, lifted shadows, lower contrast —
+# The target's camera: warmer white balance, every hue turned 12°, paler colours, lifted shadows, lower contrast —
 # a strong but global change (affine up to the tone curve), as a real camera's processing is against a game's.
-CITYSCAPES_LOOK = Look(gains=(1.1, 1.0, 0.85), hue=-30.0, saturation=0.8, gamma=0.9, contrast=0.9, lift=8.0)
+CITYSCAPES_LOOK = Look(gains=(1.1, 1.0, 0.85), hue=-12.0, saturation=0.8, gamma=0.9, contrast=0.9, lift=8.0)
 STYLES: dict[str, Style] = {
     "gta5": Style(),
     "synthia": Style(Look(gains=(0.95, 1.0, 1.08), saturation=1.2, contrast=1.1), jitter=0.08, tint=0.04,
