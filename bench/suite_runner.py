@@ -28,7 +28,10 @@ def load_suite(name: str, overrides=()) -> dict:
     if not path.is_file():
         valid = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
         raise SuiteError(f"unknown suite {name!r} ({path} not found); valid: {valid}")
-    suite = yaml.safe_load(path.read_text())
+    suite = _read_yaml(path)
+    if not isinstance(suite, dict):
+        raise SuiteError(f"{path}: expected a mapping of suite sections (datasets, methods, seeds, ...), got "
+                         f"{type(suite).__name__}")
     if suite.get("extends"):
         suite = extend_suite(load_suite(suite["extends"]), suite)
     suite["name"] = path.stem
@@ -40,7 +43,24 @@ def load_suite(name: str, overrides=()) -> dict:
     for key in ("datasets", "seeds", "methods"):
         if not suite.get(key):
             raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
+    from bench.validate import SettingError, validate_suite
+
+    try:
+        validate_suite(suite, f"suite {suite['name']} ({path})")
+    except SettingError as e:
+        raise SuiteError(f"{e}; fix it in the suite file or override it with key=value") from None
     return suite
+
+
+def _read_yaml(path: Path):
+    """The YAML document at ``path``; a syntax error is one line, ``file:line:column: what``."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SuiteError(f"{where}: YAML syntax error: {what}") from None
 
 
 def extend_suite(base: dict, child: dict) -> dict:
@@ -74,7 +94,11 @@ def apply_override(suite: dict, text: str) -> None:
             raise SuiteError(f"override {key!r}: {p!r} is not a key of {where}; valid: {valid}")
         node[p] = copy.deepcopy(node[p])  # YAML anchors share dicts: override one method only
         node = node[p]
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SuiteError(f"override {text!r}: the value is not valid YAML ({what})") from None
 
 
 class SuiteDataError(SuiteError):
@@ -92,7 +116,12 @@ def ensure_data(suite: dict) -> dict:
 
         mc = suite["minicity"]
         extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
-        st = ensure_minicity(resolve_root(mc["root"]), seed=mc.get("seed", 0), **extra)
+        root = resolve_root(mc["root"])
+        from bench.fsio import file_lock
+
+        # two runs starting together on a fresh checkout must not generate (and rename) the same tree at once
+        with file_lock(root.parent / f".{root.name}.lock"):
+            st = ensure_minicity(root, seed=mc.get("seed", 0), **extra)
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
