@@ -23,7 +23,7 @@ def cmd_data_check(a) -> int:
 
     try:
         with _progress_printer(f"checking {a.dataset}") as prog:
-            rep = check_dataset(a.dataset, a.root, a.split and [a.split], city=a.city, progress=prog)
+            rep = check_dataset(a.dataset, a.root, a.split and [a.split], city=a.city, progress=prog, deep=a.deep)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--root", required=True, type=Path, help="the dataset's root folder")
     c.add_argument("--split", help="check one split only (default: all of the dataset's splits)")
     c.add_argument("--city", help="Cross-City: Rome, Rio, Tokyo or Taipei")
+    c.add_argument("--deep", action="store_true", help="decode every image fully (default: labels fully, images "
+                   "by their header only, which a truncated file passes)")
     c.set_defaults(func=cmd_data_check)
     m = data.add_parser("minicity", help="generate the embedded MiniCity benchmark (GTA5/SYNTHIA/Cityscapes trees)")
     m.add_argument("--root", type=Path, default=REPO / "datasets" / "minicity")

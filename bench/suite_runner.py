@@ -154,16 +154,59 @@ def ensure_data(suite: dict) -> dict:
         specs = dataset_specs(suite, target)
         try:
             out[target] = fingerprint_datasets(specs)
+            decode_datasets(specs, out[target])
         except DataError as e:
-            bad = next((d for d, s in specs.items() if str(s["root"]) in str(e)), None)
+            bad = getattr(e, "domain", None) or next((d for d, s in specs.items() if str(s["root"]) in str(e)), None)
             spec = specs.get(bad) or next(iter(specs.values()))
             city = f" --city {spec['city']}" if spec.get("city") else ""
             raise SuiteDataError(
                 f"suite {suite['name']}: dataset {bad or '?'} is not usable: {e}\n"
-                f"Check it with: bench data check {spec['name']} --root {spec['root']}{city}\n"
+                f"Check it with: bench data check {spec['name']} --root {spec['root']}{city} --deep\n"
                 f"Where to get it and how to lay it out: datasets/README.md; or point the suite elsewhere "
                 f"with datasets.{bad or '<domain>'}.root=PATH") from e
     return out
+
+
+DECODE_SAMPLE = 32  # files of each training domain decoded before any stage (every file of val/test domains)
+
+
+def decode_datasets(specs: dict, fps: dict) -> None:
+    """Before any stage: decode every image and label of the evaluation domains (``*val*``, ``*test*``: read only
+    after all training) and a fixed sample of the others, so a truncated file stops the run now, naming the file.
+    Done once per content fingerprint (remembered next to the content hashes)."""
+    import json
+    import random
+
+    from bench.data import DataError, build_dataset
+    from bench.data.check import decode_check, label_format
+    from bench.data.datasets import hash_cache_dir
+    from bench.fsio import atomic_write_text
+
+    memo = hash_cache_dir() / "decoded.json"
+    try:
+        seen = set(json.loads(memo.read_text()))
+    except (OSError, ValueError, TypeError):
+        seen = set()
+    for domain, spec in specs.items():
+        full = "val" in domain or "test" in domain
+        tag = f"{spec['name']}:{fps[domain]['fingerprint']}:{'all' if full else DECODE_SAMPLE}"
+        if tag in seen:
+            continue
+        s = copy.deepcopy(spec)
+        s.pop("options", None)
+        ds = build_dataset(s.pop("name"), s.pop("root"), s.pop("split", None), **s)
+        samples = ds.samples if full else random.Random(0).sample(ds.samples, min(DECODE_SAMPLE, len(ds.samples)))
+        errors = decode_check(samples, label_format(spec["name"]), domain)
+        if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            err = DataError(f"{len(errors)} of {len(samples)} decoded files are bad: {'; '.join(errors[:3])}{more}")
+            err.domain = domain  # several domains may share a root: name the one that failed
+            raise err
+        seen.add(tag)
+        try:
+            atomic_write_text(memo, json.dumps(sorted(seen)))
+        except OSError:
+            pass  # not remembered: decoded again next run
 
 
 def run_suite(name: str, overrides=(), results_root: Path | None = None, executor: str = "ray",
