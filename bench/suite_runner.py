@@ -6,6 +6,7 @@ tables, plots and the report under ``results/<suite>/``.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from pathlib import Path
 
@@ -309,15 +310,16 @@ def render_suite(name: str, overrides=(), results_root: Path | None = None, trac
     uri = tracking_uri or default_tracking_uri(results_root)
     _, invocation = load_results(uri, suite["name"], invocation)
     experiments, unique, _ = plan_suite(suite, ensure_data(suite))
-    outcomes = {}
-    for k, ps in unique.items():
-        done = (cache_root / k / "DONE").is_file()
-        o = Outcome(k, ps.name, "cached" if done else "pending")
-        if done:
-            import json
+    from bench.pipeline import CorruptEntry, StageCache
 
-            o.result = json.loads((cache_root / k / "result.json").read_text())
-        outcomes[k] = o
+    cache, outcomes = StageCache(cache_root), {}
+    for k, ps in unique.items():
+        o = outcomes[k] = Outcome(k, ps.name, "pending")
+        if cache.is_done(k):
+            try:  # a hand-edited or corrupt result is never published
+                o.status, o.result = "cached", cache.result(k)
+            except CorruptEntry as e:
+                print(f"warning: {e}; run the suite again to recompute it", file=sys.stderr)
     report = write_outputs(suite, uri, invocation, results_root / suite["name"], experiments, outcomes,
                            environment(), ["(re-rendered by bench table; no stage was run)"], 0.0,
                            cache_root=cache_root)
