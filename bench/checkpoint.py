@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.fsio import unique_tmp
+
 CKPT_RE = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
 
@@ -87,17 +89,21 @@ def preserved_rng():
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``.
 
-    A crash mid-write leaves the previous file intact and at most a ``*.tmp`` behind, never a truncated
-    checkpoint under the real name.
+    A crash mid-write leaves the previous file intact and at most a hidden ``*.tmp`` behind, never a truncated
+    checkpoint under the real name. The temp name is unique per writer (pid + uuid): two processes saving the
+    same checkpoint never rename each other's file away.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = unique_tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def prune_checkpoints(out_dir: str | Path, keep: int) -> None:

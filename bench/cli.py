@@ -23,7 +23,7 @@ def cmd_data_check(a) -> int:
 
     try:
         with _progress_printer(f"checking {a.dataset}") as prog:
-            rep = check_dataset(a.dataset, a.root, a.split and [a.split], city=a.city, progress=prog)
+            rep = check_dataset(a.dataset, a.root, a.split and [a.split], city=a.city, progress=prog, deep=a.deep)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,23 +97,55 @@ def cmd_table(a) -> int:
 
 
 def cmd_cache(a) -> int:
-    from bench.pipeline import StageCache
+    from bench.pipeline import StageCache, check_key_prefix, key_matches
 
     cache = StageCache(a.cache or (a.results or REPO / "results") / "cache")
     if a.cache_command == "ls":
         entries = cache.entries()
         for e in entries:
             m = e["meta"]
-            print(f"{e['state']:8s} {e['bytes'] / 1e6:9.1f} MB  seed {m.get('seed', '?')!s:>3}  {e['key']}")
+            print(f"{e['state']:8s} {e['bytes'] / 1e6:9.1f} MB  seed {m.get('seed', '?')!s:>3}  {e['key']}"
+                  + (f"  ({e['meta_error']})" if e["meta_error"] else ""))
         total = sum(e["bytes"] for e in entries) / 1e6
         print(f"{len(entries)} stage(s), {total:.1f} MB under {cache.root}")
         return 0
+    try:
+        for k in a.keys:
+            check_key_prefix(k)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.cache_command == "verify":
+        return _cache_verify(cache, a.keys, key_matches)
     if not (a.keys or a.stage or a.partial or a.all):
         print("error: say what to clear: KEY..., --stage NAME, --partial or --all", file=sys.stderr)
         return 2
     removed = cache.clear(a.keys or None, a.stage, a.partial)
+    if a.keys and not removed:
+        print(f"error: no cache entry matches {' '.join(a.keys)} (see `bench cache ls`)", file=sys.stderr)
+        return 2
     print(f"removed {len(removed)} stage(s), {sum(e['bytes'] for e in removed) / 1e6:.1f} MB from {cache.root}")
     return 0
+
+
+def _cache_verify(cache, keys, key_matches) -> int:
+    """Hash every file of every done entry against its DONE record; a corrupt entry is reported file by file and
+    moved aside, so the next run recomputes it."""
+    done = [e for e in cache.entries() if e["state"] == "done" and (not keys or any(key_matches(e["key"], k)
+                                                                                      for k in keys))]
+    bad = 0
+    for e in done:
+        with cache.lock(e["key"]):
+            problems = cache.verify(e["key"], full=True)
+            if problems:
+                bad += 1
+                aside = cache.move_aside(e["key"])
+        if problems:
+            print(f"corrupt  {e['key']}: moved to {aside.name}, the next run recomputes it")
+            for line in problems:
+                print(f"         {line}")
+    print(f"{len(done)} done stage(s) verified under {cache.root}: {len(done) - bad} intact, {bad} corrupt")
+    return 1 if bad else 0
 
 
 def cmd_ui(a) -> int:
@@ -203,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--root", required=True, type=Path, help="the dataset's root folder")
     c.add_argument("--split", help="check one split only (default: all of the dataset's splits)")
     c.add_argument("--city", help="Cross-City: Rome, Rio, Tokyo or Taipei")
+    c.add_argument("--deep", action="store_true", help="decode every image fully (default: labels fully, images "
+                   "by their header only, which a truncated file passes)")
     c.set_defaults(func=cmd_data_check)
     m = data.add_parser("minicity", help="generate the embedded MiniCity benchmark (GTA5/SYNTHIA/Cityscapes trees)")
     m.add_argument("--root", type=Path, default=REPO / "datasets" / "minicity")
@@ -236,13 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     tb.set_defaults(func=cmd_table)
 
     cache = sub.add_parser("cache", help="the stage cache").add_subparsers(dest="cache_command", required=True)
-    for cname, chelp in (("ls", "list cached stages (done or partial) and their sizes"),
+    for cname, chelp in (("ls", "list cached stages (done, partial or corrupt) and their sizes"),
+                         ("verify", "hash every file of the done stages against their DONE record; move corrupt "
+                          "ones aside (the next run recomputes them)"),
                          ("clear", "delete cached stages")):
         c = cache.add_parser(cname, help=chelp)
         c.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
         c.add_argument("--cache", type=Path, help="cache root (default: <results>/cache)")
-        c.set_defaults(func=cmd_cache)
-    c.add_argument("keys", nargs="*", help="key prefixes to delete")
+        c.set_defaults(func=cmd_cache, keys=[])
+        if cname == "verify":
+            c.add_argument("keys", nargs="*", help="only these keys (default: every done stage)")
+    c.add_argument("keys", nargs="*", help="keys as `bench cache ls` prints them, or a key's stage part "
+                   "(source_only-train: every entry of that stage)")
     c.add_argument("--stage", help="delete every entry of this stage name (e.g. source_only.train)")
     c.add_argument("--partial", action="store_true", help="only unfinished stages")
     c.add_argument("--all", action="store_true", help="everything")
@@ -300,10 +339,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _shutdown_ray() -> None:
+    """Stop the local Ray this process started (its raylet, GCS and agents), so none outlives the command."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return int(a.func(a) or 0)
+    try:
+        return int(a.func(a) or 0)
+    except KeyboardInterrupt:
+        # one line, not a traceback: finished stages are in the cache and a partial one has its checkpoints
+        words = " ".join(sys.argv[1:] if argv is None else argv)
+        print(f"\ninterrupted: completed stages are kept in the cache and an unfinished stage resumes from its last "
+              f"checkpoint; rerun `bench {words}` to continue", file=sys.stderr)
+        return 130
+    finally:
+        _shutdown_ray()
 
 
 if __name__ == "__main__":

@@ -2,31 +2,67 @@
 
 A stage's key hashes everything that determines its output: its name and code version, the config values
 it reads, its upstream stages' keys, the specs and fingerprints of the datasets it reads, the seed, and the
-harness settings that change numbers (AMP, determinism). Its outputs live in ``<cache>/<key>/``; the
-directory is complete only once ``DONE`` exists, written last and atomically. A directory without ``DONE``
-is a partial stage: running it again resumes from its last checkpoint (the trainer looks there).
+runtime that changes numbers: the torch thread count (a CPU float reduction splits differently with another
+thread count), the device, AMP, determinism and channels-last. A stage always runs with exactly the threads its
+key records (its ``cpu`` share, or the suite's ``train.threads``), whatever else runs, under Ray and in-process
+alike — so one key gives one result, bit for bit.
+
+Its outputs live in ``<cache>/<key>/``; the directory is complete only once ``DONE`` exists, written last and
+atomically, holding the size and sha256 of every output file. A directory without ``DONE`` is a partial stage:
+running it again resumes from its last checkpoint (the trainer looks there). A stage is computed under an
+exclusive file lock (``<cache>/.locks/<key>.lock``): a second run waits for it and then reads its result.
+Reading a done stage checks every file's size and the hash of the small ones; a corrupt entry is moved aside
+(``<key>.corrupt-<time>``) and recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
+import re
 import shutil
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.fsio import atomic_write_text, file_lock, sha256_file
 from methods.base import Stage, closure
 
 DONE, RESULT, META, METRICS, PROGRESS = "DONE", "result.json", "meta.json", "metrics.jsonl", "progress.json"
-KEYED_TRAIN_SETTINGS = ("amp", "deterministic")  # harness settings that change numbers
+KEYED_TRAIN_SETTINGS = ("amp", "deterministic", "channels_last")  # harness settings that change numbers
+LOCKS = ".locks"
+# Not outputs: the log and progress are rewritten by later attempts; checkpoints only serve a resume.
+UNRECORDED = re.compile(r"^(DONE|stage\.log|progress\.json|ckpt_\d+\.pt|\..*)$")
+HASH_ON_READ = 4 << 20  # files up to this size are hashed on every read; bigger ones get a size check
+CORRUPT = ".corrupt-"
 
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def resolve_device_name(device: str | None) -> str:
+    """ "auto" → "cuda" when this process sees a GPU, else "cpu" (resolved once, by the planner, so the key
+    names the device the stage really runs on)."""
+    device = str(device or "auto")
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def stage_runtime(stage: Stage, train: dict) -> dict:
+    """How the stage runs, as far as it changes numbers: torch threads (``train.threads``, else the stage's
+    ``cpu`` share; at least 1) and the device (a stage that asks for no GPU runs on the CPU)."""
+    threads = train.get("threads")
+    threads = int(threads) if threads else max(1, int(stage.cpu))
+    device = "cpu" if stage.gpu == 0 else resolve_device_name(train.get("device"))
+    return {"threads": threads, "device": device}
 
 
 def stage_key(stage: Stage, upstream_keys: dict, datasets: dict, seed: int, train: dict) -> str:
@@ -41,7 +77,9 @@ def stage_key(stage: Stage, upstream_keys: dict, datasets: dict, seed: int, trai
         "upstream": upstream_keys,
         "datasets": {d: datasets[d] for d in sorted(stage.datasets)},
         "seed": seed if stage.seeded else None,
-        "train": {k: train.get(k) for k in KEYED_TRAIN_SETTINGS} if stage.kind == "train" else None,
+        # every kind: label, fit and eval stages run networks too (eval under AMP on a GPU)
+        "train": {k: train.get(k) for k in KEYED_TRAIN_SETTINGS},
+        "runtime": stage_runtime(stage, train),
     }
     return stage.name.replace(".", "-") + "-" + hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
 
@@ -54,6 +92,7 @@ class PlannedStage:
     key: str
     seed: int
     upstream: dict  # alias -> key
+    runtime: dict | None = None  # {"threads", "device"}: what the key records, so what the stage runs with
 
     @property
     def name(self) -> str:
@@ -67,13 +106,31 @@ def plan_stages(finals: list[Stage], seed: int, datasets: dict, train: dict) -> 
     for s in closure(finals):
         up = {a: keys[id(u)] for a, u in s.upstream.items()}
         keys[id(s)] = stage_key(s, up, datasets, seed, train)
-        out.append(PlannedStage(s, keys[id(s)], seed, up))
+        out.append(PlannedStage(s, keys[id(s)], seed, up, stage_runtime(s, train)))
     return out
 
 
 # -------------------------------------------------------------------------------------------- cache
+class CorruptEntry(RuntimeError):
+    """A done cache entry whose files do not match what its ``DONE`` recorded."""
+
+    def __init__(self, key: str, path: Path, problems: list[str]) -> None:
+        self.key, self.path, self.problems = key, path, problems
+        super().__init__(f"cache entry {path} is corrupt: " + "; ".join(problems))
+
+
+def _manifest(d: Path) -> dict:
+    """{relative path: {"size", "sha256"}} of every output file in a stage directory."""
+    out = {}
+    for f in sorted(d.rglob("*")):
+        rel = f.relative_to(d)
+        if f.is_file() and not any(UNRECORDED.match(part) for part in rel.parts):
+            out[rel.as_posix()] = {"size": f.stat().st_size, "sha256": sha256_file(f)}
+    return out
+
+
 class StageCache:
-    """``root/<key>/`` per stage; ``DONE`` marks a complete one."""
+    """``root/<key>/`` per stage; ``DONE`` marks a complete one and records its files' sizes and hashes."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -81,52 +138,153 @@ class StageCache:
     def dir(self, key: str) -> Path:
         return self.root / key
 
+    def lock(self, key: str, on_wait=None):
+        """The exclusive lock under which ``key`` is computed (or moved aside)."""
+        return file_lock(self.root / LOCKS / f"{key}.lock", on_wait)
+
     def is_done(self, key: str) -> bool:
+        """``DONE`` exists (cheap; :meth:`verify` says whether the entry is intact)."""
         return (self.root / key / DONE).is_file()
 
+    def verify(self, key: str, full: bool = False) -> list[str]:
+        """Problems of a done entry, one per file ([] = intact): every recorded file must exist with its size;
+        files up to ``HASH_ON_READ`` bytes (all of them with ``full``) must have their recorded sha256."""
+        d = self.root / key
+        try:
+            record = json.loads((d / DONE).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+            # a DONE from before checksums: only the result can be checked
+            try:
+                json.loads((d / RESULT).read_text())
+                return []
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                return [f"{RESULT}: unreadable ({type(e).__name__}: {e})"]
+        problems = []
+        for rel, rec in record["files"].items():
+            f = d / rel
+            if not f.is_file():
+                problems.append(f"{rel}: missing")
+                continue
+            size = f.stat().st_size
+            if size != rec["size"]:
+                problems.append(f"{rel}: {size} bytes, DONE recorded {rec['size']} (truncated or overwritten)")
+            elif (full or size <= HASH_ON_READ) and sha256_file(f) != rec["sha256"]:
+                problems.append(f"{rel}: sha256 differs from the one DONE recorded (edited or corrupt)")
+        if RESULT not in record["files"]:
+            problems.append(f"{RESULT}: not recorded in DONE")
+        return problems
+
     def result(self, key: str) -> dict:
-        path = self.root / key / RESULT
+        """The result of a done stage, after :meth:`verify`; raises ``CorruptEntry`` naming the bad files."""
         if not self.is_done(key):
             raise FileNotFoundError(f"stage {key} is not complete ({self.root / key} has no {DONE})")
-        return json.loads(path.read_text())
+        problems = self.verify(key)
+        if problems:
+            raise CorruptEntry(key, self.root / key, problems)
+        return json.loads((self.root / key / RESULT).read_text())
+
+    def move_aside(self, key: str) -> Path:
+        """Rename a corrupt entry to ``<key>.corrupt-<time>`` (kept for inspection; ``cache clear`` removes it)
+        so that the stage is computed afresh."""
+        aside = self.root / f"{key}{CORRUPT}{time.strftime('%Y%m%d-%H%M%S')}"
+        n = 1
+        while aside.exists():
+            aside = aside.with_name(f"{key}{CORRUPT}{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            n += 1
+        (self.root / key).rename(aside)
+        return aside
+
+    def cached_result(self, key: str, report=None, locked: bool = False) -> dict | None:
+        """The verified result of a done stage; None when it is not done. A corrupt entry is reported through
+        ``report(line)`` (default: stderr), moved aside, and None returned: the caller recomputes it.
+        ``locked``: the caller holds the stage's lock (a second flock on it from this process would wait forever)."""
+        if not self.is_done(key):
+            return None
+        try:
+            return self.result(key)
+        except CorruptEntry as e:
+            with contextlib.nullcontext() if locked else self.lock(key):
+                if not self.is_done(key):
+                    return None  # another run moved it aside meanwhile
+                if not self.verify(key):
+                    return json.loads((self.root / key / RESULT).read_text())  # another run redid it meanwhile
+                aside = self.move_aside(key)
+            (report or (lambda m: print(m, file=sys.stderr)))(f"{e}; moved to {aside.name}, recomputing the stage")
+            return None
 
     def mark_done(self, key: str, result: dict, meta: dict) -> None:
         d = self.root / key
-        _atomic_write(d / RESULT, json.dumps(result, indent=1, default=_jsonable))
-        _atomic_write(d / META, json.dumps(meta, indent=1, default=_jsonable))
-        _atomic_write(d / DONE, time.strftime("%Y-%m-%dT%H:%M:%S\n"))  # last
+        atomic_write_text(d / RESULT, json.dumps(result, indent=1, default=_jsonable))
+        atomic_write_text(d / META, json.dumps(meta, indent=1, default=_jsonable))
+        record = {"done": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _manifest(d)}
+        atomic_write_text(d / DONE, json.dumps(record, indent=1))  # last
 
     def entries(self) -> list[dict]:
-        """One dict per cache directory: key, stage, state (done | partial), bytes, modified, meta."""
+        """One dict per cache directory: key, stage, state (done | partial | corrupt), bytes, modified, meta.
+        An unreadable ``meta.json`` gives ``meta = {}`` and ``meta_error``; it never stops the listing."""
         out = []
         if not self.root.is_dir():
             return out
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            meta_path = d / META
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            meta_path, meta, meta_error = d / META, {}, ""
+            if meta_path.is_file():
+                try:
+                    meta = json.loads(meta_path.read_text())
+                    if not isinstance(meta, dict):
+                        raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+                except (OSError, UnicodeDecodeError, ValueError) as e:
+                    meta, meta_error = {}, f"{meta_path}: unreadable ({type(e).__name__})"
             files = [f for f in d.rglob("*") if f.is_file()]
+            state = "corrupt" if CORRUPT in d.name else "done" if (d / DONE).is_file() else "partial"
             out.append({
-                "key": d.name, "stage": meta.get("stage", d.name.rsplit("-", 1)[0]),
-                "state": "done" if (d / DONE).is_file() else "partial",
+                "key": d.name, "stage": meta.get("stage", d.name.split(CORRUPT)[0].rsplit("-", 1)[0]),
+                "state": state,
                 "bytes": sum(f.stat().st_size for f in files),
                 "modified": max((f.stat().st_mtime for f in files), default=d.stat().st_mtime),
-                "meta": meta,
+                "meta": meta, "meta_error": meta_error,
             })
         return out
 
     def clear(self, keys=None, stage: str | None = None, partial_only: bool = False) -> list[dict]:
-        """Delete matching entries (``keys`` = key prefixes); returns what was removed."""
+        """Delete matching entries; returns what was removed. ``keys``: each a whole stage part of a key
+        (``source_only-train``: every entry of that stage) or that plus a prefix of the hash; never a bare
+        prefix of a name (``s``, ``""``), which would sweep unrelated stages (:func:`key_matches`)."""
+        for k in keys or ():
+            check_key_prefix(k)
         removed = []
         for e in self.entries():
-            if keys and not any(e["key"].startswith(k) for k in keys):
+            if keys and not any(key_matches(e["key"], k) for k in keys):
                 continue
             if stage and e["stage"] != stage:
                 continue
             if partial_only and e["state"] != "partial":
                 continue
-            shutil.rmtree(self.root / e["key"])
+            with self.lock(e["key"].split(CORRUPT)[0]):
+                shutil.rmtree(self.root / e["key"], ignore_errors=True)
             removed.append(e)
         return removed
+
+
+KEY_CHARS = re.compile(r"^[a-z0-9_][a-z0-9_.-]*$")
+
+
+def check_key_prefix(prefix: str) -> str:
+    """``cache clear KEY``: refuse an empty or wildcard-like argument (``""``, ``*``, ``.``, a path) outright."""
+    if not isinstance(prefix, str) or not KEY_CHARS.match(prefix):
+        raise ValueError(f"cache key {prefix!r} is not a key: give one as `bench cache ls` prints it (e.g. "
+                         "source_only-train-106b…, or the stage part source_only-train for all of that stage), or use "
+                         "--stage NAME, --partial or --all")
+    return prefix
+
+
+def key_matches(key: str, prefix: str) -> bool:
+    """``prefix`` is ``key``'s whole stage part, or the stage part, ``-`` and a prefix of the hash (a moved-aside
+    ``<key>.corrupt-<time>`` entry matches as its key does, or by its full name)."""
+    base = key.split(CORRUPT)[0]
+    stage_part = base.rsplit("-", 1)[0]
+    return prefix in (stage_part, key) or (prefix.startswith(stage_part + "-") and base.startswith(prefix))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -138,10 +296,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 # ------------------------------------------------------------------------------------------ context
@@ -299,42 +454,77 @@ def load_model(stage_dir: Path):
                                 f"`bench cache clear {stage_dir.name}`")
     spec = json.loads(spec_path.read_text())
     model = build_model(spec["name"], **spec["options"])
-    state = torch.load(stage_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    path = stage_dir / MODEL_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as e:  # a truncated zip: "PytorchStreamReader failed ..."
+        raise RuntimeError(f"{path}: unreadable model file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                           f"; check the entry with `bench cache verify {stage_dir.name}` (moves a corrupt one "
+                           f"aside so the next run recomputes it) or remove it with "
+                           f"`bench cache clear {stage_dir.name}`") from e
     model.load_state_dict(state[spec["module"]])
     return model
 
 
 # -------------------------------------------------------------------------------------------- execute
-def execute_stage(planned: PlannedStage, cache_root: str, dataset_specs: dict, train: dict,
-                  threads: int | None = None) -> dict:
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with exactly ``n`` intra-op torch threads, restoring the caller's count afterwards (the
+    local executor runs stages in the driver). Inter-op threads are set once per process where torch still
+    allows it; they only schedule independent ops and never change a result."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    if torch.get_num_interop_threads() != n:
+        with contextlib.suppress(RuntimeError):  # "cannot set ... after parallel work has started"
+            torch.set_num_interop_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def execute_stage(planned: PlannedStage, cache_root: str, dataset_specs: dict, train: dict) -> dict:
     """Run one planned stage into its cache directory (or return its cached result).
 
-    Returns ``{"key", "result", "seconds", "cached", "host"}``. Safe to call in a Ray worker.
+    The stage runs under its lock, with the thread count and device its key records. A run that finds the lock
+    held waits, then returns the other run's result. Returns ``{"key", "result", "seconds", "cached", "host"}``.
+    Safe to call in a Ray worker.
     """
     cache = StageCache(cache_root)
     key = planned.key
-    if cache.is_done(key):
-        return {"key": key, "result": cache.result(key), "seconds": 0.0, "cached": True, "host": socket.gethostname()}
-    if threads:
-        import torch
+    runtime = planned.runtime or stage_runtime(planned.stage, train)
+    host = socket.gethostname()
 
-        torch.set_num_threads(max(1, int(threads)))
-    for alias, up in planned.upstream.items():
-        if not cache.is_done(up):
-            raise RuntimeError(f"stage {planned.name}: upstream {alias!r} ({up}) is not complete")
-    out_dir = cache.dir(key)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(out_dir, planned.seed, dataset_specs, dict(train),
-                       inputs={a: cache.dir(k) for a, k in planned.upstream.items()},
-                       metrics_every=int(train.get("metrics_every", 20)))
-    meta = {"stage": planned.name, "kind": planned.stage.kind, "version": planned.stage.version,
-            "params": planned.stage.params, "upstream": planned.upstream, "seed": planned.seed,
-            "datasets": list(planned.stage.datasets), "host": socket.gethostname()}
-    _atomic_write(out_dir / META, json.dumps(meta, indent=1, default=_jsonable))  # lets `cache ls` name partials
-    t0 = time.perf_counter()
-    result = planned.stage.fn(dict(planned.stage.params), ctx) or {}
-    seconds = time.perf_counter() - t0
-    result = dict(result)
-    result.setdefault("stage_seconds", seconds)
-    cache.mark_done(key, result, {**meta, "seconds": seconds})
-    return {"key": key, "result": result, "seconds": seconds, "cached": False, "host": socket.gethostname()}
+    def waiting() -> None:
+        print(f"stage {key}: another run is computing it; waiting for its result", flush=True)
+
+    with cache.lock(key, on_wait=waiting):
+        result = cache.cached_result(key, locked=True)
+        if result is not None:
+            return {"key": key, "result": result, "seconds": 0.0, "cached": True, "host": host}
+        for alias, up in planned.upstream.items():
+            if not cache.is_done(up):
+                raise RuntimeError(f"stage {planned.name}: upstream {alias!r} ({up}) is not complete")
+            problems = cache.verify(up)
+            if problems:
+                raise CorruptEntry(up, cache.dir(up), problems)
+        out_dir = cache.dir(key)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train = {**train, "device": runtime["device"]}
+        ctx = StageContext(out_dir, planned.seed, dataset_specs, train,
+                           inputs={a: cache.dir(k) for a, k in planned.upstream.items()},
+                           metrics_every=int(train.get("metrics_every", 20)))
+        meta = {"stage": planned.name, "kind": planned.stage.kind, "version": planned.stage.version,
+                "params": planned.stage.params, "upstream": planned.upstream, "seed": planned.seed,
+                "datasets": list(planned.stage.datasets), "runtime": runtime, "host": host, "started": time.time()}
+        _atomic_write(out_dir / META, json.dumps(meta, indent=1, default=_jsonable))  # lets `cache ls` name partials
+        t0 = time.perf_counter()
+        with torch_threads(runtime["threads"]):
+            result = planned.stage.fn(dict(planned.stage.params), ctx) or {}
+        seconds = time.perf_counter() - t0
+        result = dict(result)
+        result.setdefault("stage_seconds", seconds)
+        cache.mark_done(key, result, {**meta, "seconds": seconds})
+    return {"key": key, "result": result, "seconds": seconds, "cached": False, "host": host}

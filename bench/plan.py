@@ -91,8 +91,21 @@ def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
 
 
 def method_configs(suite: dict) -> list[tuple[str, str, object]]:
-    """(method, variant, Config) for the suite: unknown methods or keys fail here, before any data is touched."""
-    return [(m, v, make_config(get_method(m).Config, vals)) for m, v, vals in method_variants(suite)]
+    """(method, variant, Config) for the suite: unknown methods or keys, and values of the wrong type or out of
+    range, fail here, before any data is touched."""
+    from bench.validate import validate_config
+
+    out = []
+    for m, v, vals in method_variants(suite):
+        where = f"methods.{m}" + (f".variants.{v}" if v else "")
+        try:
+            cfg = make_config(get_method(m).Config, vals)
+            validate_config(cfg, where)
+        except (ValueError, TypeError) as e:  # SettingError, or a Config that rejects its values
+            name = suite.get("name", "?")
+            raise KeyError(f"suite {name}: {e}; fix it in the suite file or override it with key=value") from None
+        out.append((m, v, cfg))
+    return out
 
 
 def method_datasets(cfg, specs: dict, fps: dict) -> tuple[dict, dict]:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 
-from bench.pipeline import PROGRESS, PlannedStage, StageCache, execute_stage
+from bench.pipeline import PROGRESS, PlannedStage, StageCache, execute_stage, stage_runtime
 
 
 class ResourceError(RuntimeError):
@@ -31,13 +32,13 @@ class Outcome:
     error: str = ""
 
 
-def _stage_log_run(planned, cache_root, specs, train, threads):
+def _stage_log_run(planned, cache_root, specs, train):
     """Worker entry: run the stage with its stdout/stderr in ``<stage dir>/stage.log``."""
     log = StageCache(cache_root).dir(planned.key) / "stage.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
-            return execute_stage(planned, cache_root, specs, train, threads)
+            return execute_stage(planned, cache_root, specs, train)
         except BaseException:
             traceback.print_exc(file=f)
             raise
@@ -66,14 +67,16 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
 
 
 def stage_resources(planned: PlannedStage, cluster: dict) -> tuple[float, float]:
-    """(cpus, gpus) to ask Ray for: the stage's GPU share when the cluster has GPUs, else CPU only."""
+    """(cpus, gpus) to ask Ray for: as many CPUs as the stage runs threads (its key records them), and the
+    stage's GPU share when the cluster has GPUs."""
     gpus_total = float(cluster.get("GPU", 0))
     gpu = planned.stage.gpu if gpus_total > 0 else 0.0
-    cpu = planned.stage.cpu
+    runtime = planned.runtime or stage_runtime(planned.stage, {})
+    cpu = float(runtime["threads"])
     if gpu > gpus_total or cpu > float(cluster.get("CPU", 0)):
         raise ResourceError(f"stage {planned.name} asks for {cpu} CPU / {gpu} GPU; the cluster has "
                             f"{cluster.get('CPU', 0)} CPU / {gpus_total} GPU — lower the stage's share "
-                            "(suite resources.gpu) or add nodes")
+                            "(suite resources.gpu, train.threads) or add nodes")
     return cpu, gpu
 
 
@@ -97,12 +100,20 @@ class Scheduler:
                 return u
         return None
 
+    def _message(self, line: str) -> None:
+        if self.board:
+            self.board.message(line)
+        else:
+            print(line, file=sys.stderr)
+
     def run(self) -> dict[str, Outcome]:
-        # Complete stages are answered from the cache without a worker.
+        # Complete stages are answered from the cache without a worker, once verified; a corrupt entry is
+        # reported, moved aside and recomputed.
         for key in self.stages:
-            if self.cache.is_done(key):
+            result = self.cache.cached_result(key, report=self._message)
+            if result is not None:
                 o = self.outcomes[key]
-                o.status, o.result = "cached", self.cache.result(key)
+                o.status, o.result = "cached", result
                 if self.board:
                     self.board.finished(self.stages[key], o)
         if self.executor == "local":
@@ -134,7 +145,9 @@ class Scheduler:
         o = self.outcomes[key]
         o.attempts += 1
         if exc is None:
-            o.status, o.result, o.seconds = "done", res["result"], res["seconds"]
+            # "cached": another run on the same root computed it while this one waited for the stage's lock
+            o.status = "cached" if res.get("cached") else "done"
+            o.result, o.seconds = res["result"], res["seconds"]
         elif o.attempts <= self.retries:
             o.error = _error_line(exc)
             if self.board:
@@ -148,7 +161,6 @@ class Scheduler:
         return False
 
     def _run_local(self) -> None:
-        threads = int(self.train.get("threads") or 0) or None
         while True:
             self._skip_blocked()
             ready = [k for k in self._pending() if self._ready(k)]
@@ -159,7 +171,7 @@ class Scheduler:
                 if self.board:
                     self.board.started(self.stages[key], self.cache.dir(key))
                 try:
-                    res = _stage_log_run(self.stages[key], str(self.cache.root), self.specs[key], self.train, threads)
+                    res = _stage_log_run(self.stages[key], str(self.cache.root), self.specs[key], self.train)
                     self._record(key, res, None)
                     break
                 except Exception as e:  # noqa: BLE001 - every failure is reported in the summary
@@ -172,9 +184,6 @@ class Scheduler:
         if not self._pending():
             return  # everything came from the cache: no need to start Ray
         cluster = init_ray()
-        device = str(self.train.get("device", "auto"))
-        if device.startswith("cuda") and not cluster.get("GPU"):
-            raise ResourceError("train.device is cuda but the Ray cluster has no GPU; use train.device=auto")
         remote = ray.remote(_stage_log_run)
         res_of = {}
         for k, ps in self.stages.items():
@@ -182,21 +191,22 @@ class Scheduler:
                 cpu, gpu = stage_resources(ps, cluster)
                 if self.gpu_share is not None and gpu > 0:
                     gpu = min(gpu, self.gpu_share)
+                device = (ps.runtime or {}).get("device", "cpu")
+                if device.startswith("cuda") and gpu <= 0:
+                    raise ResourceError(f"stage {ps.name} runs on {device} but the Ray cluster gives it no GPU "
+                                        f"(cluster: {cluster.get('GPU', 0)} GPU, resources.gpu={self.gpu_share}); "
+                                        "use train.device=cpu or a cluster with a GPU")
                 res_of[k] = (cpu, gpu)
         running: dict = {}
         cache_root = str(self.cache.root.resolve())
 
         total_cpus = max(1, int(cluster.get("CPU", 1)))
 
-        def submit(key: str, ready: int = 1) -> None:
+        def submit(key: str) -> None:
+            # The stage's threads and device come from its plan (and key), never from what else runs now.
             cpu, gpu = res_of[key]
-            # torch threads: the CPUs left to this stage among what runs now (a lone chain stage gets them all)
-            threads = max(int(cpu), total_cpus // max(1, len(running) + ready)) if gpu == 0 else max(1, int(cpu))
-            train = dict(self.train)
-            if gpu == 0 and train.get("device", "auto") == "auto":
-                train["device"] = "cpu"  # a logical GPU (or none): never touch CUDA from a CPU task
             ref = remote.options(num_cpus=cpu, num_gpus=gpu, max_retries=0).remote(
-                self.stages[key], cache_root, self.specs[key], train, threads)
+                self.stages[key], cache_root, self.specs[key], self.train)
             running[ref] = key
             if self.board:
                 self.board.started(self.stages[key], self.cache.dir(key))
@@ -212,8 +222,8 @@ class Scheduler:
             ready = [k for k in self._pending() if k not in running.values() and self._ready(k)]
             ready.sort(key=lambda k: -height[k])
             free = max(0, slots - len(running))
-            for i, k in enumerate(ready[:free]):
-                submit(k, min(free, len(ready)) - i)
+            for k in ready[:free]:
+                submit(k)
             if not running:
                 return
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)

@@ -6,6 +6,7 @@ tables, plots and the report under ``results/<suite>/``.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def load_suite(name: str, overrides=()) -> dict:
     if not path.is_file():
         valid = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
         raise SuiteError(f"unknown suite {name!r} ({path} not found); valid: {valid}")
-    suite = yaml.safe_load(path.read_text())
+    suite = _read_yaml(path)
+    if not isinstance(suite, dict):
+        raise SuiteError(f"{path}: expected a mapping of suite sections (datasets, methods, seeds, ...), got "
+                         f"{type(suite).__name__}")
     if suite.get("extends"):
         suite = extend_suite(load_suite(suite["extends"]), suite)
     suite["name"] = path.stem
@@ -40,7 +44,24 @@ def load_suite(name: str, overrides=()) -> dict:
     for key in ("datasets", "seeds", "methods"):
         if not suite.get(key):
             raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
+    from bench.validate import SettingError, validate_suite
+
+    try:
+        validate_suite(suite, f"suite {suite['name']} ({path})")
+    except SettingError as e:
+        raise SuiteError(f"{e}; fix it in the suite file or override it with key=value") from None
     return suite
+
+
+def _read_yaml(path: Path):
+    """The YAML document at ``path``; a syntax error is one line, ``file:line:column: what``."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SuiteError(f"{where}: YAML syntax error: {what}") from None
 
 
 def extend_suite(base: dict, child: dict) -> dict:
@@ -74,7 +95,11 @@ def apply_override(suite: dict, text: str) -> None:
             raise SuiteError(f"override {key!r}: {p!r} is not a key of {where}; valid: {valid}")
         node[p] = copy.deepcopy(node[p])  # YAML anchors share dicts: override one method only
         node = node[p]
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        what = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise SuiteError(f"override {text!r}: the value is not valid YAML ({what})") from None
 
 
 class SuiteDataError(SuiteError):
@@ -92,7 +117,12 @@ def ensure_data(suite: dict) -> dict:
 
         mc = suite["minicity"]
         extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
-        st = ensure_minicity(resolve_root(mc["root"]), seed=mc.get("seed", 0), **extra)
+        root = resolve_root(mc["root"])
+        from bench.fsio import file_lock
+
+        # two runs starting together on a fresh checkout must not generate (and rename) the same tree at once
+        with file_lock(root.parent / f".{root.name}.lock"):
+            st = ensure_minicity(root, seed=mc.get("seed", 0), **extra)
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
@@ -125,16 +155,59 @@ def ensure_data(suite: dict) -> dict:
         specs = dataset_specs(suite, target)
         try:
             out[target] = fingerprint_datasets(specs)
+            decode_datasets(specs, out[target])
         except DataError as e:
-            bad = next((d for d, s in specs.items() if str(s["root"]) in str(e)), None)
+            bad = getattr(e, "domain", None) or next((d for d, s in specs.items() if str(s["root"]) in str(e)), None)
             spec = specs.get(bad) or next(iter(specs.values()))
             city = f" --city {spec['city']}" if spec.get("city") else ""
             raise SuiteDataError(
                 f"suite {suite['name']}: dataset {bad or '?'} is not usable: {e}\n"
-                f"Check it with: bench data check {spec['name']} --root {spec['root']}{city}\n"
+                f"Check it with: bench data check {spec['name']} --root {spec['root']}{city} --deep\n"
                 f"Where to get it and how to lay it out: datasets/README.md; or point the suite elsewhere "
                 f"with datasets.{bad or '<domain>'}.root=PATH") from e
     return out
+
+
+DECODE_SAMPLE = 32  # files of each training domain decoded before any stage (every file of val/test domains)
+
+
+def decode_datasets(specs: dict, fps: dict) -> None:
+    """Before any stage: decode every image and label of the evaluation domains (``*val*``, ``*test*``: read only
+    after all training) and a fixed sample of the others, so a truncated file stops the run now, naming the file.
+    Done once per content fingerprint (remembered next to the content hashes)."""
+    import json
+    import random
+
+    from bench.data import DataError, build_dataset
+    from bench.data.check import decode_check, label_format
+    from bench.data.datasets import hash_cache_dir
+    from bench.fsio import atomic_write_text
+
+    memo = hash_cache_dir() / "decoded.json"
+    try:
+        seen = set(json.loads(memo.read_text()))
+    except (OSError, ValueError, TypeError):
+        seen = set()
+    for domain, spec in specs.items():
+        full = "val" in domain or "test" in domain
+        tag = f"{spec['name']}:{fps[domain]['fingerprint']}:{'all' if full else DECODE_SAMPLE}"
+        if tag in seen:
+            continue
+        s = copy.deepcopy(spec)
+        s.pop("options", None)
+        ds = build_dataset(s.pop("name"), s.pop("root"), s.pop("split", None), **s)
+        samples = ds.samples if full else random.Random(0).sample(ds.samples, min(DECODE_SAMPLE, len(ds.samples)))
+        errors = decode_check(samples, label_format(spec["name"]), domain)
+        if errors:
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            err = DataError(f"{len(errors)} of {len(samples)} decoded files are bad: {'; '.join(errors[:3])}{more}")
+            err.domain = domain  # several domains may share a root: name the one that failed
+            raise err
+        seen.add(tag)
+        try:
+            atomic_write_text(memo, json.dumps(sorted(seen)))
+        except OSError:
+            pass  # not remembered: decoded again next run
 
 
 def run_suite(name: str, overrides=(), results_root: Path | None = None, executor: str = "ray",
@@ -237,15 +310,16 @@ def render_suite(name: str, overrides=(), results_root: Path | None = None, trac
     uri = tracking_uri or default_tracking_uri(results_root)
     _, invocation = load_results(uri, suite["name"], invocation)
     experiments, unique, _ = plan_suite(suite, ensure_data(suite))
-    outcomes = {}
-    for k, ps in unique.items():
-        done = (cache_root / k / "DONE").is_file()
-        o = Outcome(k, ps.name, "cached" if done else "pending")
-        if done:
-            import json
+    from bench.pipeline import CorruptEntry, StageCache
 
-            o.result = json.loads((cache_root / k / "result.json").read_text())
-        outcomes[k] = o
+    cache, outcomes = StageCache(cache_root), {}
+    for k, ps in unique.items():
+        o = outcomes[k] = Outcome(k, ps.name, "pending")
+        if cache.is_done(k):
+            try:  # a hand-edited or corrupt result is never published
+                o.status, o.result = "cached", cache.result(k)
+            except CorruptEntry as e:
+                print(f"warning: {e}; run the suite again to recompute it", file=sys.stderr)
     report = write_outputs(suite, uri, invocation, results_root / suite["name"], experiments, outcomes,
                            environment(), ["(re-rendered by bench table; no stage was run)"], 0.0,
                            cache_root=cache_root)

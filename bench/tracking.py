@@ -24,6 +24,19 @@ def default_tracking_uri(results_root: Path) -> str:
     return "sqlite:///" + str((Path(results_root) / "mlflow.db").resolve())
 
 
+def _db_lock(uri: str):
+    """An exclusive lock next to a ``sqlite:///`` database (two first runs on one root would both run MLflow's
+    alembic migrations and one would die); a no-op for a server URI."""
+    import contextlib
+
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from bench.fsio import file_lock
+
+    db = Path(uri[len("sqlite:///"):])
+    return file_lock(db.with_name(db.name + ".lock"))
+
+
 def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
@@ -79,13 +92,16 @@ class Tracker:
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         mlflow.set_tracking_uri(uri)
-        self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:  # explicit artifact root: the default is relative to the CWD
-            art = Path(artifact_root).resolve() / experiment
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=art.as_uri())
-        else:
-            self.experiment_id = exp.experiment_id
+        # The first client of a SQLite file creates and migrates it, and two runs could both create the
+        # experiment: one process at a time.
+        with _db_lock(uri):
+            self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:  # explicit artifact root: the default is relative to the CWD
+                art = Path(artifact_root).resolve() / experiment
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=art.as_uri())
+            else:
+                self.experiment_id = exp.experiment_id
 
     def start(self, name: str, kind: str, tags: dict, parent: str | None = None, params: dict | None = None) -> str:
         all_tags = {"kind": kind, **{k: str(v) for k, v in tags.items()}}

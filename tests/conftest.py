@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 HERE = os.path.dirname(__file__)
 # Tests import the fixture writers as plain modules; Ray workers need the same path to unpickle test stages.
@@ -8,3 +11,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [HERE, os.environ.get("P
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# content hashes of dataset files are remembered per user: keep the tests' out of ~/.cache
+if "BENCH_HASH_CACHE" not in os.environ:
+    os.environ["BENCH_HASH_CACHE"] = tempfile.mkdtemp(prefix="bench-hashes-")
+    atexit.register(shutil.rmtree, os.environ["BENCH_HASH_CACHE"], True)

@@ -40,10 +40,15 @@ class CheckReport:
         return not any(s.errors for s in self.splits)
 
 
-def _check_one(sample: layouts.Sample, label_format: str):
-    """(image size, label size or None, trainId histogram or None, error or None) for one pair."""
+def _check_one(sample: layouts.Sample, label_format: str, deep: bool = False):
+    """(image size, label size or None, trainId histogram or None, error or None) for one pair. Labels are always
+    decoded; images only with ``deep`` (else their header is read: a truncated PNG passes a header read)."""
     try:
-        size = io.image_size(sample.image)
+        if deep:
+            h, w = io.read_image(sample.image).shape[:2]
+            size = (w, h)
+        else:
+            size = io.image_size(sample.image)
         if sample.label is None:
             return size, None, None, None
         reader, lut = _READERS[label_format]
@@ -55,7 +60,8 @@ def _check_one(sample: layouts.Sample, label_format: str):
         return None, None, None, str(e)
 
 
-def check_dataset(name: str, root, splits=None, city: str | None = None, progress=None) -> CheckReport:
+def check_dataset(name: str, root, splits=None, city: str | None = None, progress=None,
+                  deep: bool = False) -> CheckReport:
     """Read every file of the given splits; errors are collected (not raised) so one run lists them all.
 
     Layout errors (missing folders, no images) still raise DataError at once: nothing else can be checked.
@@ -66,9 +72,10 @@ def check_dataset(name: str, root, splits=None, city: str | None = None, progres
     for split in splits or SPLITS[name]:
         ds = build_dataset(name, root, split, city=city) if name == "crosscity" else build_dataset(name, root, split)
         rep = SplitReport(split, len(ds), ds.missing_labels)
-        fmt = {"gta5": "gta5", "synthia": "synthia"}.get(name, "labelids")
+        fmt = label_format(name)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            for i, (s, res) in enumerate(zip(ds.samples, pool.map(partial(_check_one, label_format=fmt), ds.samples))):
+            check = partial(_check_one, label_format=fmt, deep=deep)
+            for i, (s, res) in enumerate(zip(ds.samples, pool.map(check, ds.samples))):
                 size, lsize, hist, err = res
                 if err:
                     rep.errors.append(err)
@@ -115,3 +122,19 @@ def format_report(rep: CheckReport) -> str:
     out.append("OK" if rep.ok else f"FAILED: {sum(len(s.errors) for s in rep.splits)} bad files")
     return "\n".join(out)
 
+
+
+def decode_check(samples, label_format: str, what: str, progress=None) -> list[str]:
+    """Decode every image and label of ``samples`` fully (4 threads); → the errors, one per bad file."""
+    errors = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for i, res in enumerate(pool.map(partial(_check_one, label_format=label_format, deep=True), samples)):
+            if res[3]:
+                errors.append(res[3])
+            if progress:
+                progress(i + 1, len(samples), what)
+    return errors
+
+
+def label_format(name: str) -> str:
+    return {"gta5": "gta5", "synthia": "synthia"}.get(name, "labelids")

@@ -8,7 +8,9 @@ draws the random augmentation from per-item seed ``s`` — the trainer's sampler
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +94,58 @@ class SegmentationDataset(Dataset):
 
 
 def fingerprint(root: Path, paths) -> str:
-    """sha256 over sorted ``relative/path<TAB>bytes`` lines: cheap (stat only) and machine-independent."""
+    """sha256 over sorted ``relative/path<TAB>bytes<TAB>content hash`` lines: machine-independent, and an edit in
+    place (same size) changes it, so cached stages that read the old bytes are not reused. Content hashes are
+    remembered by path + size + mtime (:func:`content_hashes`): a file is read once, not on every run."""
     root = Path(root)
-    lines = sorted(f"{Path(p).relative_to(root)}\t{Path(p).stat().st_size}" for p in paths)
+    paths = [Path(p) for p in paths]
+    hashes = content_hashes(root, paths)
+    lines = sorted(f"{p.relative_to(root)}\t{p.stat().st_size}\t{hashes[p]}" for p in paths)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+def hash_cache_dir() -> Path:
+    """Where content hashes (and the data checks done per fingerprint) are remembered: ``$BENCH_HASH_CACHE``,
+    else ``$XDG_CACHE_HOME/uda-bench`` (``~/.cache/uda-bench``)."""
+    env = os.environ.get("BENCH_HASH_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "uda-bench"
+
+
+def content_hashes(root: Path, paths: list[Path]) -> dict[Path, str]:
+    """{path: sha256 of its bytes (16 hex)}, read from a per-root record keyed by path, size and mtime_ns; only
+    new or changed files are read (in parallel). The record is rewritten atomically; two runs racing on it only
+    lose each other's additions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.fsio import atomic_write_text, sha256_file
+
+    record_path = hash_cache_dir() / "hashes" / (hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+                                                 + ".json")
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        record = {}
+    out, todo = {}, []
+    for p in paths:
+        st = p.stat()
+        rel = str(p.relative_to(root))
+        entry = record.get(rel)
+        if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
+            out[p] = entry[2]
+        else:
+            todo.append((p, rel, st))
+    if todo:
+        with ThreadPoolExecutor(max_workers=4) as pool:  # hashlib releases the GIL on large buffers
+            for (p, rel, st), h in zip(todo, pool.map(lambda t: sha256_file(t[0])[:16], todo)):
+                out[p] = h
+                record[rel] = [st.st_size, st.st_mtime_ns, h]
+        try:
+            atomic_write_text(record_path, json.dumps(record, separators=(",", ":")))
+        except OSError:
+            pass  # a read-only home: hashes are recomputed next time, the fingerprint is the same
+    return out
 
 
 def build_dataset(name: str, root, split: str | None = None, *, list_file=None, seed: int = 0,
