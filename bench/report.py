@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -135,29 +136,48 @@ def difference_lines(diffs: dict, reference: str) -> list[str]:
     return [head, "", *lines, ""] if lines else []
 
 
-def ledger_lines(experiments) -> list[str]:
-    """The fidelity ledger: every setting of every method (variant), its source, and the method's default
-    (with that default's source) wherever the suite overrides it."""
+def _code(text: str) -> str:
+    """A Markdown code span around ``text`` that may hold backticks (a longer fence, padded when needed)."""
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def ledger_rows(experiments) -> list[tuple[str, list[tuple]]]:
+    """Per method (variant), once: ``(name, [(setting, value, source, default or None, default source, note)])``."""
     import dataclasses
 
-    lines, seen = [], set()
+    out, seen = [], set()
     for e in experiments:
         name = e.method + (f" ({e.variant})" if e.variant else "")
         if name in seen:
             continue
         seen.add(name)
-        lines += [f"### {name}", "", "| setting | value | source | method default (its source) | note |",
-                  "|---|---|---|---|---|"]
+        rows = []
         for f in dataclasses.fields(e.config):
             value = getattr(e.config, f.name)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            src = f.metadata.get("source", "harness")
-            shown = json.dumps(value, default=str)
-            if value == default:
-                lines.append(f"| {f.name} | `{shown}` | {src} | | {f.metadata.get('note', '')} |")
-            else:
-                lines.append(f"| {f.name} | `{shown}` | suite override | `{json.dumps(default, default=str)}` "
-                             f"({src}) | {f.metadata.get('note', '')} |")
+            src, note = f.metadata.get("source", "harness"), f.metadata.get("note", "")
+            rows.append((f.name, value, src, None if value == default else default, note))
+        out.append((name, rows))
+    return out
+
+
+def ledger_lines(experiments) -> list[str]:
+    """The fidelity ledger: every setting of every method (variant), its source, and the method's default
+    (with that default's source) wherever the suite overrides it. Every cell is escaped (``md_cell``): notes
+    quote code and formulas with ``|`` in them."""
+    from bench.tables import md_cell
+
+    lines = []
+    for name, rows in ledger_rows(experiments):
+        lines += [f"### {md_cell(name)}", "", "| setting | value | source | method default (its source) | note |",
+                  "|---|---|---|---|---|"]
+        for setting, value, src, default, note in rows:
+            shown = _code(json.dumps(value, default=str))
+            where, dflt = (src, "") if default is None else (
+                "suite override", f"{_code(json.dumps(default, default=str))} ({src})")
+            lines.append("| " + " | ".join(md_cell(c) for c in (setting, shown, where, dflt, note)) + " |")
         lines.append("")
     return lines
 
