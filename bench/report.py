@@ -46,38 +46,56 @@ def table_title(suite: dict, target: str, subset: str) -> str:
             f"final iterate; ours = mean±std over seeds {suite['seeds']}{star}")
 
 
+def curve_labels(experiments) -> dict:
+    """One label per unique train stage (cache key) of the smallest seed: the stage's name, ``#k`` when an
+    experiment runs a stage of that name several times (CAG-UDA's stages), and ``[first user]`` when several
+    stages share a label (the same stage name with another config)."""
+    from bench.tables import row_name
+
+    seed = min(e.seed for e in experiments)
+    labels, users = {}, {}
+    for e in (e for e in experiments if e.seed == seed):
+        names = [ps.name for ps in e.stages if ps.stage.kind == "train"]
+        seen: dict = {}
+        for ps in (ps for ps in e.stages if ps.stage.kind == "train"):
+            seen[ps.name] = seen.get(ps.name, 0) + 1
+            if ps.key not in labels:
+                labels[ps.key] = ps.name + (f" #{seen[ps.name]}" if names.count(ps.name) > 1 else "")
+                users[ps.key] = row_name(e.method, e.variant)
+    repeated = {x for x in labels.values() if list(labels.values()).count(x) > 1}
+    return {k: f"{x} [{users[k]}]" if x in repeated else x for k, x in labels.items()}
+
+
 def _curves(experiments, outcomes, cache_root: Path) -> dict:
     from bench.pipeline import read_metrics
 
     curves = {}
-    for e in experiments:
-        if e.seed != min(x.seed for x in experiments):
+    for key, label in curve_labels(experiments).items():
+        if outcomes[key].status not in STATUS_OK:
             continue
-        for ps in e.stages:
-            if ps.stage.kind != "train" or outcomes[ps.key].status not in STATUS_OK:
-                continue
-            rows = [r for r in read_metrics(cache_root / ps.key) if "loss/segmenter" in r]
-            if rows:
-                label = f"{e.label.rsplit(' seed', 1)[0]}: {ps.name}"
-                curves.setdefault(label, pd.DataFrame({"step": [r["step"] for r in rows],
-                                                       "value": [r["loss/segmenter"] for r in rows]}))
+        rows = [r for r in read_metrics(cache_root / key) if "loss/segmenter" in r]
+        if rows:
+            curves[label] = pd.DataFrame({"step": [r["step"] for r in rows],
+                                          "value": [r["loss/segmenter"] for r in rows]})
     return curves
 
 
-def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Path) -> Path | None:
-    """Image, GT and each method's prediction (seed = the smallest) for the saved val images."""
+def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Path) -> list[Path]:
+    """Image, GT and each method's prediction (seed = the smallest) for the saved val images, named as in the
+    tables, at most 8 methods per figure."""
     from PIL import Image
 
-    from bench.plots import qualitative
+    from bench.plots import qualitative_figures
+    from bench.tables import row_name
 
     seed = min(e.seed for e in experiments)
     exps = [e for e in experiments if e.seed == seed and not e.target and outcomes[e.eval.key].status in STATUS_OK]
     if not exps:
-        return None
+        return []
     qdir = cache_root / exps[0].eval.key / "qualitative"
     n = len(list(qdir.glob("*.png")))
     if n == 0:
-        return None
+        return []
     from bench.pipeline import StageContext
 
     ds = StageContext(cache_root, seed, specs, {}).dataset("target_val")
@@ -86,8 +104,10 @@ def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Pat
     preds = {}
     for e in exps:
         d = cache_root / e.eval.key / "qualitative"
-        preds[e.label.rsplit(" seed", 1)[0]] = [np.asarray(Image.open(d / f"{i:02d}.png")) for i in range(n)]
-    return qualitative(images, gts, preds, path)
+        preds[row_name(e.method, e.variant)] = [np.asarray(Image.open(d / f"{i:02d}.png")) for i in range(n)]
+    for old in path.parent.glob(f"{path.stem}*{path.suffix}"):  # a previous invocation's figures, maybe more
+        old.unlink()
+    return qualitative_figures(images, gts, preds, path)
 
 
 def per_image_lookup(results: list[dict], experiments, cache_root: Path) -> dict:
@@ -186,7 +206,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
                   tracker=None, cache_root: Path | None = None) -> dict:
     """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts."""
     from bench.plan import dataset_specs
-    from bench.plots import per_class_bars, training_curves
+    from bench.plots import per_class_heatmap, training_curves
     from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, write_tables
     from bench.tracking import load_results
 
@@ -219,7 +239,10 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
             title = table_title(suite, target, subset)
             paths = write_tables(frame, out_dir / "tables", stem, title)
             print(paths["txt"].read_text())
-            bars = per_class_bars(frame, classes, out_dir / "plots" / f"{stem}.png", title=f"{suite['name']} {target}")
+            seeds = sorted(int(x) for x in ours["seed"].unique())
+            bars = per_class_heatmap(frame, classes, out_dir / "plots" / f"{stem}.png", extra=extra,
+                                     title=f"{suite['name']} {target}: IoU (%), {subset} classes; ours: mean over "
+                                     f"seeds {seeds}")
             md += [paths["md"].read_text(), ""]
             if diffs is not None:
                 md += difference_lines(diffs, REFERENCE_METHOD)
@@ -235,11 +258,12 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
                             f"{min(e.seed for e in experiments)})", "loss")
         md += ["## Training curves", "", f"![curves](plots/{p.name})", ""]
     try:
-        q = _qualitative(experiments, outcomes, cache_root, dataset_specs(suite), out_dir / "plots" / "qualitative.png")
+        qs = _qualitative(experiments, outcomes, cache_root, dataset_specs(suite),
+                          out_dir / "plots" / "qualitative.png")
     except Exception as err:  # noqa: BLE001 - a plot must not lose the run's numbers
-        q, md = None, md + [f"(qualitative figure failed: {err})", ""]
-    if q:
-        md += ["## Qualitative (target val)", "", f"![qualitative](plots/{q.name})", ""]
+        qs, md = [], md + [f"(qualitative figure failed: {err})", ""]
+    if qs:
+        md += ["## Qualitative (target val)", "", *[f"![qualitative](plots/{q.name})" for q in qs], ""]
     md += protocol_lines(suite) + timing_lines(experiments, outcomes, summary, wall_seconds)
     md += ["## Fidelity ledger", ""] + ledger_lines(experiments)
     md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]

@@ -36,3 +36,23 @@ def test_ledger_escapes_markdown_and_keeps_one_row_per_setting():
     assert "|x| = max(a | b)" in html
     assert "<code>&quot;c|d&quot;</code>" in html and "<code>&quot;a|b&quot;</code>" in html
     assert "suite override" in tables[1] and "(paper)" in tables[1]
+
+
+def test_one_training_curve_per_unique_stage_named_apart():
+    def stage(name, key, kind="train"):
+        return SimpleNamespace(name=name, key=key, stage=SimpleNamespace(kind=kind))
+
+    warm, src = stage("source_only.train", "k0"), stage("eval", "e0", "eval")
+    exps = [SimpleNamespace(method="source_only", variant="", seed=0, stages=[warm, src]),
+            SimpleNamespace(method="cag_uda", variant="", seed=0,
+                            stages=[warm, stage("cag_uda.train", "k1"), stage("cag_uda.train", "k2")]),
+            SimpleNamespace(method="cag_uda", variant="lr", seed=0, stages=[warm, stage("cag_uda.train", "k3")]),
+            SimpleNamespace(method="cag_uda", variant="", seed=1, stages=[stage("cag_uda.train", "k9")])]
+    from bench.report import curve_labels
+
+    assert curve_labels(exps) == {"k0": "source_only.train", "k1": "cag_uda.train #1", "k2": "cag_uda.train #2",
+                                  "k3": "cag_uda.train"}
+    exps[2].stages.append(stage("cag_uda.train", "k4"))  # now its two stages collide with the method's labels
+    labels = curve_labels(exps)
+    assert labels["k3"] == "cag_uda.train #1 [cag_uda (lr)]" and labels["k1"] == "cag_uda.train #1 [cag_uda]"
+    assert len(set(labels.values())) == len(labels)
