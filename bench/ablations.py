@@ -111,7 +111,8 @@ def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path,
             abl.to_csv(out_dir / "tables" / f"{stem}.csv")
             text = ablation_markdown(abl, title, base=base)
             (out_dir / "tables" / f"{stem}.md").write_text(text)
-            (out_dir / "tables" / f"{stem}.tex").write_text(ablation_latex(abl, title, base=base))
+            tex = ablation_latex(abl, title, label=f"tab:{stem}", base=base)
+            (out_dir / "tables" / f"{stem}.tex").write_text(tex)
             md += [text, ""]
             if diffs is not None:
                 md += verdict_lines({n: diffs[n] for n in abl.index}, base) + [""]

@@ -82,13 +82,41 @@ def cmd_sweep(a) -> int:
     return 0
 
 
+def split_overrides(text: str) -> list[str]:
+    """The ``overrides`` tag of an invocation run (its words joined by spaces) back into words: a space inside
+    brackets or braces (``seeds=[0, 1]``) does not split."""
+    words, depth = [], 0
+    for token in text.split():
+        if words and depth > 0:
+            words[-1] += " " + token
+        else:
+            words.append(token)
+        depth += sum(token.count(c) for c in "[{") - sum(token.count(c) for c in "]}")
+    return [] if words == ["-"] else words
+
+
+def recorded_overrides(suite: str, a) -> tuple[list[str], str | None]:
+    """The overrides the invocation ``bench table`` re-renders was run with (its ``overrides`` tag), and its id."""
+    from mlflow.tracking import MlflowClient
+
+    from bench.suite_runner import load_suite
+    from bench.tracking import default_tracking_uri, load_results
+
+    uri = a.tracking_uri or default_tracking_uri((a.results or REPO / "results").resolve())
+    _, invocation = load_results(uri, load_suite(suite, [])["name"], a.invocation)
+    return split_overrides(MlflowClient(uri).get_run(invocation).data.tags.get("overrides", "-")), invocation
+
+
 def cmd_table(a) -> int:
     from bench.suite_runner import SuiteError, render_suite
 
     suite, overrides = _suite_args(a)
     try:
-        path = render_suite(suite, overrides, results_root=a.results, tracking_uri=a.tracking_uri,
-                            invocation=a.invocation)
+        recorded, invocation = recorded_overrides(suite, a)
+        if recorded:
+            print(f"re-applying the invocation's overrides: {' '.join(recorded)}")
+        path = render_suite(suite, [*recorded, *overrides], results_root=a.results, tracking_uri=a.tracking_uri,
+                            invocation=invocation)
     except (SuiteError, LookupError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
@@ -148,16 +176,24 @@ def _cache_verify(cache, keys, key_matches) -> int:
     return 1 if bad else 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_ui(a) -> int:
-    import subprocess
+    import os
 
     from bench.tracking import default_tracking_uri, ui_command
 
     uri = a.tracking_uri or default_tracking_uri(a.results or REPO / "results")
     cmd, env = ui_command(uri, a.port)
-    print(f"MLflow UI on http://127.0.0.1:{a.port} for {uri} (Ctrl-C stops it)")
+    cmd[cmd.index("--host") + 1] = a.host
     cmd[0] = str(Path(sys.executable).with_name("mlflow"))
-    return subprocess.call(cmd, env=env)
+    if a.host not in LOOPBACK:
+        print(f"warning: --host {a.host} serves the MLflow UI, which has no authentication, to every machine that "
+              f"can reach this one; anyone there can read and delete runs", file=sys.stderr)
+    print(f"MLflow UI on http://{a.host}:{a.port} for {uri} (Ctrl-C stops it)", flush=True)
+    # replace this process, so Ctrl-C and SIGTERM reach the server itself and none is left holding the port
+    os.execvpe(cmd[0], cmd, env)
 
 
 def cmd_perf_eval(a) -> int:
@@ -224,23 +260,65 @@ def cmd_perf_sweep(a) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version, or pyproject's when run from a checkout that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("uda-bench")
+    except PackageNotFoundError:
+        import re
+
+        text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        return found.group(1) if found else "unknown"
+
+
+def suites_epilog() -> str:
+    """The suites under bench/suites with their one-line descriptions, and examples."""
+    import yaml
+
+    lines = ["suites (bench/suites/*.yaml, or a path to your own YAML):"]
+    for path in sorted((REPO / "bench" / "suites").glob("*.yaml")):
+        try:
+            desc = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("description", "")
+        except (OSError, yaml.YAMLError) as e:
+            desc = f"(unreadable: {e})"
+        lines.append(f"  {path.stem:22s} {' '.join(str(desc).split())}")
+    return "\n".join(lines + [
+        "", "overrides: dotted keys of the suite as key=value, values in YAML (seeds=[0,1] train.device=cuda)", "",
+        "examples:",
+        "  bench run                                   MiniCity, every method, its default seeds (CPU)",
+        "  bench run minicity seeds=[0]                one seed",
+        "  bench run minicity only=[source_only,adaptsegnet] train.device=cpu",
+        "  bench run gta5_cityscapes methods.cag_uda.lr=1e-4 --results /data/results",
+        "  bench run --executor local minicity         in-process, one stage at a time (debugging)",
+        "  RAY_ADDRESS=auto bench run gta5_cityscapes  on a running Ray cluster"])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation")
+    p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation",
+                                epilog="`bench COMMAND --help` for each command; `bench run --help` lists the suites.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     c = data.add_parser("check", help="validate a dataset tree and print its summary and fingerprint")
-    c.add_argument("dataset", choices=["gta5", "cityscapes", "synthia", "crosscity"])
-    c.add_argument("--root", required=True, type=Path, help="the dataset's root folder")
-    c.add_argument("--split", help="check one split only (default: all of the dataset's splits)")
-    c.add_argument("--city", help="Cross-City: Rome, Rio, Tokyo or Taipei")
+    c.add_argument("dataset", choices=["gta5", "cityscapes", "synthia", "crosscity"],
+                   help="which dataset's layout and label format to expect")
+    c.add_argument("--root", required=True, type=Path, help="the dataset's root folder (see datasets/README.md)")
+    c.add_argument("--split", help="check one split only, e.g. train or val (default: all of the dataset's splits)")
+    c.add_argument("--city", help="Cross-City only: Rome, Rio, Tokyo or Taipei")
     c.add_argument("--deep", action="store_true", help="decode every image fully (default: labels fully, images "
                    "by their header only, which a truncated file passes)")
     c.set_defaults(func=cmd_data_check)
     m = data.add_parser("minicity", help="generate the embedded MiniCity benchmark (GTA5/SYNTHIA/Cityscapes trees)")
-    m.add_argument("--root", type=Path, default=REPO / "datasets" / "minicity")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--root", type=Path, default=REPO / "datasets" / "minicity",
+                   help="where to write it (default: %(default)s)")
+    m.add_argument("--seed", type=int, default=0, help="generator seed; another seed is another benchmark "
+                   "(default: %(default)s)")
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")
     m.set_defaults(func=cmd_data_minicity)
 
@@ -249,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
         q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
 
-    r = sub.add_parser("run", help="run a suite: bench run [SUITE] [key=value ...] (default SUITE: minicity)")
+    r = sub.add_parser("run", help="run a suite: bench run [SUITE] [key=value ...] (default SUITE: minicity)",
+                       description="Run a suite end to end: data checks, planning, the stages on Ray, MLflow, tables, "
+                       "plots and report.md under <results>/<suite>/.", epilog=suites_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     suite_opts(r)
     r.add_argument("--executor", choices=["ray", "local"], default="ray",
                    help="ray (default; local cluster or RAY_ADDRESS) or local (in-process, one stage at a time)")
@@ -262,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
     suite_opts(sw)
     sw.add_argument("--holdout", action="store_true", help="also score every trial on a fixed 20 %% of target "
                     "train (seed 0) and mark the value that choice would pick, next to the val numbers")
-    sw.add_argument("--executor", choices=["ray", "local"], default="ray")
+    sw.add_argument("--executor", choices=["ray", "local"], default="ray",
+                    help="ray (default; Ray Tune trials) or local (in-process, one trial at a time)")
     sw.set_defaults(func=cmd_sweep)
     tb = sub.add_parser("table", help="re-render a suite's tables, plots and report from MLflow (no training)")
     suite_opts(tb)
@@ -286,10 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--partial", action="store_true", help="only unfinished stages")
     c.add_argument("--all", action="store_true", help="everything")
 
-    u = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 (one worker, no job runner: fits a small machine)")
-    u.add_argument("--port", type=int, default=5000)
-    u.add_argument("--results", type=Path)
-    u.add_argument("--tracking-uri")
+    u = sub.add_parser("ui", help="the MLflow UI (one worker, no job runner: fits a small machine)",
+                       description="Serve the MLflow UI for a results folder. The command becomes the server "
+                       "process, so Ctrl-C or SIGTERM stops the server.")
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine "
+                   "only; 0.0.0.0 serves every network, without authentication, with a warning)")
+    u.add_argument("--port", type=int, default=5000, help="port to listen on (default: %(default)s)")
+    u.add_argument("--results", type=Path, help="results root whose mlflow.db to serve (default: <repo>/results)")
+    u.add_argument("--tracking-uri", help="serve this tracking URI instead (default: sqlite:///<results>/mlflow.db)")
     u.set_defaults(func=cmd_ui)
 
     perf = sub.add_parser("perf", help="benchmarks").add_subparsers(dest="perf_command", required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,38 +46,56 @@ def table_title(suite: dict, target: str, subset: str) -> str:
             f"final iterate; ours = mean±std over seeds {suite['seeds']}{star}")
 
 
+def curve_labels(experiments) -> dict:
+    """One label per unique train stage (cache key) of the smallest seed: the stage's name, ``#k`` when an
+    experiment runs a stage of that name several times (CAG-UDA's stages), and ``[first user]`` when several
+    stages share a label (the same stage name with another config)."""
+    from bench.tables import row_name
+
+    seed = min(e.seed for e in experiments)
+    labels, users = {}, {}
+    for e in (e for e in experiments if e.seed == seed):
+        names = [ps.name for ps in e.stages if ps.stage.kind == "train"]
+        seen: dict = {}
+        for ps in (ps for ps in e.stages if ps.stage.kind == "train"):
+            seen[ps.name] = seen.get(ps.name, 0) + 1
+            if ps.key not in labels:
+                labels[ps.key] = ps.name + (f" #{seen[ps.name]}" if names.count(ps.name) > 1 else "")
+                users[ps.key] = row_name(e.method, e.variant)
+    repeated = {x for x in labels.values() if list(labels.values()).count(x) > 1}
+    return {k: f"{x} [{users[k]}]" if x in repeated else x for k, x in labels.items()}
+
+
 def _curves(experiments, outcomes, cache_root: Path) -> dict:
     from bench.pipeline import read_metrics
 
     curves = {}
-    for e in experiments:
-        if e.seed != min(x.seed for x in experiments):
+    for key, label in curve_labels(experiments).items():
+        if outcomes[key].status not in STATUS_OK:
             continue
-        for ps in e.stages:
-            if ps.stage.kind != "train" or outcomes[ps.key].status not in STATUS_OK:
-                continue
-            rows = [r for r in read_metrics(cache_root / ps.key) if "loss/segmenter" in r]
-            if rows:
-                label = f"{e.label.rsplit(' seed', 1)[0]}: {ps.name}"
-                curves.setdefault(label, pd.DataFrame({"step": [r["step"] for r in rows],
-                                                       "value": [r["loss/segmenter"] for r in rows]}))
+        rows = [r for r in read_metrics(cache_root / key) if "loss/segmenter" in r]
+        if rows:
+            curves[label] = pd.DataFrame({"step": [r["step"] for r in rows],
+                                          "value": [r["loss/segmenter"] for r in rows]})
     return curves
 
 
-def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Path) -> Path | None:
-    """Image, GT and each method's prediction (seed = the smallest) for the saved val images."""
+def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Path) -> list[Path]:
+    """Image, GT and each method's prediction (seed = the smallest) for the saved val images, named as in the
+    tables, at most 8 methods per figure."""
     from PIL import Image
 
-    from bench.plots import qualitative
+    from bench.plots import qualitative_figures
+    from bench.tables import row_name
 
     seed = min(e.seed for e in experiments)
     exps = [e for e in experiments if e.seed == seed and not e.target and outcomes[e.eval.key].status in STATUS_OK]
     if not exps:
-        return None
+        return []
     qdir = cache_root / exps[0].eval.key / "qualitative"
     n = len(list(qdir.glob("*.png")))
     if n == 0:
-        return None
+        return []
     from bench.pipeline import StageContext
 
     ds = StageContext(cache_root, seed, specs, {}).dataset("target_val")
@@ -85,8 +104,10 @@ def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Pat
     preds = {}
     for e in exps:
         d = cache_root / e.eval.key / "qualitative"
-        preds[e.label.rsplit(" seed", 1)[0]] = [np.asarray(Image.open(d / f"{i:02d}.png")) for i in range(n)]
-    return qualitative(images, gts, preds, path)
+        preds[row_name(e.method, e.variant)] = [np.asarray(Image.open(d / f"{i:02d}.png")) for i in range(n)]
+    for old in path.parent.glob(f"{path.stem}*{path.suffix}"):  # a previous invocation's figures, maybe more
+        old.unlink()
+    return qualitative_figures(images, gts, preds, path)
 
 
 def per_image_lookup(results: list[dict], experiments, cache_root: Path) -> dict:
@@ -135,29 +156,48 @@ def difference_lines(diffs: dict, reference: str) -> list[str]:
     return [head, "", *lines, ""] if lines else []
 
 
-def ledger_lines(experiments) -> list[str]:
-    """The fidelity ledger: every setting of every method (variant), its source, and the method's default
-    (with that default's source) wherever the suite overrides it."""
+def _code(text: str) -> str:
+    """A Markdown code span around ``text`` that may hold backticks (a longer fence, padded when needed)."""
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def ledger_rows(experiments) -> list[tuple[str, list[tuple]]]:
+    """Per method (variant), once: ``(name, [(setting, value, source, default or None, default source, note)])``."""
     import dataclasses
 
-    lines, seen = [], set()
+    out, seen = [], set()
     for e in experiments:
         name = e.method + (f" ({e.variant})" if e.variant else "")
         if name in seen:
             continue
         seen.add(name)
-        lines += [f"### {name}", "", "| setting | value | source | method default (its source) | note |",
-                  "|---|---|---|---|---|"]
+        rows = []
         for f in dataclasses.fields(e.config):
             value = getattr(e.config, f.name)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            src = f.metadata.get("source", "harness")
-            shown = json.dumps(value, default=str)
-            if value == default:
-                lines.append(f"| {f.name} | `{shown}` | {src} | | {f.metadata.get('note', '')} |")
-            else:
-                lines.append(f"| {f.name} | `{shown}` | suite override | `{json.dumps(default, default=str)}` "
-                             f"({src}) | {f.metadata.get('note', '')} |")
+            src, note = f.metadata.get("source", "harness"), f.metadata.get("note", "")
+            rows.append((f.name, value, src, None if value == default else default, note))
+        out.append((name, rows))
+    return out
+
+
+def ledger_lines(experiments) -> list[str]:
+    """The fidelity ledger: every setting of every method (variant), its source, and the method's default
+    (with that default's source) wherever the suite overrides it. Every cell is escaped (``md_cell``): notes
+    quote code and formulas with ``|`` in them."""
+    from bench.tables import md_cell
+
+    lines = []
+    for name, rows in ledger_rows(experiments):
+        lines += [f"### {md_cell(name)}", "", "| setting | value | source | method default (its source) | note |",
+                  "|---|---|---|---|---|"]
+        for setting, value, src, default, note in rows:
+            shown = _code(json.dumps(value, default=str))
+            where, dflt = (src, "") if default is None else (
+                "suite override", f"{_code(json.dumps(default, default=str))} ({src})")
+            lines.append("| " + " | ".join(md_cell(c) for c in (setting, shown, where, dflt, note)) + " |")
         lines.append("")
     return lines
 
@@ -166,7 +206,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
                   tracker=None, cache_root: Path | None = None) -> dict:
     """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts."""
     from bench.plan import dataset_specs
-    from bench.plots import per_class_bars, training_curves
+    from bench.plots import per_class_heatmap, training_curves
     from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, write_tables
     from bench.tracking import load_results
 
@@ -199,7 +239,10 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
             title = table_title(suite, target, subset)
             paths = write_tables(frame, out_dir / "tables", stem, title)
             print(paths["txt"].read_text())
-            bars = per_class_bars(frame, classes, out_dir / "plots" / f"{stem}.png", title=f"{suite['name']} {target}")
+            seeds = sorted(int(x) for x in ours["seed"].unique())
+            bars = per_class_heatmap(frame, classes, out_dir / "plots" / f"{stem}.png", extra=extra,
+                                     title=f"{suite['name']} {target}: IoU (%), {subset} classes; ours: mean over "
+                                     f"seeds {seeds}")
             md += [paths["md"].read_text(), ""]
             if diffs is not None:
                 md += difference_lines(diffs, REFERENCE_METHOD)
@@ -215,11 +258,18 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
                             f"{min(e.seed for e in experiments)})", "loss")
         md += ["## Training curves", "", f"![curves](plots/{p.name})", ""]
     try:
-        q = _qualitative(experiments, outcomes, cache_root, dataset_specs(suite), out_dir / "plots" / "qualitative.png")
+        qs = _qualitative(experiments, outcomes, cache_root, dataset_specs(suite),
+                          out_dir / "plots" / "qualitative.png")
     except Exception as err:  # noqa: BLE001 - a plot must not lose the run's numbers
-        q, md = None, md + [f"(qualitative figure failed: {err})", ""]
-    if q:
-        md += ["## Qualitative (target val)", "", f"![qualitative](plots/{q.name})", ""]
+        qs, md = [], md + [f"(qualitative figure failed: {err})", ""]
+    if qs:
+        md += ["## Qualitative (target val)", "", *[f"![qualitative](plots/{q.name})" for q in qs], ""]
+    timings = out_dir / TIMINGS
+    if tracker is None:  # bench table: the timings the run recorded, not this re-render's
+        outcomes, summary, wall_seconds = recorded_timings(uri, invocation, outcomes, summary, wall_seconds)
+    else:
+        timings.write_text(json.dumps({"wall_seconds": wall_seconds, "summary": list(summary), "stages": {
+            k: [o.status, o.seconds] for k, o in outcomes.items()}}, indent=1))
     md += protocol_lines(suite) + timing_lines(experiments, outcomes, summary, wall_seconds)
     md += ["## Fidelity ledger", ""] + ledger_lines(experiments)
     md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
@@ -228,8 +278,8 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     report.write_text("\n".join(md))
     if tracker is not None:
         log_per_image(tracker, results, experiments, cache_root)
-        for p in [report, *sorted((out_dir / "tables").iterdir()), *sorted((out_dir / "plots").iterdir())]:
-            tracker.log_artifact(invocation, p, None if p == report else p.parent.name)
+        for p in [report, timings, *sorted((out_dir / "tables").iterdir()), *sorted((out_dir / "plots").iterdir())]:
+            tracker.log_artifact(invocation, p, None if p.parent == out_dir else p.parent.name)
     return {"results": results, "path": report}
 
 
@@ -242,6 +292,30 @@ def protocol_lines(suite) -> list[str]:
             "- datasets: " + "; ".join(f"{d}: {s['name']} {s.get('split', '')} at {s['root']}"
                                         for d, s in suite["datasets"].items()),
             f"- train settings: {json.dumps(suite.get('train', {}))}", ""]
+
+
+TIMINGS = "timings.json"  # logged with the invocation's artifacts; bench table reads it back
+
+
+def recorded_timings(uri, invocation, outcomes, summary, wall_seconds):
+    """``(outcomes, summary, wall_seconds)`` as the invocation recorded them in its ``timings.json`` artifact
+    (each stage's status and seconds), or the given ones when it has none (a run from before the file)."""
+    import copy
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = json.loads(Path(MlflowClient(uri).download_artifacts(invocation, TIMINGS, tmp)).read_text())
+    except Exception:  # noqa: BLE001 - no record: keep what the caller has
+        return outcomes, summary, wall_seconds
+    outcomes = {k: copy.copy(o) for k, o in outcomes.items()}
+    for k, (status, seconds) in rec["stages"].items():
+        if k in outcomes:
+            outcomes[k].status, outcomes[k].seconds = status, seconds
+    return outcomes, [*rec["summary"], "(re-rendered by bench table: timings as recorded by the run)"], \
+        rec["wall_seconds"]
 
 
 def timing_lines(experiments, outcomes, summary, wall_seconds) -> list[str]:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench.pipeline import StageCache
-from bench.tables import tex_escape
+from bench.tables import tex_escape, tex_header, tex_number
 
 
 def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
@@ -93,14 +93,16 @@ def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title
     return "\n".join(lines) + "\n"
 
 
-def sweep_latex(frame: pd.DataFrame, study, caption: str) -> str:
+def sweep_latex(frame: pd.DataFrame, study, caption: str, label: str = "tab:sweep") -> str:
+    """The sweep table in booktabs LaTeX (booktabs only)."""
     cols = [c for c in frame.columns if c != "seeds" and not c.endswith("_std")]
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
+    out = [tex_header(), r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
+           rf"\label{{{label}}}",
            rf"\begin{{tabular}}{{r{'r' * (len(cols) + 1)}}}", r"\toprule",
            " & ".join(tex_escape(c) for c in [study.param, "seeds", *cols]) + r" \\", r"\midrule"]
     for v, r in frame.iterrows():
-        cells = [str(v), str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"], _digits(c)).replace("±", r"$\pm$")
-                                                  for c in cols]
+        cells = [tex_number(v), str(int(r["seeds"]))] + [tex_number(_cell(r[c], r[f"{c}_std"], _digits(c)))
+                                                         for c in cols]
         out.append(" & ".join(cells) + r" \\")
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
 
@@ -160,7 +162,7 @@ def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Pat
     frame.to_csv(paths["csv"])
     rows.to_csv(paths["trials"], index=False)
     paths["md"].write_text(sweep_markdown(frame, study, paper, title))
-    paths["tex"].write_text(sweep_latex(frame, study, title))
+    paths["tex"].write_text(sweep_latex(frame, study, title, f"tab:sweep_{name}"))
     sweep_plot(frame, study, paper, paths["png"])
     print(paths["md"].read_text())
 

@@ -22,6 +22,7 @@ from bench.data.labels import CLASS_NAMES, SUBSETS
 from bench.stats import LEVEL, MISSING, Difference, format_difference, row_difference
 
 DASH, TEX_DASH = "–", "--"
+BASE_CELL = "—"  # the gain column of an ablation's base row: nothing to compare with
 META = ("method", "source", "ours", "seeds")
 RUN_KEYS = ("method", "variant", "seed")
 DIFF = ("delta", "delta_lo", "delta_hi", "delta_excludes_0", "delta_note")
@@ -247,25 +248,48 @@ def _diff_head(frame: pd.DataFrame) -> str:
 # ---- rendering --------------------------------------------------------------------------------------------
 
 
+def md_cell(text) -> str:
+    """Text safe inside one cell of a pipe table: ``|`` escaped (GFM splits cells on it, even inside a code span)
+    and line breaks flattened (one would end the row)."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(text)).replace("|", r"\|")
+
+
 def value_columns(frame: pd.DataFrame) -> list[str]:
     """The mean columns of a comparison frame, in order."""
     return [c for c in frame.columns if c not in META and c not in DIFF and not str(c).endswith("_std")]
 
 
-def best_cells(frame: pd.DataFrame, cols: Sequence[str], digits: int = 1) -> pd.DataFrame:
-    """True where a cell's value *as displayed* (``digits`` decimals) is its column's max; ties all True."""
+BEST_EXCLUDE = ("oracle",)  # trained on target labels: an upper bound, not a competitor for "best"
+
+
+def best_rows(frame: pd.DataFrame, best: str = "ours", exclude: Sequence[str] = BEST_EXCLUDE) -> np.ndarray:
+    """Which rows compete for the bold "best": ``ours`` (our rows, except the methods in ``exclude`` and their
+    variants; paper rows are another benchmark), ``all`` or ``none``."""
+    if best not in ("ours", "all", "none"):
+        raise ValueError(f"best must be 'ours', 'all' or 'none', not {best!r}")
+    if best != "ours":
+        return np.full(len(frame), best == "all")
+    base = [str(m).split(" (", 1)[0] for m in frame["method"]]
+    return np.array([o and b not in set(exclude) for o, b in zip(_ours_flags(frame), base)], dtype=bool)
+
+
+def best_cells(frame: pd.DataFrame, cols: Sequence[str], digits: int = 1, among=None) -> pd.DataFrame:
+    """True where a cell's value *as displayed* (``digits`` decimals) is its column's max among the rows ``among``
+    (a boolean mask; default all rows); ties all True, rows outside ``among`` never."""
+    among = np.ones(len(frame), bool) if among is None else np.asarray(among, bool)
     out = {}
     for c in cols:
-        shown = frame[c].map(lambda x: float(f"{x:.{digits}f}") if pd.notna(x) else np.nan)
+        shown = frame[c].map(lambda x: float(f"{x:.{digits}f}") if pd.notna(x) else np.nan).where(among)
         out[c] = shown.eq(shown.max()) & shown.notna()
     return pd.DataFrame(out, index=frame.index)
 
 
 def _grid(frame: pd.DataFrame, digits: int, dash: str, bold: Callable[[str], str],
-          pm: Callable[[str], str]) -> tuple[list[str], list[list[str]]]:
-    """Display strings of the value columns: mean (``bold`` where best) then ``pm(std)`` when there is a std."""
+          pm: Callable[[str], str], among=None) -> tuple[list[str], list[list[str]]]:
+    """Display strings of the value columns: mean (``bold`` where best among the rows ``among``) then
+    ``pm(std)`` when there is a std."""
     cols = value_columns(frame)
-    best = best_cells(frame, cols, digits)
+    best = best_cells(frame, cols, digits, among)
     grid = []
     for i in range(len(frame)):
         cells = []
@@ -284,8 +308,13 @@ def _grid(frame: pd.DataFrame, digits: int, dash: str, bold: Callable[[str], str
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "→": r"$\rightarrow$",
-        "×": r"$\times$", "Δ": r"$\Delta$", "†": r"$^\dagger$"}
+        "×": r"$\times$", "Δ": r"$\Delta$", "†": r"$^\dagger$", "−": r"$-$", "–": "--", "—": "---",
+        "≤": r"$\leq$", "≥": r"$\geq$", "≈": r"$\approx$", "°": r"$^\circ$", "·": r"$\cdot$",
+        # Greek letters the suites' notes and study names use; pdflatex's default fonts have none of them
+        **{g: rf"$\{n}$" for g, n in zip("αβγδελμρστ", ("alpha", "beta", "gamma", "delta", "epsilon", "lambda",
+                                                        "mu", "rho", "sigma", "tau"))}}
 _TEX_RE = re.compile("|".join(map(re.escape, _TEX)))
+_MINUS_RE = re.compile(r"(?<![\w.])-(?=\.?\d)")  # a hyphen before a number (not inside a word such as CAG-UDA)
 
 
 def tex_escape(text) -> str:
@@ -293,26 +322,45 @@ def tex_escape(text) -> str:
     return _TEX_RE.sub(lambda m: _TEX[m.group()], str(text))
 
 
+def tex_minus(latex: str) -> str:
+    """The hyphen of each negative number in already-escaped LaTeX typeset as a minus sign (``$-$``)."""
+    return _MINUS_RE.sub(lambda m: "$-$", latex)
+
+
+def tex_number(text) -> str:
+    """:func:`tex_escape` then :func:`tex_minus`: a plain-text cell such as ``-2.3 [-4.1, -0.5]``."""
+    return tex_minus(tex_escape(text))
+
+
+def tex_header(graphicx: bool = False) -> str:
+    """The first line of every emitted ``.tex``: the packages it needs (README, "Tables")."""
+    return rf"% uda-bench table; needs \usepackage{{booktabs{',graphicx' if graphicx else ''}}}"
+
+
 def _ours_flags(frame: pd.DataFrame) -> list[bool]:
     return [bool(x) for x in frame["ours"]] if "ours" in frame.columns else [True] * len(frame)
 
 
 def to_latex(frame: pd.DataFrame, caption: str, label: str, *, digits: int = 1, rotate: bool = True,
-             fit: bool = True, environment: str = "table", position: str = "t") -> str:
-    """A booktabs ``table`` (needs ``\\usepackage{booktabs,graphicx}``): best per column bold (on the rounded
-    value), our cells ``mean{\\scriptsize$\\pm$std}``, a ``\\midrule`` where our rows meet paper rows.
+             fit: bool = True, environment: str = "table", position: str = "t", best: str = "ours",
+             best_exclude: Sequence[str] = BEST_EXCLUDE) -> str:
+    """A booktabs ``table``: best per column bold (on the rounded value, among the rows :func:`best_rows` picks),
+    our cells ``mean{\\scriptsize$\\pm$std}``, a ``\\midrule`` where our rows meet paper rows.
 
     ``rotate`` turns class headers (not ``mIoU…``) by 90°; ``fit`` shrinks the tabular to ``\\linewidth``
-    when wider (never enlarges). Method names, sources, headers and the caption are escaped.
+    when wider (never enlarges); either needs graphicx, which the first line (a comment) then names. Method
+    names, sources, headers and the caption are escaped.
     """
-    cols, grid = _grid(frame, digits, TEX_DASH, lambda t: rf"\textbf{{{t}}}", lambda s: rf"{{\scriptsize$\pm${s}}}")
+    cols, grid = _grid(frame, digits, TEX_DASH, lambda t: rf"\textbf{{{t}}}", lambda s: rf"{{\scriptsize$\pm${s}}}",
+                       best_rows(frame, best, best_exclude))
     heads = [rf"\rotatebox{{90}}{{{tex_escape(c)}}}" if rotate and not str(c).startswith("mIoU") else tex_escape(c)
              for c in cols]
     diffs = _diff_cells(frame, digits, MARK, TEX_DASH)
     if diffs is not None:
         heads.append(tex_escape(_diff_head(frame)))
-        grid = [[*cells, tex_escape(d)] for cells, d in zip(grid, diffs)]
-    lines = [rf"\begin{{{environment}}}[{position}]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
+        grid = [[*cells, tex_number(d)] for cells, d in zip(grid, diffs)]
+    lines = [tex_header(rotate or fit), rf"\begin{{{environment}}}[{position}]", r"\centering",
+             rf"\caption{{{tex_escape(caption)}}}",
              rf"\label{{{label}}}"]
     if fit:
         lines.append(r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%")
@@ -323,7 +371,7 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str, *, digits: int = 1, 
         if i and flags[i] != flags[i - 1]:
             lines.append(r"\midrule")
         name, src = tex_escape(frame["method"].iloc[i]), tex_escape(frame["source"].iloc[i])
-        lines.append(" & ".join([name, src, *cells]) + r" \\")
+        lines.append(" & ".join([name, src, *map(tex_minus, cells)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}" + ("}" if fit else "")]
     if diffs is not None:  # the mark's footnote, under the tabular
         lines += [r"\par\smallskip", rf"{{\footnotesize {difference_note(frame, tex=True)}\par}}"]
@@ -331,22 +379,21 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str, *, digits: int = 1, 
     return "\n".join(lines) + "\n"
 
 
-def to_markdown(frame: pd.DataFrame, title: str = "", *, digits: int = 1) -> str:
-    """A GitHub pipe table (``### title`` above it), best per column in **bold**, missing values as ``–``."""
-    cols, grid = _grid(frame, digits, DASH, lambda t: f"**{t}**", lambda s: f" ± {s}")
-
-    def md(x) -> str:
-        return str(x).replace("|", r"\|")
-
+def to_markdown(frame: pd.DataFrame, title: str = "", *, digits: int = 1, best: str = "ours",
+                best_exclude: Sequence[str] = BEST_EXCLUDE) -> str:
+    """A GitHub pipe table (``### title`` above it), best per column in **bold** (see :func:`best_rows`), missing
+    values as ``–``."""
+    cols, grid = _grid(frame, digits, DASH, lambda t: f"**{t}**", lambda s: f" ± {s}",
+                       best_rows(frame, best, best_exclude))
     diffs = _diff_cells(frame, digits, MARK, DASH)
     heads = [*cols, *([_diff_head(frame)] if diffs is not None else [])]
     lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(md(h) for h in ["Method", "Source", *heads]) + " |",
+    lines += ["| " + " | ".join(md_cell(h) for h in ["Method", "Source", *heads]) + " |",
               "|" + "|".join([":---", ":---", *["---:"] * len(heads)]) + "|"]
     for i, cells in enumerate(grid):
         extra = [diffs[i]] if diffs is not None else []
-        lines.append("| " + " | ".join([md(frame["method"].iloc[i]), md(frame["source"].iloc[i]), *cells, *extra])
-                     + " |")
+        name, src = md_cell(frame["method"].iloc[i]), md_cell(frame["source"].iloc[i])
+        lines.append("| " + " | ".join([name, src, *cells, *extra]) + " |")
     if diffs is not None:
         lines += ["", difference_note(frame)]
     return "\n".join(lines) + "\n"
@@ -356,13 +403,20 @@ def _paper_gain(abl: pd.DataFrame, base: str) -> pd.Series:
     return abl["paper mIoU"] - abl.loc[base, "paper mIoU"] if base in abl.index else abl["paper mIoU"] * np.nan
 
 
-def _gain_cell(r: pd.Series, digits: int) -> str:
-    """The gain over the base, with its interval and mark when the frame carries them (``gain_lo``/``gain_hi``)."""
+def _gain_cell(name, r: pd.Series, base: str, digits: int) -> str:
+    """The gain over the base (``—`` on the base row itself), with its interval and mark when the frame carries
+    them (``gain_lo``/``gain_hi``)."""
+    if name == base or r.get("gain_note") == REFERENCE:
+        return BASE_CELL
     if "gain_lo" not in r.index:
         return f"{r['gain']:+.{digits}f}"
-    if r.get("gain_note") == REFERENCE:
-        return "base"
     return format_difference(Difference(float(r["gain"]), float(r["gain_lo"]), float(r["gain_hi"])), digits, MARK)
+
+
+def _paper_gain_cell(name, pgain: pd.Series, base: str, digits: int) -> str:
+    if pd.isna(pgain[name]):
+        return DASH
+    return BASE_CELL if name == base else f"{pgain[name]:+.{digits}f}"
 
 
 def ablation_note(abl: pd.DataFrame, base: str, *, n_boot: int = 2000) -> str:
@@ -378,48 +432,49 @@ def ablation_note(abl: pd.DataFrame, base: str, *, n_boot: int = 2000) -> str:
 def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU", digits: int = 1,
                       base: str | None = None) -> str:
     """An ``ablation_frame`` as a pipe table: row, seeds, ``metric`` mean ± std, signed gain (with its interval and
-    † when the frame has ``gain_lo``/``gain_hi``, and a note under the table); with a ``paper mIoU`` column (and
-    ``paper row``), the paper's value and its gain over the paper's ``base`` row beside ours."""
+    † when the frame has ``gain_lo``/``gain_hi``, and a note under the table; ``—`` on the ``base`` row, default
+    the first); with a ``paper mIoU`` column (and ``paper row``), the paper's value and its gain over the paper's
+    base row beside ours."""
+    base = base or abl.index[0]
     paper = "paper mIoU" in abl.columns
     lines = [f"### {title}", ""] if title else []
     head = f"| Method | seeds | {metric} | gain |"
     lines += [head + (" paper row | paper | paper gain |" if paper else ""),
               "|:---|---:|---:|---:|" + (":---|---:|---:|" if paper else "")]
-    pgain = _paper_gain(abl, base or abl.index[0]) if paper else None
+    pgain = _paper_gain(abl, base) if paper else None
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else f" ± {r[f'{metric}_std']:.{digits}f}"
-        label = str(name).replace("|", r"\|")
-        line = f"| {label} | {int(r['seeds'])} | {r[metric]:.{digits}f}{std} | {_gain_cell(r, digits)} |"
+        line = (f"| {md_cell(name)} | {int(r['seeds'])} | {r[metric]:.{digits}f}{std} | "
+                f"{_gain_cell(name, r, base, digits)} |")
         if paper:
-            row = str(r.get("paper row", "") or "").replace("|", r"\|")
-            pv = "–" if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}"
-            pg = "–" if pd.isna(pgain[name]) else f"{pgain[name]:+.{digits}f}"
-            line += f" {row} | {pv} | {pg} |"
+            pv = DASH if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}"
+            line += f" {md_cell(r.get('paper row', '') or '')} | {pv} | {_paper_gain_cell(name, pgain, base, digits)} |"
         lines.append(line)
-    note = ablation_note(abl, base or abl.index[0])
+    note = ablation_note(abl, base)
     return "\n".join(lines + (["", note] if note else [])) + "\n"
 
 
-def ablation_latex(abl: pd.DataFrame, caption: str = "", *, metric: str = "mIoU", digits: int = 1,
-                   base: str | None = None) -> str:
-    """The same table as :func:`ablation_markdown` in booktabs LaTeX."""
+def ablation_latex(abl: pd.DataFrame, caption: str = "", *, label: str = "tab:ablation", metric: str = "mIoU",
+                   digits: int = 1, base: str | None = None) -> str:
+    """The same table as :func:`ablation_markdown` in booktabs LaTeX (booktabs only)."""
+    base = base or abl.index[0]
     paper = "paper mIoU" in abl.columns
-    pgain = _paper_gain(abl, base or abl.index[0]) if paper else None
+    pgain = _paper_gain(abl, base) if paper else None
     cols = "lrrr" + ("lrr" if paper else "")
-    head = ["Method", "seeds", metric, "gain"] + (["paper row", "paper", "paper gain"] if paper else [])
-    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}", rf"\begin{{tabular}}{{{cols}}}",
-           r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    head = ["Method", "seeds", tex_escape(metric), "gain"] + (["paper row", "paper", "paper gain"] if paper else [])
+    out = [tex_header(), r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
+           rf"\label{{{label}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else rf" $\pm$ {r[f'{metric}_std']:.{digits}f}"
-        cells = [tex_escape(str(name)), str(int(r["seeds"])), f"{r[metric]:.{digits}f}{std}",
-                 tex_escape(_gain_cell(r, digits))]
+        cells = [tex_escape(str(name)), str(int(r["seeds"])), tex_number(f"{r[metric]:.{digits}f}") + std,
+                 tex_number(_gain_cell(name, r, base, digits))]
         if paper:
             cells += [tex_escape(str(r.get("paper row", "") or "")),
-                      "--" if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}",
-                      "--" if pd.isna(pgain[name]) else f"{pgain[name]:+.{digits}f}"]
+                      TEX_DASH if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}",
+                      tex_number(_paper_gain_cell(name, pgain, base, digits))]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
-    note = ablation_note(abl, base or abl.index[0])
+    note = ablation_note(abl, base)
     if note:  # the mark's footnote
         out += [r"\par\smallskip", rf"{{\footnotesize {tex_escape(note)}\par}}"]
     out.append(r"\end{table}")
@@ -431,7 +486,8 @@ def to_csv(frame: pd.DataFrame, path: str | Path | None = None) -> str | None:
     return frame.to_csv(path, index=False)
 
 
-def render_terminal(frame: pd.DataFrame, title: str, *, digits: int = 1) -> str:
+def render_terminal(frame: pd.DataFrame, title: str, *, digits: int = 1, best: str = "ours",
+                    best_exclude: Sequence[str] = BEST_EXCLUDE) -> str:
     """A rich table rendered to plain text: a per-run frame (mean ± std over seeds) or a comparison frame."""
     from rich.console import Console
     from rich.table import Table
@@ -439,8 +495,9 @@ def render_terminal(frame: pd.DataFrame, title: str, *, digits: int = 1) -> str:
 
     if "source" not in frame.columns:  # a per_class_frame: aggregate it
         frame = comparison_frame(frame, None, [c for c in frame.columns if c not in RUN_KEYS], extra=())
-    cols, grid = _grid(frame, digits, DASH, lambda t: t, lambda s: f"±{s}")
-    best = best_cells(frame, cols, digits)
+    among = best_rows(frame, best, best_exclude)
+    cols, grid = _grid(frame, digits, DASH, lambda t: t, lambda s: f"±{s}", among)
+    best = best_cells(frame, cols, digits, among)
     with_source = not all(_ours_flags(frame))
     seeds = [DASH if pd.isna(n) else str(int(n)) for n in frame["seeds"]]
     diffs = _diff_cells(frame, digits, MARK, DASH)
@@ -469,13 +526,15 @@ def _short(col) -> str:
 
 
 def write_tables(frame: pd.DataFrame, out_dir: str | Path, stem: str, caption: str,
-                 label: str | None = None) -> dict[str, Path]:
+                 label: str | None = None, best: str = "ours", best_exclude: Sequence[str] = BEST_EXCLUDE
+                 ) -> dict[str, Path]:
     """Write ``<stem>.tex/.md/.csv/.txt`` under ``out_dir``; returns ``{"tex": path, ...}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"{stem}.{ext}" for ext in ("tex", "md", "csv", "txt")}
-    paths["tex"].write_text(to_latex(frame, caption, label or f"tab:{stem}"), encoding="utf-8")
-    paths["md"].write_text(to_markdown(frame, caption), encoding="utf-8")
+    how = {"best": best, "best_exclude": best_exclude}
+    paths["tex"].write_text(to_latex(frame, caption, label or f"tab:{stem}", **how), encoding="utf-8")
+    paths["md"].write_text(to_markdown(frame, caption, **how), encoding="utf-8")
     to_csv(frame, paths["csv"])
-    paths["txt"].write_text(render_terminal(frame, caption), encoding="utf-8")
+    paths["txt"].write_text(render_terminal(frame, caption, **how), encoding="utf-8")
     return paths

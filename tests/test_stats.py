@@ -461,7 +461,7 @@ def test_ablation_tables_carry_gain_intervals(three_rows, tmp_path):
     assert (abl.loc["m (good)", "gain_lo"], abl.loc["m (good)", "gain_hi"]) == pytest.approx(ref[1:])
     assert abl.loc["m (good)", "gain_excludes_0"] and not abl.loc["m (same)", "gain_excludes_0"]
     assert abl.loc["m", "gain_note"] == "reference" and abl.loc["m", "gain"] == 0
-    assert "| m | 3 |" in md and "| base |" in md and "†" in md and "gain: difference in mIoU points" in md
+    assert "| m | 3 |" in md and "| — |" in md and "†" in md and "gain: difference in mIoU points" in md
     assert "- m (good) vs m: " in md and "- m (same) vs m: " in md
     assert "not distinguishable" in md.split("- m (same)")[1]
     tex = (tmp_path / "tables" / "ablation_m_19.tex").read_text()

@@ -87,9 +87,11 @@ def test_variants_and_ablation():
     abl["paper row"], abl["paper mIoU"] = ["Full", "No distance"], [50.2, 47.0]
     md = ablation_markdown(abl, "Ablation", base="cag_uda").splitlines()
     assert md[2].endswith("| paper row | paper | paper gain |") and md[3].count("|") == md[2].count("|")
-    assert md[-1].endswith("| No distance | 47.0 | -3.2 |") and md[-2].endswith("| Full | 50.2 | +0.0 |")
-    tex = ablation_latex(abl, "Ablation 50%", base="cag_uda")
-    assert r"Ablation 50\%" in tex and r"No distance & 47.0 & -3.2 \\" in tex and r"\toprule" in tex
+    base_cells = f"| {miou[''].mean():.1f} ± {miou[''].std(ddof=1):.1f} | — | Full | 50.2 | — |"
+    assert md[-1].endswith("| No distance | 47.0 | -3.2 |") and md[-2].endswith(base_cells)
+    tex = ablation_latex(abl, "Ablation 50%", label="tab:abl", base="cag_uda")
+    assert r"Ablation 50\%" in tex and r"No distance & 47.0 & $-$3.2 \\" in tex and r"\toprule" in tex
+    assert r"\label{tab:abl}" in tex and r"& --- & Full & 50.2 & --- \\" in tex  # the base row: nothing to gain
 
 
 def test_miou_star_for_16_classes():
@@ -126,7 +128,9 @@ def test_latex_structure_escaping_and_bold():
     ours = per_class_frame(results)
     frame = comparison_frame(ours, paper_frame({"road": 99.0, "mIoU": 10.0}), CLASSES)
     tex = to_latex(frame, "Per-class IoU (%), GTA5→Cityscapes", "tab:gta")
-    assert tex.startswith(r"\begin{table}") and tex.rstrip().endswith(r"\end{table}")
+    first, rest = tex.split("\n", 1)
+    assert first == r"% uda-bench table; needs \usepackage{booktabs,graphicx}"  # \resizebox, \rotatebox
+    assert rest.startswith(r"\begin{table}") and tex.rstrip().endswith(r"\end{table}")
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in tex
     assert r"\caption{Per-class IoU (\%), GTA5$\rightarrow$Cityscapes}" in tex and r"\label{tab:gta}" in tex
@@ -137,7 +141,7 @@ def test_latex_structure_escaping_and_bold():
     lines = tex.splitlines()
     assert lines[lines.index(rows[-1]) - 1] == r"\midrule"  # separates our rows from the paper row
     assert rows[1].startswith(r"cag\_uda & ours (3 seeds) & ")
-    assert rows[-1].startswith(r"AdaptSeg\_Net & Some Paper 50\%, Table 3 & \textbf{99.0} & --")
+    assert rows[-1].startswith(r"AdaptSeg\_Net & Some Paper 50\%, Table 3 & 99.0 & --")  # paper rows never bold
     # our best mIoU is bold on the mean, the std stays outside the bold
     best = max(METHODS, key=lambda m: frame.set_index("method").loc[m, "mIoU"])
     r = frame.set_index("method").loc[best]
@@ -145,20 +149,91 @@ def test_latex_structure_escaping_and_bold():
     assert rows[1 + METHODS.index(best)].endswith(cell + r" \\")
 
 
+def best_frame():
+    """Ours: source_only < cag_uda < oracle; a paper row best on road, below the oracle on mIoU."""
+    ours = pd.DataFrame([{"method": m, "seed": s, "road": v + s, "mIoU": v + s}
+                         for m, v in (("source_only", 10.0), ("cag_uda", 20.0), ("oracle", 60.0)) for s in (0, 1)])
+    return comparison_frame(ours, paper_frame({"road": 90.0, "mIoU": 50.0}), ["road"])
+
+
+def test_best_is_among_our_methods_only_and_configurable():
+    frame = best_frame()  # rows: source_only, cag_uda, oracle, AdaptSeg_Net (paper)
+    bold = {k: [ln.count("**") // 2 for ln in to_markdown(frame, **kw).splitlines()[2:]]
+            for k, kw in {"ours": {}, "all": {"best": "all"}, "none": {"best": "none"},
+                          "with oracle": {"best_exclude": ()}}.items()}
+    assert bold["ours"] == [0, 2, 0, 0]  # neither the oracle nor the paper row
+    assert bold["with oracle"] == [0, 0, 2, 0]
+    assert bold["all"] == [0, 0, 1, 1] and bold["none"] == [0, 0, 0, 0]
+    rows = latex_rows(to_latex(frame, "c", "tab:c"))
+    assert [r.count(r"\textbf") for r in rows[1:]] == [0, 2, 0, 0]
+    with pytest.raises(ValueError, match="best must be"):
+        to_markdown(frame, best="paper")
+
+
+def emitted_tables() -> dict[str, str]:
+    """One of every kind of .tex the harness writes, with awkward names, negative numbers and Greek letters."""
+    from types import SimpleNamespace
+
+    from bench.stats import Difference
+    from bench.sweep_report import sweep_frame, sweep_latex
+    from bench.tables import add_differences
+
+    results = make_results(methods=("source_only", "cag_uda", "oracle"), variants=("", "no_dist"))
+    ours = per_class_frame(results)
+    paper = paper_frame({"road": 99.0, "mIoU": 41.0}, row="Ours & theirs #1 (δ=0.5, 100%)")
+    frame = comparison_frame(ours, paper, CLASSES)
+    diffs = {n: Difference(d, d - 1.5, d + 1.0) for n, d in zip(frame["method"][frame["ours"]], (0, -2.5, 3, 1, -4, 2))}
+    diffs["source_only"] = Difference(0.0, note="reference")
+    out = {"per_class": to_latex(frame, "Per-class IoU (%), GTA5→Cityscapes, ρ ≤ 0.9", "tab:pc"),
+           "per_class_delta": to_latex(add_differences(frame, diffs, "source_only"), "with Δ", "tab:pcd")}
+    names16 = [CLASS_NAMES[c] for c in SUBSETS["16"]]
+    r16 = [{"method": "m_1", "seed": s, "miou_16": 0.3, "miou_13_of_16": 0.35, **{f"iou_16/{c}": 0.2 for c in names16}}
+           for s in range(2)]
+    out["per_class_16"] = to_latex(comparison_frame(per_class_frame(r16, "16"), None, names16, ("mIoU", "mIoU*")),
+                                   "16 classes; mIoU*", "tab:16")
+    abl = ablation_frame(ours[ours["method"] == "cag_uda"], "cag_uda")
+    out["ablation"] = ablation_latex(abl, "Ablation: cag_uda", label="tab:abl")
+    abl["paper row"], abl["paper mIoU"] = ["Full", "w/o dist. | α"], [50.2, 47.0]
+    out["ablation_paper"] = ablation_latex(abl, "Ablation (paper: CAG-UDA, Table 4)", label="tab:ablp", base="cag_uda")
+    gains = ablation_frame(ours[ours["method"] == "cag_uda"], "cag_uda",
+                           diffs={"cag_uda (no_dist)": Difference(-1.0, -2.0, -0.1)})
+    out["ablation_interval"] = ablation_latex(gains, "with intervals", label="tab:abli")
+    rows = pd.DataFrame({"value": [-0.5, 0.1, 0.1], "seed": [0, 0, 1], "mIoU": [30.0, 33.0, 35.0],
+                         "PL ratio": [20.0, 25.0, float("nan")], "threshold": [-0.012, 0.3, 0.31]})
+    out["sweep"] = sweep_latex(sweep_frame(rows), SimpleNamespace(param="delta_d"), "Δd sweep, ρ_upper", "tab:sw")
+    return out
+
+
+def test_every_emitted_table_is_paste_ready():
+    for kind, tex in emitted_tables().items():
+        assert re.fullmatch(r"% uda-bench table; needs \\usepackage\{booktabs(,graphicx)?\}", tex.split("\n")[0]), kind
+        assert len(re.findall(r"\\label\{tab:[\w-]+\}", tex)) == 1, kind
+        assert not re.search(r"(?<![\w.$-])-\d", tex), (kind, "a hyphen used as a minus sign")
+        assert "+0.0" not in tex, kind
+    tables = emitted_tables()
+    assert "$-$2.5 [$-$4.0, $-$1.5]" in tables["per_class_delta"] and "$-$0.5 & 1" in tables["sweep"]
+    assert r"cag\_uda & 3 &" in tables["ablation"] and r"& --- \\" in tables["ablation"]  # base row: no gain
+    assert "graphicx" not in tables["ablation"].split("\n")[0] and "graphicx" not in tables["sweep"].split("\n")[0]
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
-def test_latex_compiles(tmp_path):
-    frame = comparison_frame(per_class_frame(make_results()), paper_frame({"road": 99.0}), CLASSES)
-    table = to_latex(frame, "Per-class IoU (%) & more_stuff", "tab:x")
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n"
-                                      f"\\begin{{document}}\n{table}\\end{{document}}\n", encoding="utf-8")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    assert (tmp_path / "doc.pdf").stat().st_size > 0
+def test_every_emitted_table_compiles_with_the_packages_it_names(tmp_path):
+    """One document per table, whose preamble loads exactly the packages the table's first line names."""
+    for kind, tex in emitted_tables().items():
+        packages = re.search(r"\\usepackage\{([^}]*)\}", tex.split("\n")[0]).group(1)
+        doc = tmp_path / f"{kind}.tex"
+        doc.write_text(f"\\documentclass{{article}}\n\\usepackage{{{packages}}}\n\\begin{{document}}\n{tex}"
+                       "\\end{document}\n", encoding="utf-8")
+        proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (kind, proc.stdout[-3000:])
+        log = (tmp_path / f"{kind}.log").read_text(errors="replace")
+        assert "Missing character" not in log, kind  # a glyph the font lacks is dropped silently otherwise
+        assert (tmp_path / f"{kind}.pdf").stat().st_size > 0
 
 
 def test_markdown_rows_bold_and_dash():
-    md = to_markdown(tie_frame(), "Ties")
+    md = to_markdown(tie_frame(), "Ties", best="all")  # paper rows only: bold among them
     lines = md.splitlines()
     assert lines[0] == "### Ties"
     table = [ln for ln in lines if ln.startswith("|")]
@@ -177,7 +252,7 @@ def test_markdown_ours_and_paper_rows():
     assert [r.split("|")[1].strip() for r in rows] == [*METHODS, "AdaptSeg_Net"]
     r0 = frame.iloc[0]
     assert f"| {r0['sidewalk']:.1f} ± {r0['sidewalk_std']:.1f} |" in rows[0].replace("**", "")
-    assert rows[2].split("|")[3].strip() == "**99.0**" and rows[2].split("|")[4].strip() == "–"
+    assert rows[2].split("|")[3].strip() == "99.0" and rows[2].split("|")[4].strip() == "–"
 
 
 def test_terminal_and_write_tables(tmp_path):
