@@ -45,6 +45,15 @@ def native(ctx, domain: str, p: dict) -> dict:
     return {"resize": None} if p.get("native_resolution") else {}
 
 
+def train_options(p: dict) -> dict:
+    """The transform overrides of a ``cag_uda.train`` stage (both domains): the random resize from the native image
+    (paper ×1–1.5, then a 1280×640 crop; code: width U(0.5, 1.5)·2200, then 896×512) and the flip."""
+    aug = {"scale": p["resize_scale"], "crop": p["crop"], "flip": p["hflip"] > 0}
+    if p.get("scale_base"):
+        aug["scale_base"] = p["scale_base"]
+    return {**({"resize": None} if p.get("native_resolution") else {}), **aug}
+
+
 def _source_passes(p: dict, ctx):
     """(model output, features, GT on the feature grid) for every source image, M_{k-1} in eval mode."""
     model = ctx.load_model("model").to(ctx.device).eval()
@@ -220,11 +229,9 @@ def train_adaptation(p: dict, ctx) -> dict:
     seed_everything(ctx.seed)
     model = ctx.load_model("init")
     anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True)
-    aug = {"scale": p["resize_scale"], "crop": p["crop"], "flip": p["hflip"] > 0}
-    if p.get("scale_base"):
-        aug["scale_base"] = p["scale_base"]
-    target = ctx.dataset("target_train", labels=False, options={**native(ctx, "target_train", p), **aug})
-    datasets = {"source": ctx.dataset("source", options={**native(ctx, "source", p), **aug})}
+    aug = train_options(p)
+    target = ctx.dataset("target_train", labels=False, options=aug)
+    datasets = {"source": ctx.dataset("source", options=aug)}
     if p["online"]:
         labeller = ctx.load_model("init").to(ctx.device).eval().requires_grad_(False)
         datasets["target_train"] = target
