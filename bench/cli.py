@@ -65,6 +65,26 @@ def cmd_run(a) -> int:
     return 1 if any(o.status in ("failed", "skipped") for o in out["outcomes"].values()) else 0
 
 
+def cmd_rehearse(a) -> int:
+    """``bench rehearse SUITE``: every stage of the suite for a few iterations on stand-in data (bench.rehearse)."""
+    from bench.data import DataError
+    from bench.rehearse import rehearse
+    from bench.run import ResourceError
+    from bench.suite_runner import SuiteError
+
+    if not a.args:
+        print("error: bench rehearse needs a SUITE (e.g. gta5_cityscapes)", file=sys.stderr)
+        return 2
+    try:
+        out = rehearse(a.args[0], a.args[1:], iters=a.iters, model=a.model, results_root=a.results,
+                       executor=a.executor)
+    except (SuiteError, DataError, ResourceError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(f"rehearsal: {out['report']}")
+    return 1 if any(r["status"] not in ("done", "cached") for r in out["rows"]) else 0
+
+
 def cmd_sweep(a) -> int:
     from bench.data import DataError
     from bench.run import ResourceError
@@ -336,6 +356,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray (default; local cluster or RAY_ADDRESS) or local (in-process, one stage at a time)")
     r.add_argument("--retries", type=int, default=1, help="retries of a failed stage, from its last checkpoint")
     r.set_defaults(func=cmd_run)
+    rh = sub.add_parser("rehearse", help="every stage of a real suite for --iters iterations on stand-in data at "
+                        "native resolution, with s/it, memory and the projected wall time of the full recipe")
+    suite_opts(rh)
+    rh.add_argument("--iters", type=int, default=2, help="iterations per train stage (default 2)")
+    rh.add_argument("--model", choices=["small"], help="the small CPU network instead of the suite's")
+    rh.add_argument("--executor", choices=["ray", "local"], default="ray")
+    rh.set_defaults(func=cmd_rehearse)
     sw = sub.add_parser("sweep", help="a parameter study on Ray Tune: bench sweep STUDY|METHOD [SUITE] "
                         "[key=v1,v2,…] [seed=0,1,2] [dotted.override=…]")
     sw.add_argument("study", help="a named study (cag_delta_d, ssf_rho_upper, ssf_fixed_rho, ssf_delta, …) or a "

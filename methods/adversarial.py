@@ -201,7 +201,8 @@ def feature_channels(model, feature: str) -> int:
 def train_feature_warmup(p: dict, ctx) -> dict:
     """Stage ``adversarial.feature_warmup``: from the upstream ``init`` model, source CE + global feature-level
     adversarial alignment on source and target images (``p``: feature, adv_weight, d_channels, d_all_leaky,
-    iters, horizon, batch_size, lr, momentum, weight_decay, power, d_lr)."""
+    iters, horizon, batch_size, lr, momentum, weight_decay, power, d_lr; optional gan (default vanilla) and
+    head_lr_mult (default: the model's own head multiplier), absent when default so older keys stay valid)."""
     from bench.models import build_discriminator
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
@@ -211,10 +212,11 @@ def train_feature_warmup(p: dict, ctx) -> dict:
     disc = build_discriminator("feature", feature_channels(model, p["feature"]), channels=tuple(p["d_channels"]),
                                all_leaky=p["d_all_leaky"])
     specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                                        weight_decay=p["weight_decay"], power=p["power"]),
+                                        weight_decay=p["weight_decay"], power=p["power"],
+                                        head_lr_mult=p.get("head_lr_mult")),
              "discriminator": OptimizerSpec("discriminator", kind="adam", lr=p["d_lr"], betas=(0.9, 0.99),
                                             power=p["power"])}
-    losses = feature_adversarial_losses(model, disc, p["feature"], p["adv_weight"])
+    losses = feature_adversarial_losses(model, disc, p["feature"], p["adv_weight"], p.get("gan", "vanilla"))
     datasets = {"source": ctx.dataset("source"), "target_train": ctx.dataset("target_train", labels=False)}
     trainer = Trainer({"segmenter": model, "discriminator": disc}, specs, losses, datasets,
                       ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),

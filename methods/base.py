@@ -9,14 +9,16 @@ from typing import Any
 SOURCES = ("paper", "code", "inferred", "harness")
 
 
-def param(default: Any, source: str, note: str = "") -> Any:
+def param(default: Any, source: str, note: str = "", doc_only: bool = False) -> Any:
     """A config field whose default says where it comes from: paper, code (the official code), inferred
-    (the paper is silent; our reading), or harness (a uda-bench setting, not part of the method)."""
+    (the paper is silent; our reading), or harness (a uda-bench setting, not part of the method).
+    ``doc_only``: the field documents a fixed choice that no stage reads (its value is validated, and the ledger
+    shows it); every other field must reach a stage or the planner (tests/test_recipes.py checks)."""
     if source not in SOURCES:
         raise ValueError(f"source {source!r}; valid: {SOURCES}")
     kw = {"default_factory": (lambda d=default: type(d)(d))} if isinstance(default, (list, dict)) else {
         "default": default}
-    return dataclasses.field(metadata={"source": source, "note": note}, **kw)
+    return dataclasses.field(metadata={"source": source, "note": note, "doc_only": doc_only}, **kw)
 
 
 def provenance(config) -> dict[str, tuple[Any, str, str]]:

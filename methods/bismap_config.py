@@ -46,16 +46,21 @@ class Config:
                                 "trainable BN, no ASPP dropout, Dropout2d(0.1) before the classifier")
     init_weights: str | None = param(None, "harness", "local ImageNet ResNet-101 weights")
     gpa: bool = param(True, "paper", "every stage trains on GPA-stylised source (Ma et al. CVPR 2021)")
-    gpa_gamma: str = param("mean_l", "inferred", "L gamma chosen so mean(L/100) matches the target's; GPA's "
-                           "paper gives no rule and no code")
-    gpa_pair_seed: int = param(0, "harness", "seed of the random source→target pairing (methods.gpa.pair_targets)")
+    gpa_gamma: str = param("mean_L", "inferred", "L gamma chosen so mean(L/100) matches the target's; GPA's "
+                           "paper gives no rule and no code (the only rule implemented)")
+    gpa_pair_seed: int | None = param(None, "harness", "seed of the random source→target pairing "
+                                      "(methods.gpa.pair_targets): None = the run's seed (one GPA tree per seed); "
+                                      "an int fixes the pairing and shares one tree across seeds")
     warmup_iters: int = param(90_000, "paper")
-    warmup_batch_size: int = param(8, "paper", "no warm-up code released; the checkpoint is")
-    warmup_lr: float = param(5e-4, "paper", "SGD 5e-4, poly 0.9 (the paper's one optimiser setting); the model's "
-                             "10x head groups as source_only trains them")
-    native_resolution: bool = param(True, "code", "labelling, STM and (self-)training read source and target at "
-                                    "their native size (GTA5 1914x1052, Cityscapes 2048x1024; SYNTHIA resized to "
-                                    "synthia_resize), not the suite's resize; the GPA warm-up keeps the suite's")
+    warmup_batch_size: int = param(8, "paper", "no warm-up code released; the checkpoint is. Table 4's '+STM' row "
+                                   "trains with W's batch, lr and iterations (it has no target term), so it differs "
+                                   "from the baseline by the STM alone; rows with a target term use st_batch_*")
+    warmup_lr: float = param(5e-4, "paper", "SGD 5e-4, poly 0.9 (the paper's one optimiser setting), head_lr_mult "
+                             "as self-training; W uses the self-training's scale, crop, flip and colour jitter "
+                             "(inferred: the paper states one augmentation, no code)")
+    native_resolution: bool = param(True, "code", "labelling, STM and every train stage (warm-up included) read "
+                                    "source and target at their native size (GTA5 1914x1052, Cityscapes 2048x1024; "
+                                    "SYNTHIA resized to synthia_resize), not the suite's resize")
     # -- MAPs (stage P2): Eq. 3-6
     gmm_components: int = param(8, "paper", "K diagonal-covariance Gaussians per class (paper and code)")
     gmm_max_samples: int = param(300_000, "paper", "features per class fed to EM (paper and code)")
@@ -84,7 +89,10 @@ class Config:
     stm_encoders: tuple = param(("simclrv2_r152", "imagenet_r101", "warmup"), "inferred",
                                 "first available wins, recorded in the run: paper SimCLRv2 R152 (not available "
                                 "offline), a local ImageNet backbone, then the warm-up encoder")
-    stm_encoder_weights: str | None = param(None, "harness", "local weights file for the STM encoder")
+    stm_encoder_weights: str | None = param(None, "harness", "local weights file for the STM encoder; None = "
+                                            "init_weights (the suite's ImageNet R101: the documented fallback for "
+                                            "SimCLRv2 R152), else the warm-up encoder. The stm stage records the "
+                                            "encoder used (stm_encoder)")
     stm_input_size: tuple = param((256, 128), "code", "W×H fed to the encoder, RGB in [0,1], no normalisation")
     stm_grid: tuple = param((4, 4), "code", "stride-32 map (4×8) avg-pooled (1×2) to a 4×4 cell grid")
     stm_clusters: int = param(40, "code", "J target prototypes (paper: unspecified)")
@@ -103,7 +111,8 @@ class Config:
     st_batch_source: int = param(4, "paper")
     st_batch_target: int = param(4, "paper")
     lr: float = param(5e-4, "paper")
-    head_lr_mult: float = param(1.0, "paper", "code: 10 (head_10x_lr)")
+    head_lr_mult: float = param(1.0, "paper", "every train stage (warm-up, self-training, distillation); the paper "
+                                "states one lr; code: 10 (head_10x_lr)")
     lr_warmup_iters: int = param(0, "paper", "code: 400 linear warm-up iterations (from 0)")
     eta_min: float = param(0.0, "paper", "code: poly decays to 1e-7; the harness's poly ends at 0, so only 0 is "
                            "accepted")
@@ -130,8 +139,9 @@ class Config:
     cutout_fraction: float = param(0.2, "code", "CutOut square side = 0.2·W, zeroed")
     rampup_iters: int = param(4000, "code", "λ × exp(-5(1-t/T)^2) over the first T iterations")
     # -- distillation (stage D)
-    kd: str = param("paper", "paper", "paper: KL(teacher‖student) with log-softmax | code: ProDA's "
-                    "kl_div(softmax, softmax) bug (ProDA#43)")
+    kd: str = param("paper", "inferred", "the paper names a distillation stage, not its loss: KL(teacher‖student) "
+                    "with log-softmax is ProDA's intended form (its maintainer, ProDA#20/#43) | code: ProDA's "
+                    "kl_div(softmax, softmax) bug, kept by BiSMAP's code")
     kd_weight: float = param(1.0, "code")
     distill_iters: int = param(90_000, "code")
     distill_student_init: str = param("simclrv2_r101", "code", "simclrv2_r101 (distill_student_weights; without "

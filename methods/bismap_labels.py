@@ -26,9 +26,14 @@ def source_tree(ctx):
 
 def native(ctx, domain: str, native_resolution: bool, synthia_resize) -> dict:
     """Transform overrides that read ``domain`` at BiSMAP's resolution: native (SYNTHIA: ``synthia_resize``)."""
+    return native_for(ctx.dataset_specs[domain]["name"], native_resolution, synthia_resize)
+
+
+def native_for(dataset: str, native_resolution: bool, synthia_resize) -> dict:
+    """:func:`native` for a dataset name (gta5, synthia, cityscapes, crosscity)."""
     if not native_resolution:
         return {}
-    if ctx.dataset_specs[domain]["name"] == "synthia" and synthia_resize:
+    if dataset == "synthia" and synthia_resize:
         return {"resize": list(synthia_resize)}
     return {"resize": None}
 

@@ -1,6 +1,6 @@
 """BiSMAP's stages (paper §3.5, code luyvlei/BiSMAPs, reference/methods.md §3.3):
 
-    gpa.source ─▶ source_only.train (warm-up W on the GPA source)
+    gpa.source ─▶ bismap.warmup (W: source CE on the GPA source, the self-training's augmentation and optimiser)
                     ├─▶ bismap.maps (P2: GMMs, CAs anchors) ─▶ bismap.label (MAPs; _cas, _ias: Table 3's rules)
                     └─▶ bismap.stm (P1: source transferability map; e_c from the MAPs labels)
     bismap.self_train (S: from ImageNet; Eq. 13) ─▶ [bismap.distill_label ─▶ bismap.distill] × distill_rounds
@@ -57,11 +57,21 @@ def check(cfg: Config) -> None:
 
 
 def warmup_config(cfg: Config) -> source_only.Config:
-    """Stage W: source-only CE (Eq. 2) on the GPA source with the paper's batch, lr and iterations."""
+    """The plain source-only recipe of stage W (suite resize, no crop or jitter, the model's 10× head): no longer
+    BiSMAP's warm-up (``warmup_stage``); kept for comparisons with the older wiring."""
     return make_config(source_only.Config, {
         "model": cfg.model, "model_options": dict(cfg.model_options), "init_weights": cfg.init_weights,
         "iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size, "lr": cfg.warmup_lr,
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "power": cfg.power, "aux_weight": 0.0})
+
+
+def warmup_stage(cfg: Config, gpa: Stage | None) -> Stage:
+    """Stage W (paper §4.1, Table 4 "baseline"): source CE (Eq. 2) on the GPA source from ImageNet, with the
+    paper's warm-up batch, lr and iterations and the same native-resolution scale, crop, flip, colour jitter and
+    head lr as self-training — so Table 4's "+STM" row (the same recipe with STM weights) differs only by the STM."""
+    p = train_params(cfg, "warmup", False, False)
+    return Stage("bismap.warmup", "train", train_bismap, p, upstream={"source_tree": gpa} if gpa else {},
+                 datasets=("source",), version=VERSION)
 
 
 def label_stage(cfg: Config, pla: str, warm: Stage, maps: Stage) -> Stage:
@@ -84,14 +94,19 @@ def label_stage(cfg: Config, pla: str, warm: Stage, maps: Stage) -> Stage:
 def train_params(cfg: Config, mode: str, consistency: bool, labels: bool) -> dict:
     """What a train stage reads: a term's settings enter its key only when the term is on."""
     distill = mode == "distill"
-    init = cfg.st_init
+    # the warm-up, and a self-training with no target term (Table 4 "+STM"), train the source only with W's
+    # batch, lr and iterations: "+STM" then differs from the baseline (= W) by the STM weights alone
+    source_only_recipe = mode == "warmup" or (mode == "self_train" and not labels and not consistency)
+    init = "imagenet" if mode == "warmup" else cfg.st_init
     if distill:  # SimCLRv2 R101 is a local file or nothing: without it, the ImageNet init (recorded)
         init = "warmup" if cfg.distill_student_init == "warmup" else "imagenet"
     simclr = distill and cfg.distill_student_init == "simclrv2_r101"
     p = {"mode": mode, "model": cfg.model, "model_options": dict(cfg.model_options), "init": init,
          "init_weights": cfg.init_weights, "student_weights": cfg.distill_student_weights if simclr else None,
-         "iters": cfg.distill_iters if distill else cfg.st_iters, "batch_source": cfg.st_batch_source,
-         "batch_target": cfg.st_batch_target, "lr": cfg.lr, "head_lr_mult": cfg.head_lr_mult,
+         "iters": cfg.distill_iters if distill else cfg.warmup_iters if source_only_recipe else cfg.st_iters,
+         "batch_source": cfg.warmup_batch_size if source_only_recipe else cfg.st_batch_source,
+         "batch_target": cfg.st_batch_target, "lr": cfg.warmup_lr if source_only_recipe else cfg.lr,
+         "head_lr_mult": cfg.head_lr_mult,
          "lr_warmup_iters": cfg.lr_warmup_iters, "eta_min": cfg.eta_min, "momentum": cfg.momentum,
          "weight_decay": cfg.weight_decay, "power": cfg.power, "crop": _list(cfg.crop),
          "scale_range": _list(cfg.scale_range), "hflip": cfg.hflip, "native_resolution": cfg.native_resolution,
@@ -109,6 +124,15 @@ def train_params(cfg: Config, mode: str, consistency: bool, labels: bool) -> dic
     return p
 
 
+def stm_encoder_weights(cfg: Config) -> str | None:
+    """The STM encoder's weights file: ``stm_encoder_weights``, else — the paper's SimCLRv2 R152 having no loader —
+    the suite's ImageNet R101 (``init_weights``), the documented fallback, when "imagenet_r101" is among
+    ``stm_encoders``; None leaves the warm-up encoder (a suite without an init file, e.g. MiniCity)."""
+    if cfg.stm_encoder_weights or "imagenet_r101" not in cfg.stm_encoders:
+        return cfg.stm_encoder_weights
+    return cfg.init_weights
+
+
 def _list(v):
     return list(v) if isinstance(v, (tuple, list)) else v
 
@@ -119,9 +143,9 @@ def stages(cfg: Config) -> list[Stage]:
 
     check(cfg)
     out: list[Stage] = []
-    gpa = gpa_stage() if cfg.gpa else None
+    gpa = gpa_stage(cfg.gpa_gamma, cfg.gpa_pair_seed) if cfg.gpa else None
     src = {"source_tree": gpa} if gpa else {}
-    warm = source_only.train_stage(warmup_config(cfg), source_tree=gpa)
+    warm = warmup_stage(cfg, gpa)
     out += [s for s in (gpa, warm) if s is not None]
     stm_labels = cfg.use_stm and cfg.stm_entropy == "pseudo_labels"  # e_c needs the MAPs pseudo-labels
     maps = maps_labels = labels = stm = None
@@ -142,7 +166,7 @@ def stages(cfg: Config) -> list[Stage]:
         if labels is not maps_labels:
             out.append(labels)
     if cfg.use_stm:  # one STM per warm-up: e_c from the MAPs labels whatever the PLA (Table 3 shares it)
-        sp = {"encoders": list(cfg.stm_encoders), "encoder_weights": cfg.stm_encoder_weights,
+        sp = {"encoders": list(cfg.stm_encoders), "encoder_weights": stm_encoder_weights(cfg),
               "input_size": list(cfg.stm_input_size), "grid": list(cfg.stm_grid), "clusters": cfg.stm_clusters,
               "kmeans_samples": cfg.stm_kmeans_samples, "kmeans_seed": cfg.stm_kmeans_seed, "d_mean": cfg.stm_d_mean,
               "entropy": cfg.stm_entropy}

@@ -15,7 +15,7 @@ from torch import nn
 
 from methods import bismap as bm
 from methods import bismap_augment as aug
-from methods.bismap_labels import native, source_tree
+from methods.bismap_labels import native_for, source_tree
 from methods.source_only import segmentation_ce
 
 
@@ -102,6 +102,13 @@ def _initial_model(p: dict, ctx, weights: str | None):
     return build_model(p["model"], init_weights=path, **p["model_options"]), str(weights or "random")
 
 
+def train_options(p: dict, dataset: str, domain: str) -> dict:
+    """The transform overrides of a BiSMAP train stage for ``domain`` (a ``dataset`` name): native resolution
+    (SYNTHIA source: ``synthia_resize``), the random scale, the crop and the flip."""
+    res = native_for(dataset, p["native_resolution"], p["synthia_resize"] if domain == "source" else None)
+    return {**res, "scale": p["scale_range"], "crop": p["crop"], "flip": p["hflip"]}
+
+
 def train_bismap(p: dict, ctx) -> dict:
     """Stages ``bismap.self_train`` and ``bismap.distill`` (``p["mode"]``): the model from ``p["init"]``
     (ImageNet weights, or the warm-up model), the GPA source (with STM weights when the stage reads an STM), the
@@ -117,14 +124,13 @@ def train_bismap(p: dict, ctx) -> dict:
     seed_everything(ctx.seed)
     distill = p["mode"] == "distill"
     model, init_name = _initial_model(p, ctx, p["student_weights"] or p["init_weights"])
-    crop = {"scale": p["scale_range"], "crop": p["crop"], "flip": p["hflip"]}
     src = ctx.dataset("source", root=source_tree(ctx),
-                      options={**native(ctx, "source", p["native_resolution"], p["synthia_resize"]), **crop})
+                      options=train_options(p, ctx.dataset_specs["source"]["name"], "source"))
     datasets = {"source": Weighted(src, ctx.inputs["stm"] / WEIGHT_DIR) if "stm" in ctx.inputs else src}
     sizes = {"source": p["batch_source"]}
     if "labels" in ctx.inputs or p["consistency"]:
         tgt = ctx.dataset("target_train", labels=False,
-                          options={**native(ctx, "target_train", p["native_resolution"], None), **crop})
+                          options=train_options(p, ctx.dataset_specs["target_train"]["name"], "target_train"))
         datasets["target_train"] = with_pseudo_labels(tgt, ctx.inputs["labels"] / LABEL_DIR) \
             if "labels" in ctx.inputs else tgt
         sizes["target_train"] = p["batch_target"]

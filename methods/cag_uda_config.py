@@ -37,14 +37,19 @@ class Config:
     # stage 0b: warm-up (no code released, issue #9)
     warmup: bool = param(True, "paper", "Alg. 1 step 2; §4.3: without it −6.3 mIoU")
     warmup_discriminator: str = param("feature", "paper", "§4.1: 5 convs 3×3 stride 2, [64,128,256,512,1], ReLU "
-                                      "after the first three, LeakyReLU(0.2) after the 4th; on f_D features")
+                                      "after the first three, LeakyReLU(0.2) after the 4th; on f_D features. Only "
+                                      "'feature' is implemented (checked)", doc_only=True)
     warmup_adv_weight: float = param(1e-2, "paper", "§4.1; CE + adversarial on source and target (Alg. 1 omits X_t:"
                                      " a typo per the author, #11)")
     warmup_iters: int = param(59_500, "inferred", "'20 epochs' read as 20 × 2,975 Cityscapes train images at batch 1"
                               " (20 GTA5 epochs would be 499,320)")
     warmup_lr: float = param(2.5e-4, "inferred", "paper gives the lr for the stages only")
     warmup_d_lr: float = param(1e-4, "inferred", "AdaptSegNet's discriminator: Adam, betas (0.9, 0.99), poly 0.9")
-    warmup_gan: str = param("vanilla", "inferred", "BCE with logits; target features labelled as source for G")
+    warmup_gan: str = param("vanilla", "inferred", "BCE with logits; target features labelled as source for G "
+                            "(vanilla | ls)")
+    warmup_head_lr_mult: float | None = param(None, "inferred", "no warm-up code: None keeps the model's own head "
+                                              "multiplier (DeepLab-v2's 10× ASPP classifier, as AdaptSegNet trains "
+                                              "it); 1.0 = one lr for all, as the code's stages")
     warmup_batch_size: int = param(1, "paper", "§4.1 batch 1 (one source + one target image)")
     warmup_d_channels: tuple = param((64, 128, 256, 512), "paper", "§4.1 discriminator widths")
     # stages 1..K
@@ -56,7 +61,13 @@ class Config:
     crop: tuple = param((1280, 640), "paper", "W×H random crop after the random resize")
     crop_code: tuple = param((896, 512), "code", "rcrop; the code's 1/4-res label path hard-codes it")
     resize_scale: tuple = param((1.0, 1.5), "paper", "random resize ×1–×1.5 of the image")
-    resize_scale_code: tuple = param((0.5, 1.5), "code", "width = U(0.5, 1.5) × 2200 px (rsize), aspect kept")
+    resize_scale_code: tuple = param((0.5, 1.5), "code", "width = U(0.5, 1.5) × scale_width_code px (rsize), "
+                                     "aspect kept")
+    scale_width_code: int = param(2200, "code", "rsize: the width the code's random scale multiplies")
+    native_resolution: bool = param(True, "paper", "the random resize (and the anchors, labels) start from the "
+                                    "native image (GTA5 1914×1052, Cityscapes 2048×1024, SYNTHIA 1280×760), not "
+                                    "the suite's resize; the code resizes GTA5 to 1914×1052 (native) too. False = "
+                                    "the suite's resize (crops then pad: a 1024×512 target under a 1280×640 crop)")
     hflip: float = param(0.5, "code", "paper silent")
     lr: float = param(2.5e-4, "paper")
     lr_code: float = param(1e-4, "code")
@@ -71,7 +82,13 @@ class Config:
     lambda1_code: float = param(0.7, "code", "cls_feature_weight, on the distance terms")
     lambda2: float = param(0.7, "paper", "Eq. 12 weight of L^t_CE + L^tP_CE")
     lambda2_code: float = param(0.5, "code", "(CE_t + CE_tP) / 2")
-    delta_d: float = param(2.5, "paper", "Eq. 6 margin (code: same); feature-scale dependent")
+    delta_d: float = param(2.5, "inferred", "Eq. 6 margin. 2.5 is the paper's and the code's value, set on the "
+                           "code's 256-d DeepLab-v3+ decoder features; applied unchanged to feature_layer (2048-d "
+                           "layer4 here) it is our carry-over. Distances scale with the features: choose it "
+                           "label-free with `bench sweep cag_delta_d SUITE --holdout` (held-out target train) and "
+                           "check the anchors stage's anchor_norm_mean / anchor_nearest_other_mean against 2.5 "
+                           "(released anchors: norms 6.8–12.4, nearest other 4.8–7.9). With variant=code (the "
+                           "code's decoder features) 2.5 is the code's clu_threshold as-is")
     p0: float = param(0.95, "paper", "probability pseudo-label threshold (code: class_threshold 0.95)")
     terms: tuple = param(TERMS, "paper", "the Eq. 12 terms switched on; Table 4 rows switch some off (ABLATIONS)")
     dis_labels: str = param("anchor", "paper", "active set of the distance terms: anchor (Eq. 6–7) | prob (Table 4 "
@@ -93,6 +110,10 @@ class Config:
             raise ValueError(f"terms={self.terms!r}: a subset of {TERMS} that includes 'ce_s'")
         if self.dis_labels not in DIS_LABELS:
             raise ValueError(f"dis_labels={self.dis_labels!r}; valid: {DIS_LABELS}")
+        if self.warmup_discriminator != "feature":
+            raise ValueError(f"warmup_discriminator={self.warmup_discriminator!r}; only 'feature' is implemented")
+        if self.warmup_gan not in ("vanilla", "ls"):
+            raise ValueError(f"warmup_gan={self.warmup_gan!r}; valid: ['vanilla', 'ls']")
         if not (self.delta_d >= 0 and 0 <= self.p0 < 1 and self.num_stages >= 0):
             raise ValueError(f"need delta_d ≥ 0, 0 ≤ p0 < 1, num_stages ≥ 0; got {self.delta_d}, {self.p0}, "
                              f"{self.num_stages}")
@@ -112,6 +133,7 @@ def effective(cfg: Config) -> dict:
     code = cfg.variant == "code"
     out = {k: getattr(cfg, f"{k}_code" if code else k) for k in _CODE_VALUES}
     out.update(
+        scale_base=cfg.scale_width_code if code else None,
         distance_loss="class_mean_smoothl1" if code else "pixel_l2",
         anchor_rule="gt_and_pred_image_mean" if code else "gt_pixel_mean",
         anchors_per_stage=not code,  # code: one anchor file for all stages

@@ -39,10 +39,25 @@ def _save_anchors(anchors: torch.Tensor, ctx) -> dict:
             "anchor_nearest_other_mean": float(d.min(1).values.mean()) if len(finite) > 1 else float("nan")}
 
 
+def native(ctx, domain: str, p: dict) -> dict:
+    """Transform override reading ``domain`` at its native size when ``p["native_resolution"]`` (the paper's and
+    the code's random resize starts from the file, not from the suite's resize)."""
+    return {"resize": None} if p.get("native_resolution") else {}
+
+
+def train_options(p: dict) -> dict:
+    """The transform overrides of a ``cag_uda.train`` stage (both domains): the random resize from the native image
+    (paper ×1–1.5, then a 1280×640 crop; code: width U(0.5, 1.5)·2200, then 896×512) and the flip."""
+    aug = {"scale": p["resize_scale"], "crop": p["crop"], "flip": p["hflip"] > 0}
+    if p.get("scale_base"):
+        aug["scale_base"] = p["scale_base"]
+    return {**({"resize": None} if p.get("native_resolution") else {}), **aug}
+
+
 def _source_passes(p: dict, ctx):
     """(model output, features, GT on the feature grid) for every source image, M_{k-1} in eval mode."""
     model = ctx.load_model("model").to(ctx.device).eval()
-    ds = ctx.dataset("source", plain=True)
+    ds = ctx.dataset("source", plain=True, options=native(ctx, "source", p))
     for i in range(len(ds)):
         item = ds[i]
         out = model(item["image"][None].to(ctx.device))
@@ -87,7 +102,7 @@ def label_target(p: dict, ctx) -> dict:
 
     model = ctx.load_model("model").to(ctx.device)
     anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True).to(ctx.device)
-    ds = ctx.dataset("target_train", plain=True, labels=False)
+    ds = ctx.dataset("target_train", plain=True, labels=False, options=native(ctx, "target_train", p))
     gt = ctx.ground_truth("target_train")
     gt_index = {s.name: i for i, s in enumerate(gt.samples)} if gt is not None else {}
     stats = {"anchor": LabelStats(), "prob": LabelStats()}
@@ -214,7 +229,7 @@ def train_adaptation(p: dict, ctx) -> dict:
     seed_everything(ctx.seed)
     model = ctx.load_model("init")
     anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True)
-    aug = {"scale": p["resize_scale"], "crop": p["crop"], "flip": p["hflip"] > 0}
+    aug = train_options(p)
     target = ctx.dataset("target_train", labels=False, options=aug)
     datasets = {"source": ctx.dataset("source", options=aug)}
     if p["online"]:
@@ -245,10 +260,11 @@ def pretrain_config(cfg: cag.Config, eff: dict) -> source_only.Config:
 
 def _anchor_stage(cfg: cag.Config, eff: dict, model: Stage) -> Stage:
     feature = eff["feature_layer"]
+    res = {"native_resolution": True} if cfg.native_resolution else {}  # absent = the suite's size (older keys)
     if eff["anchor_rule"] == "gt_pixel_mean":
-        return Stage("cag_uda.anchors", "fit", fit_anchors, {"feature": feature}, upstream={"model": model},
+        return Stage("cag_uda.anchors", "fit", fit_anchors, {"feature": feature, **res}, upstream={"model": model},
                      datasets=("source",), version=VERSION)
-    params = {"feature": feature, "min_pixels": cfg.anchor_min_pixels_code, "cap": cfg.anchor_count_cap_code}
+    params = {"feature": feature, "min_pixels": cfg.anchor_min_pixels_code, "cap": cfg.anchor_count_cap_code, **res}
     return Stage("cag_uda.anchors_code", "fit", fit_anchors_code, params, upstream={"model": model},
                  datasets=("source",), version=VERSION)
 
@@ -264,6 +280,10 @@ def stages(cfg: cag.Config) -> list[Stage]:
                 "d_all_leaky": False, "iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size,
                 "lr": cfg.warmup_lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,  # no code warm-up
                 "power": cfg.power, "d_lr": cfg.warmup_d_lr}
+        if cfg.warmup_gan != "vanilla":  # absent = vanilla, so older cache keys stay valid
+            warm["gan"] = cfg.warmup_gan
+        if cfg.warmup_head_lr_mult is not None:
+            warm["head_lr_mult"] = cfg.warmup_head_lr_mult
         model = Stage("adversarial.feature_warmup", "train", train_feature_warmup, warm, upstream={"init": model},
                       datasets=("source", "target_train"), version=VERSION)
         out.append(model)
@@ -274,6 +294,8 @@ def stages(cfg: cag.Config) -> list[Stage]:
             anchors = _anchor_stage(cfg, eff, model)
             out.append(anchors)
         rule = {"feature": feature, "delta_d": cfg.delta_d, "p0": cfg.p0, "tie_inclusive": eff["tie_inclusive"]}
+        if cfg.native_resolution:
+            rule["native_resolution"] = True
         labels = Stage("cag_uda.label", "label", label_target, rule,
                        upstream={"model": model, "anchors": anchors}, datasets=("target_train",), version=VERSION)
         train = {**rule, "terms": list(cfg.terms), "dis_labels": cfg.dis_labels, "online": online,
@@ -282,6 +304,8 @@ def stages(cfg: cag.Config) -> list[Stage]:
                  "weight_decay": eff["weight_decay"], "power": cfg.power, "head_lr_mult": cfg.head_lr_mult,
                  "crop": list(eff["crop"]) if eff["crop"] else None,
                  "resize_scale": list(eff["resize_scale"]) if eff["resize_scale"] else None, "hflip": cfg.hflip}
+        if eff["scale_base"] and eff["resize_scale"]:
+            train["scale_base"] = eff["scale_base"]
         if online:  # the code's distance-loss constants; its label stage is diagnostics only
             train.update(dis_min_pixels=cfg.dis_min_pixels_code, dis_clamp=cfg.dis_clamp_code,
                          dis_scale=cfg.dis_scale_code, dis_grad_rescale=cfg.dis_grad_rescale_code)

@@ -166,7 +166,9 @@ def translate_source(p: dict, ctx) -> dict:
     tgt = ctx.dataset("target_train", plain=True, labels=False)
     root = Path(src.root)
     tree = ctx.out_dir / "tree"
-    pairs = pair_targets(len(src.samples), len(tgt.samples), ctx.seed)
+    if p.get("gamma", GAMMA_RULE) != GAMMA_RULE:
+        raise ValueError(f"gpa gamma={p['gamma']!r}; only {GAMMA_RULE!r} is implemented")
+    pairs = pair_targets(len(src.samples), len(tgt.samples), p.get("pair_seed", ctx.seed))
     progress = ctx.callbacks(len(src.samples))
     t0 = time.perf_counter()
     for i, (s, j) in enumerate(zip(src.samples, pairs)):
@@ -182,9 +184,19 @@ def translate_source(p: dict, ctx) -> dict:
     return {"images": len(src.samples), "seconds_per_image": (time.perf_counter() - t0) / max(len(src.samples), 1)}
 
 
-def gpa_stage():
-    """The GPA-stylised source as a stage (shared by every method that trains on it; alias its output)."""
+GAMMA_RULE = "mean_L"  # the one L-gamma rule implemented (gpa_align): mean(L/100) matched to the target's
+
+
+def gpa_stage(gamma: str = GAMMA_RULE, pair_seed: int | None = None):
+    """The GPA-stylised source as a stage (shared by every method that trains on it; alias its output).
+    ``pair_seed``: None draws the source→target pairing from the run's seed (one tree per seed); an int fixes the
+    pairing, and the tree is shared by every seed."""
     from methods.base import Stage
 
-    return Stage("gpa.source", "data", translate_source, {"method": "gpa", "gamma": "mean_L"},
-                 datasets=("source", "target_train"), version="1")
+    if gamma != GAMMA_RULE:
+        raise ValueError(f"gpa gamma={gamma!r}; only {GAMMA_RULE!r} is implemented (mean(L/100) matched)")
+    params = {"method": "gpa", "gamma": gamma}
+    if pair_seed is not None:  # absent = the run's seed, so the older key stays valid
+        params["pair_seed"] = int(pair_seed)
+    return Stage("gpa.source", "data", translate_source, params, datasets=("source", "target_train"), version="1",
+                 seeded=pair_seed is None)

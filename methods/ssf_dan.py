@@ -69,7 +69,9 @@ class Config:
     # segmenter (§3.5, §4.2)
     model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 (§3.5)")
     model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "code",
-                                "released eval model = AdaptSegNet's DeeplabMulti (layer5 aux head, 2-branch ASPP)")
+                                "AdaptSegNet's DeeplabMulti layout: layer3 aux head (layer5), ASPP-v2 with all four "
+                                "branches (6/12/18/24) summed. The released eval model has AdaptSegNet's 2-branch "
+                                "bug; set aspp_two_branch: true to reproduce it")
     init_weights: str | None = param(None, "harness", "local DeepLab init; paper says ImageNet, AdaptSegNet used COCO")
     feature_name: str = param("layer4", "paper", "F = the last feature map (2048-d, stride 8); MiniCity: small net's")
     feature_channels: int = param(2048, "paper", "SS-D input channels = F's channels (MiniCity overrides)")

@@ -32,8 +32,10 @@ def rho_at(p: dict, step: int) -> float:
     return p["rho_upper"] if v.rho == "fixed" else 1.0
 
 
-def masks(p: dict, out_s, out_t, src, tgt, grid, step: int) -> dict:
-    """The per-iteration labels and CA-R weights at the feature grid (all without gradient)."""
+def masks(p: dict, out_s, out_t, src, tgt, grid, step: int, grid_s=None) -> dict:
+    """The per-iteration labels and CA-R weights at the feature grid (all without gradient). ``grid`` is the
+    target's feature grid, ``grid_s`` the source's (default ``grid``): the real suites feed source and target at
+    different sizes (GTA5 1280×720, Cityscapes 1024×512)."""
     v = ssf.ABLATIONS[p["ablation"]]
     pt = _probs(out_t.logits, tgt["image"].shape[-2:])
     kept_t = ssf.progressive_confidence_mask(pt, rho_at(p, step))
@@ -45,7 +47,7 @@ def masks(p: dict, out_s, out_t, src, tgt, grid, step: int) -> dict:
         kept_s = ssf.progressive_confidence_mask(ps, rho_at(p, step)) if p["pcs_on_source"] else None
         full_s = ssf.kept_labels(ps, kept_s) if kept_s is not None else ps.argmax(1)
     lab_t = ssf.mode_downsample(full_t, grid, ignore_votes=p["mode_ignore_votes"])
-    lab_s = ssf.mode_downsample(full_s, grid, ignore_votes=p["mode_ignore_votes"])
+    lab_s = ssf.mode_downsample(full_s, grid_s or grid, ignore_votes=p["mode_ignore_votes"])
     tau = ssf.class_weights(pt, kept_t) if v.car else torch.ones(NUM_CLASSES, device=pt.device)
     return {"lab_t": lab_t, "lab_s": lab_s, "full_t": full_t, "full_s": full_s,
             "r_t": ssf.reweight_map(lab_t, tau), "r_s": ssf.reweight_map(lab_s, tau, p["car_missing_weight"]),
@@ -65,7 +67,7 @@ def ssf_losses(model, disc, global_disc, p: dict):
             seg["ce_aux"] = p["aux_weight"] * segmentation_ce(out_s.aux, src["label"])
         f_s, f_t = out_s.features[feat], out_t.features[feat]
         grid = tuple(f_t.shape[-2:])
-        m = masks(p, out_s, out_t, src, tgt, grid, it)
+        m = masks(p, out_s, out_t, src, tgt, grid, it, tuple(f_s.shape[-2:]))
         disc_terms = {}
         if v.classwise == "ssd":
             seg["adv"] = p["delta"] * ssf.adversarial_loss_g(disc, f_t, m["lab_t"], m["r_t"], per_class, red)
@@ -73,7 +75,7 @@ def ssf_losses(model, disc, global_disc, p: dict):
                                                      per_class, red, p["d_loss_scale"])
         elif v.classwise == "soft":  # Chen et al.: per-class D on the whole features, weighted by class shares
             w_t = ssf.soft_class_maps(m["full_t"], grid)
-            w_s = ssf.soft_class_maps(m["full_s"], grid)
+            w_s = ssf.soft_class_maps(m["full_s"], tuple(f_s.shape[-2:]))
             seg["adv"] = p["delta"] * ssf.generator_adversarial_loss(disc(f_t, None, per_class=True), w_t, red)
             disc_terms["d"] = ssf.discriminator_loss(disc(f_s.detach(), None, per_class=True),
                                                      disc(f_t.detach(), None, per_class=True), w_s, w_t, red,

@@ -41,12 +41,15 @@ def keys(c):
 def test_stage_order_and_links():
     st = pipe.stages(cfg())
     names = [s.name for s in closure(st[-1])]
-    assert names == ["gpa.source", "source_only.train", "bismap.maps", "bismap.label", "bismap.stm",
+    assert names == ["gpa.source", "bismap.warmup", "bismap.maps", "bismap.label", "bismap.stm",
                      "bismap.self_train", "bismap.distill_label", "bismap.distill"]
     by = {s.name: s for s in st}
-    gpa, warm, label, stm, st_ = by["gpa.source"], by["source_only.train"], by["bismap.label"], by["bismap.stm"], \
+    gpa, warm, label, stm, st_ = by["gpa.source"], by["bismap.warmup"], by["bismap.label"], by["bismap.stm"], \
         by["bismap.self_train"]
-    assert warm.upstream == {"source_tree": gpa} and warm.params["lr"] == 5e-4 and warm.params["batch_size"] == 8
+    assert warm.upstream == {"source_tree": gpa} and warm.params["lr"] == 5e-4 and warm.params["batch_source"] == 8
+    # W has the self-training's augmentation and head lr (paper ×0.5–1.5, 896×512, jitter; one lr)
+    assert warm.params["crop"] == [896, 512] and warm.params["scale_range"] == [0.5, 1.5]
+    assert warm.params["jitter_source"] == st_.params["jitter_source"] and warm.params["head_lr_mult"] == 1.0
     assert by["bismap.maps"].upstream == {"model": warm, "source_tree": gpa}
     assert label.upstream == {"model": warm, "maps": by["bismap.maps"]} and label.params["pla"] == "maps"
     assert stm.upstream == {"warmup": warm, "labels": label, "source_tree": gpa}
@@ -83,7 +86,7 @@ def test_variants_share_the_warmup_and_only_change_what_they_feed():
     base = keys(cfg())
     for name, over in {**pipe.TABLE3, **pipe.TABLE4, **pipe.TABLE5}.items():
         k = keys(cfg(**over))
-        assert k["source_only.train:source_tree"] == base["source_only.train:source_tree"], name
+        assert k["bismap.warmup:source_tree"] == base["bismap.warmup:source_tree"], name
         if "bismap.maps:model,source_tree" in k:
             assert k["bismap.maps:model,source_tree"] == base["bismap.maps:model,source_tree"], name
     # Table 3: one STM for the three PLAs (e_c from the MAPs labels); their label stages differ
@@ -92,9 +95,14 @@ def test_variants_share_the_warmup_and_only_change_what_they_feed():
     assert "bismap.label_ias:model" in t3["IAS-PLA"]  # IAS reads the warm-up's softmax only
     assert t3["CAs-PLA"]["bismap.label:maps,model"] == t3["MAPs-PLA"]["bismap.label:maps,model"]  # the STM's labels
     # Table 4: the baseline is the warm-up model itself; +STM trains the source only
-    assert pipe.stages(cfg(**pipe.TABLE4["baseline"]))[-1].name == "source_only.train"
+    baseline = pipe.stages(cfg(**pipe.TABLE4["baseline"]))[-1]
+    assert baseline.name == "bismap.warmup"
     plus_stm = pipe.stages(cfg(**pipe.TABLE4["+STM"]))[-1]
     assert plus_stm.name == "bismap.self_train" and set(plus_stm.upstream) == {"source_tree", "stm"}
+    # "+STM" is the baseline's recipe plus the STM: no other setting differs
+    diff = {k for k in baseline.params.keys() | plus_stm.params.keys()
+            if baseline.params.get(k) != plus_stm.params.get(k)}
+    assert diff == {"mode"}, diff
     no_stm = pipe.stages(cfg(**pipe.TABLE4["+MAPs-PLA"]))
     assert "bismap.stm" not in [s.name for s in no_stm] and "stm" not in no_stm[-1].upstream
     # a term's settings enter the key only when the term is on
@@ -230,7 +238,7 @@ def test_bismap_runs_on_tiny_minicity(tiny_suite, monkeypatch):
     by = {}
     for o in out["outcomes"].values():
         by.setdefault(o.name, []).append(o.result)
-    assert len(by["gpa.source"]) == 1 and len(by["source_only.train"]) == 1  # one warm-up for every variant
+    assert len(by["gpa.source"]) == 1 and len(by["bismap.warmup"]) == 1  # one warm-up for every variant
     assert len(by["bismap.maps"]) == 1
     maps = sorted(r["pl_ratio"] for r in by["bismap.label"])
     assert len(maps) == 2 and abs(maps[0] - 0.6) < 0.15  # δ from the ratio target (sampled pixel scores)

@@ -1,7 +1,10 @@
 """Paired image/label transforms for the papers' recipes, driven by an explicit per-item seed.
 
 Order: resize → random scale → random crop → random flip → normalise. The image is resized with Pillow
-(bicubic by default, as AdaptSegNet/ADVENT do), the label always with nearest neighbour.
+(bicubic by default, as AdaptSegNet/ADVENT do), the label always with nearest neighbour. ``resize=None`` keeps
+the file's native size (what CAG-UDA's and BiSMAP's recipes scale from). ``scale_base`` switches the random
+scale to the official codes' width rule: width = U(lo, hi) · scale_base px, aspect kept (CAG-UDA ``rsize`` 2200,
+BiSMAP 2200 source / 2048 target), instead of a factor of the current size.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class Transform:
     resize: tuple[int, int] | None = None
     interpolation: str = "bicubic"
     scale: tuple[float, float] | None = None
+    scale_base: int | None = None
     crop: tuple[int, int] | None = None
     flip: bool = False
     normalize: str = "imagenet"
@@ -36,6 +40,8 @@ class Transform:
     def __post_init__(self):
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize={self.normalize!r}; valid: {NORMALIZATIONS}")
+        if self.scale_base is not None and not self.scale_base > 0:  # without ``scale`` it is unused (plain reads)
+            raise ValueError(f"scale_base={self.scale_base!r}: expected a width in pixels > 0")
         if self.interpolation not in _INTERP:
             raise ValueError(f"interpolation={self.interpolation!r}; valid: {sorted(_INTERP)}")
 
@@ -50,6 +56,8 @@ class Transform:
         if self.scale is not None:
             s = rng.uniform(*self.scale)
             h, w = label.shape
+            if self.scale_base is not None:  # width rule: the drawn factor applies to a fixed width
+                s *= self.scale_base / w
             image, label = resize_pair(image, label, (round(w * s), round(h * s)), self.interpolation)
         if self.crop is not None:
             image, label = random_crop(image, label, self.crop, rng)

@@ -1,0 +1,54 @@
+"""``bench rehearse``: every stage of the real GTA5 → Cityscapes pipelines (main rows of CAG-UDA, SSF-DAN and
+BiSMAP, with their shared source-only, warm-up, GPA, label and fit stages) for 2 iterations on stand-in data at
+native resolution with the small network, and the projection of the full recipe."""
+
+import pytest
+import torch
+
+from bench import rehearse as rh
+from bench.suite_runner import load_suite
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_rehearsal_suite_shortens_every_stage_and_says_what_it_replaced(tmp_path):
+    suite = load_suite("gta5_cityscapes")
+    roots = {d: tmp_path / d for d in suite["datasets"]}
+    reh, notes = rh.rehearsal_suite(suite, roots, 3, "small")
+    cag = reh["methods"]["cag_uda"]
+    assert cag["warmup_iters"] == cag["stage_iters"] == cag["pretrain"]["iters"] == 3 and cag["model"] == "small"
+    assert reh["methods"]["bismap"]["st_iters"] == reh["methods"]["bismap"]["distill_iters"] == 3
+    assert reh["seeds"] == [0] and all(s["root"] == str(roots[d]) for d, s in reh["datasets"].items())
+    assert any("bismap.init_weights" in n and "random initialisation" in n for n in notes)
+    with pytest.raises(ValueError, match="--model"):
+        rh.rehearsal_suite(suite, roots, 3, "huge")
+
+
+def test_rehearse_gta5_cityscapes_small(tmp_path, capsys):
+    # e_c from the code's constants: after 2 iterations the MAPs stage labels no target pixel (no class has enough
+    # correctly predicted source features), and e_c from pseudo-labels is then undefined
+    out = rh.rehearse("gta5_cityscapes", ["ablations=false", "only=[cag_uda,ssf_dan,bismap]",
+                                          "methods.bismap.stm_entropy=code", "train.num_workers=0"], iters=2,
+                      model="small", results_root=tmp_path, executor="local",
+                      counts={"source": 2, "target_train": 3, "target_val": 1})
+    rows = out["rows"]
+    failed = [(r["stage"], r["status"]) for r in rows if r["status"] != "done"]
+    assert not failed, failed
+    names = {r["stage"] for r in rows}
+    assert {"source_only.train", "adversarial.feature_warmup", "cag_uda.anchors", "cag_uda.label", "cag_uda.train",
+            "ssf_dan.train", "gpa.source", "bismap.warmup", "bismap.maps", "bismap.stm", "bismap.self_train",
+            "bismap.distill", "eval"} <= names
+    train = [r for r in rows if r["kind"] == "train"]
+    by = {r["stage"]: r for r in train}
+    assert by["cag_uda.train"]["iters"] == 59_500 and by["bismap.self_train"]["iters"] == 90_000  # the real recipe
+    assert all(r["s_per_it"] > 0 and r["projected_s"] == pytest.approx(r["iters"] * r["s_per_it"]) for r in train)
+    assert all(0.0 <= r["data_share"] <= 1.0 and r["rss_mb"] > 0 for r in rows)
+    text = capsys.readouterr().out
+    assert "gta5_cityscapes, 3 seeds:" in text and "CPU-hours" in text
+    assert out["report"].read_text().count("| eval |") >= 3
