@@ -65,6 +65,30 @@ def stage_runtime(stage: Stage, train: dict) -> dict:
     return {"threads": threads, "device": device}
 
 
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def init_file_hashes(params: dict) -> dict:
+    """``{param: sha256}`` of the local init files a stage reads (top-level ``*weights`` params naming a file),
+    so that replacing a weights file at the same path (e.g. a rebuilt MiniCity pretraining) changes the key.
+    Hashes are remembered per (path, size, mtime) for the planner's many calls."""
+    from bench.plan import resolve_root
+
+    out = {}
+    for name, value in sorted(params.items()):
+        if not (name.endswith("weights") and isinstance(value, str) and value):
+            continue
+        path = resolve_root(value)
+        if not path.is_file():
+            continue  # a missing file fails where the stage loads it, with where to get it
+        st = path.stat()
+        memo = (str(path), st.st_size, st.st_mtime_ns)
+        if memo not in _FILE_HASHES:
+            _FILE_HASHES[memo] = sha256_file(path)
+        out[name] = _FILE_HASHES[memo]
+    return out
+
+
 def stage_key(stage: Stage, upstream_keys: dict, datasets: dict, seed: int, train: dict) -> str:
     """The cache key. ``datasets`` maps a domain to ``{"spec": ..., "fingerprint": ...}``."""
     missing = [d for d in stage.datasets if d not in datasets]
@@ -81,6 +105,9 @@ def stage_key(stage: Stage, upstream_keys: dict, datasets: dict, seed: int, trai
         "train": {k: train.get(k) for k in KEYED_TRAIN_SETTINGS},
         "runtime": stage_runtime(stage, train),
     }
+    files = init_file_hashes(stage.params)
+    if files:  # only then: keys of stages that read no init file stay what they were
+        payload["files"] = files
     return stage.name.replace(".", "-") + "-" + hashlib.sha256(_canonical(payload).encode()).hexdigest()[:16]
 
 

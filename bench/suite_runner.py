@@ -106,6 +106,28 @@ class SuiteDataError(SuiteError):
     """A dataset of the suite is missing or malformed; raised before any training."""
 
 
+def ensure_minicity_pretraining(spec: dict) -> None:
+    """``minicity.pretrain: {root, name}``: train the small net's generic-domain backbone once (the suite's stand-in
+    for ImageNet weights; ``bench.pretrain``), before planning, since the stage keys hold the file's hash."""
+    from bench.fsio import file_lock
+    from bench.plan import resolve_root
+    from bench.pretrain import RECIPE, ensure_pretrained
+
+    unknown = sorted(set(spec) - {"root", "name", "recipe"})
+    if unknown or "root" not in spec:
+        raise SuiteError(f"minicity.pretrain: expected keys root (and optional name, recipe), got {sorted(spec)}")
+    bad = sorted(set(spec.get("recipe") or {}) - set(RECIPE))
+    if bad:
+        raise SuiteError(f"minicity.pretrain.recipe: unknown key(s) {bad}; valid: {sorted(RECIPE)}")
+    root = resolve_root(spec["root"])
+    name = spec.get("name", "minicity_generic_small")
+    with file_lock(root / f".{name}.lock"):
+        st = ensure_pretrained(root, name, {**RECIPE, **(spec.get("recipe") or {})})
+    if st["regenerated"]:
+        print(f"MiniCity pretraining (generic shapes domain) written to {spec['root']}/{name}.pt: "
+              f"{st['seconds']:.0f} s, once for every seed and method")
+
+
 def ensure_data(suite: dict) -> dict:
     """Generate MiniCity when the suite embeds it, then fingerprint every dataset of every target.
     A missing or malformed tree stops here, before any training, with the ``bench data check`` command."""
@@ -126,6 +148,8 @@ def ensure_data(suite: dict) -> dict:
         if st.get("regenerated"):
             print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
                   f"{st['seconds']:.0f} s")
+        if mc.get("pretrain"):
+            ensure_minicity_pretraining(mc["pretrain"])
     from bench.ablations import ablation_specs
     from bench.report import paper_rows
 

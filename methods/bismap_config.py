@@ -88,7 +88,8 @@ class Config:
     # -- STM (stage P1): Eq. 7-9
     stm_encoders: tuple = param(("simclrv2_r152", "imagenet_r101", "warmup"), "inferred",
                                 "first available wins, recorded in the run: paper SimCLRv2 R152 (not available "
-                                "offline), a local ImageNet backbone, then the warm-up encoder")
+                                "offline), a local ImageNet backbone, then the warm-up encoder; 'backbone' = "
+                                "the suite's model from a pretrained file (MiniCity)")
     stm_encoder_weights: str | None = param(None, "harness", "local weights file for the STM encoder; None = "
                                             "init_weights (the suite's ImageNet R101: the documented fallback for "
                                             "SimCLRv2 R152), else the warm-up encoder. The stm stage records the "

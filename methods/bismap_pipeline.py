@@ -127,8 +127,9 @@ def train_params(cfg: Config, mode: str, consistency: bool, labels: bool) -> dic
 def stm_encoder_weights(cfg: Config) -> str | None:
     """The STM encoder's weights file: ``stm_encoder_weights``, else — the paper's SimCLRv2 R152 having no loader —
     the suite's ImageNet R101 (``init_weights``), the documented fallback, when "imagenet_r101" is among
-    ``stm_encoders``; None leaves the warm-up encoder (a suite without an init file, e.g. MiniCity)."""
-    if cfg.stm_encoder_weights or "imagenet_r101" not in cfg.stm_encoders:
+    ``stm_encoders`` (or the suite model's pretrained backbone, "backbone": MiniCity's generic pretraining); None
+    leaves the warm-up encoder (a suite without an init file)."""
+    if cfg.stm_encoder_weights or not {"imagenet_r101", "backbone"} & set(cfg.stm_encoders):
         return cfg.stm_encoder_weights
     return cfg.init_weights
 
@@ -170,6 +171,8 @@ def stages(cfg: Config) -> list[Stage]:
               "input_size": list(cfg.stm_input_size), "grid": list(cfg.stm_grid), "clusters": cfg.stm_clusters,
               "kmeans_samples": cfg.stm_kmeans_samples, "kmeans_seed": cfg.stm_kmeans_seed, "d_mean": cfg.stm_d_mean,
               "entropy": cfg.stm_entropy}
+        if "backbone" in cfg.stm_encoders:  # only then, so the other suites' keys stay as they were
+            sp.update(model=cfg.model)
         up = {"warmup": warm, **src}
         if cfg.stm_entropy == "pseudo_labels":
             up["labels"] = maps_labels

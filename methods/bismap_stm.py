@@ -44,11 +44,19 @@ def _imagenet_r101(path: str, device):
 def stm_encoder(p: dict, ctx):
     """(features fn: normalised [N,3,H,W] → [N,D,h,w], its input normalisation, name): the first of
     ``p["encoders"]`` available here. SimCLRv2 R152 has no loader (its selective-kernel checkpoint is not a
-    torchvision layout); "imagenet_r101" needs ``stm_encoder_weights``; "warmup" (the warm-up model's layer4,
-    the suite's normalisation) always is."""
+    torchvision layout); "imagenet_r101" needs ``stm_encoder_weights``; "backbone" (the suite's model built from
+    ``stm_encoder_weights``, e.g. MiniCity's generic pretraining: its layer4) too; "warmup" (the warm-up model's
+    layer4, the suite's normalisation) always is."""
     for name in p["encoders"]:
         if name == "imagenet_r101" and p["encoder_weights"]:
             return _imagenet_r101(p["encoder_weights"], ctx.device), "imagenet", name
+        if name == "backbone" and p["encoder_weights"]:  # the suite's own model, pretrained off both domains
+            from bench.models import build_model
+            from bench.plan import resolve_root
+
+            model = build_model(p["model"], init_weights=resolve_root(p["encoder_weights"])).to(ctx.device).eval()
+            norm = ctx.dataset("source", plain=True).transform.normalize
+            return (lambda x, net=model: net(x).features["layer4"]), norm, name
         if name == "warmup":
             model = ctx.load_model("warmup").to(ctx.device).eval()
             norm = ctx.dataset("source", plain=True).transform.normalize

@@ -102,6 +102,22 @@ def _mk(p: Path) -> Path:
     return p
 
 
+def _tiny_pretrain(tmp: Path) -> dict:
+    """The suite's generic-domain pretraining, 2 iterations on 4 tiny images (the real one takes minutes)."""
+    return {"root": str(tmp / "weights"), "name": "generic",
+            "recipe": {"iters": 2, "images": 4, "size": [64, 32], "batch_size": 2}}
+
+
+def _replace_init(node, path: str) -> None:
+    """Point every ``init_weights`` of the suite's methods (YAML anchors included) at ``path``."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "init_weights" and isinstance(v, str):
+                node[k] = path
+            else:
+                _replace_init(v, path)
+
+
 def tiny_minicity_suite(tmp: Path, counts: dict, **train) -> dict:
     """minicity.yaml pointed at a tiny MiniCity (64×32) generated under ``tmp/mc``, one seed, CPU, frequent
     checkpoints; ``counts`` are the generator's image counts, ``train`` updates the train section. Callers set
@@ -113,6 +129,8 @@ def tiny_minicity_suite(tmp: Path, counts: dict, **train) -> dict:
     suite = yaml.safe_load((SUITES_DIR / "minicity.yaml").read_text())
     root = tmp / "mc"
     suite["minicity"] = {"root": str(root), "seed": 0, "size": [64, 32], "counts": counts}
+    pre = suite["minicity"]["pretrain"] = _tiny_pretrain(tmp)
+    _replace_init(suite["methods"], f"{pre['root']}/{pre['name']}.pt")
     for domain, d in zip(["source", "target_train", "target_val"], ["gta5", "cityscapes", "cityscapes"]):
         suite["datasets"][domain]["root"] = str(root / d)
     suite["seeds"] = [0]

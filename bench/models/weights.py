@@ -13,7 +13,9 @@ Formats (``fmt``):
   the legacy ``resnet101-5d3b4d8f.pth`` CAG-UDA/ProDA use) → ``DeepLabV3Plus.backbone``; ``fc.*`` skipped.
   Expects RGB with ImageNet mean/std.
 - ``"native"``: a full state dict of the very model (this harness's checkpoints, or released DeeplabMulti
-  checkpoints such as SSF-DAN's, which share the names); an optional ``module.`` prefix is stripped.
+  checkpoints such as SSF-DAN's, which share the names); an optional ``module.`` prefix is stripped. A file
+  that holds exactly the model's backbone keys (``bench.pretrain``'s output: MiniCity's stand-in for an
+  ImageNet backbone) loads the backbone only; the heads keep their fresh init, as with the ImageNet formats.
 
 The two ResNet layouts have identical key names and shapes but put the stride in different convs, so a file
 of one layout loads "fine" into the other and silently gives a different network; the loader therefore
@@ -102,6 +104,9 @@ def load_init(model: nn.Module, path: str | os.PathLike, fmt: str) -> InitReport
     else:
         mapped, skipped = {_strip(k, "module."): v for k, v in state.items()}, []
         required = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+        backbone = _backbone_keys(model) if hasattr(model, "backbone_modules") else []
+        if backbone and {k for k in mapped if not k.endswith("num_batches_tracked")} == set(backbone):
+            required = backbone  # a backbone-only file: the heads keep their fresh init
     _check_layout(model, mapped, required, path, fmt)
     merged = model.state_dict()
     merged.update(mapped)

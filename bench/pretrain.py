@@ -1,0 +1,68 @@
+"""MiniCity's stand-in for an ImageNet backbone: the small net pretrained on the generic shapes domain.
+
+``ensure_pretrained`` writes ``<root>/<name>.pt`` once (a backbone-only state dict, loaded like any local
+init file) and reuses it afterwards; the recipe is stored beside it and a file made by another recipe is
+rebuilt. It is independent of the suite's seeds: every seed and method starts from the same file, as every
+real run starts from the same ImageNet weights. The stage keys of the stages that load it hold its sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from bench.data.generic_shapes import KINDS, VERSION, GenericShapes
+
+RECIPE = {"generator": "generic_shapes", "version": VERSION, "model": "small", "iters": 1500, "batch_size": 8,
+          "images": 2000, "size": [256, 128], "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "power": 0.9,
+          "seed": 0, "normalize": "imagenet", "threads": 1}  # threads: float sums, so the bytes, depend on it
+
+
+def _train(recipe: dict, out_dir: Path) -> tuple[dict, dict]:
+    from bench.models import build_model
+    from bench.schedule import OptimizerSpec
+    from bench.train import TrainConfig, Trainer, seed_everything
+    from methods.source_only import supervised_losses
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe["threads"])
+    seed_everything(recipe["seed"])
+    model = build_model(recipe["model"], num_classes=len(KINDS))
+    spec = OptimizerSpec("segmenter", kind="sgd", lr=recipe["lr"], momentum=recipe["momentum"],
+                         weight_decay=recipe["weight_decay"], power=recipe["power"])
+    data = GenericShapes(recipe["images"], recipe["seed"], tuple(recipe["size"]), recipe["normalize"])
+    cfg = TrainConfig(max_iters=recipe["iters"], batch_sizes={"generic": recipe["batch_size"]},
+                      seed=recipe["seed"], device="cpu", checkpoint_every=0, log_every=250, progress=False)
+    fit = Trainer({"segmenter": model}, {"segmenter": spec}, supervised_losses(model, "generic", 0.0),
+                  {"generic": data}, cfg, out_dir=out_dir).fit()
+    torch.set_num_threads(threads)
+    prefixes = tuple(f"{n}." for n in ("stem", "layer1", "layer2", "layer3", "layer4"))
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    return state, {k: round(float(v), 4) for k, v in fit["metrics"].items()}
+
+
+def ensure_pretrained(root: str | os.PathLike, name: str = "generic_small", recipe: dict | None = None) -> dict:
+    """Return ``{"path", "recipe", "regenerated", "seconds"}``; trains when the file or its recipe differ."""
+    recipe = dict(RECIPE if recipe is None else recipe)
+    root = Path(root)
+    path, meta = root / f"{name}.pt", root / f"{name}.json"
+    if path.is_file() and meta.is_file():
+        try:
+            if json.loads(meta.read_text()).get("recipe") == recipe:
+                return {"path": path, "recipe": recipe, "regenerated": False, "seconds": 0.0}
+        except json.JSONDecodeError:
+            pass  # a damaged record: rebuild
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    work = root / f".{name}.work"
+    state, metrics = _train(recipe, work)
+    tmp = root / f".{name}.{os.getpid()}.pt"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    seconds = time.perf_counter() - t0
+    meta.write_text(json.dumps({"recipe": recipe, "seconds": round(seconds, 1), "final_metrics": metrics}, indent=1))
+    return {"path": path, "recipe": recipe, "regenerated": True, "seconds": seconds}
