@@ -317,7 +317,8 @@ class MetricsLog:
             if isinstance(v, (int, float)):
                 self._sums[k] = self._sums.get(k, 0.0) + float(v)
         if step % self.every == 0 or step == self.total:
-            row = {"step": step, **{k: v / self._n for k, v in self._sums.items()}}
+            # the time: MLflow shows each point when it was computed, not when the driver logged it
+            row = {"step": step, "time": time.time(), **{k: v / self._n for k, v in self._sums.items()}}
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             self._sums, self._n = {}, 0
@@ -520,11 +521,15 @@ def execute_stage(planned: PlannedStage, cache_root: str, dataset_specs: dict, t
                 "params": planned.stage.params, "upstream": planned.upstream, "seed": planned.seed,
                 "datasets": list(planned.stage.datasets), "runtime": runtime, "host": host, "started": time.time()}
         _atomic_write(out_dir / META, json.dumps(meta, indent=1, default=_jsonable))  # lets `cache ls` name partials
+        from bench.sysmetrics import Sampler
+
         t0 = time.perf_counter()
-        with torch_threads(runtime["threads"]):
+        with torch_threads(runtime["threads"]), Sampler(out_dir):
             result = planned.stage.fn(dict(planned.stage.params), ctx) or {}
         seconds = time.perf_counter() - t0
         result = dict(result)
         result.setdefault("stage_seconds", seconds)
-        cache.mark_done(key, result, {**meta, "seconds": seconds})
-    return {"key": key, "result": result, "seconds": seconds, "cached": False, "host": host}
+        ended = meta["started"] + seconds
+        cache.mark_done(key, result, {**meta, "seconds": seconds, "ended": ended})
+    return {"key": key, "result": result, "seconds": seconds, "cached": False, "host": host,
+            "started": meta["started"], "ended": ended}
