@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,20 +20,22 @@ from bench.tracking import _db_lock, to_percent
 
 
 def display_names(experiments) -> dict[str, str]:
-    """key → a readable stage name: repeated stages of one pipeline are numbered (``cag_uda.stage2.train``),
-    an evaluation names the model it scores (``eval(cag_uda.stage3.train)``)."""
-    out: dict[str, str] = {}
+    """key → a readable stage name. A stage whose name repeats along a pipeline is numbered by how many of its
+    ancestors share the name (``cag_uda.stage2.train``, the same in every variant that shares it); an evaluation
+    names the model it scores (``eval(cag_uda.stage3.train)``)."""
+    stages, ancestors = {}, {}
     for e in experiments:
-        count, seen = Counter(ps.name for ps in e.stages), Counter()
-        names = {}
-        for ps in e.stages:
-            seen[ps.name] += 1
-            head, _, tail = ps.name.rpartition(".")
-            names[ps.key] = (f"{head}.stage{seen[ps.name]}.{tail}" if head else f"{ps.name}{seen[ps.name]}") \
-                if count[ps.name] > 1 else ps.name
-        names[e.eval.key] = f"eval({names[e.model.key]})"
-        for k, v in names.items():
-            out.setdefault(k, v)
+        for ps in e.stages:  # upstream first
+            stages[ps.key] = ps
+            ancestors.setdefault(ps.key, set().union(*([ancestors[u] | {u} for u in ps.upstream.values()] or [set()])))
+    nth = {k: 1 + sum(stages[a].name == ps.name for a in ancestors[k]) for k, ps in stages.items()}
+    repeated = {ps.name for k, ps in stages.items() if nth[k] > 1}
+    out = {}
+    for k, ps in stages.items():
+        head, _, tail = ps.name.rpartition(".")
+        out[k] = (f"{head}.stage{nth[k]}.{tail}" if head else f"{ps.name}{nth[k]}") if ps.name in repeated else ps.name
+    for e in experiments:
+        out[e.eval.key] = f"eval({out[e.model.key]})"
     return out
 
 
@@ -188,7 +189,7 @@ class LiveLog:
             status = o.status if o else "not run"
             link = f"[{self.names[ps.key]}](#/experiments/{self.t.experiment_id}/runs/{run})" if run else \
                 self.names[ps.key]
-            lines.append(f"- {link}: {status}" + (f", {o.seconds:.0f} s" if o and o.status == "done" else ""))
+            lines.append(f"- {link}: {status}" + (f", {o.seconds:.1f} s" if o and o.status == "done" else ""))
         return "\n".join(lines)
 
     def experiment_run(self, e) -> str:

@@ -235,6 +235,7 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
     from bench.live_log import LiveLog
+    from bench.pipeline import StageCache
     from bench.plan import method_configs, plan_suite
     from bench.report import write_outputs
     from bench.run import Scheduler, summary_lines
@@ -259,6 +260,7 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     uri = tracking_uri or default_tracking_uri(results_root)
     tracker = Tracker(uri, suite["name"], results_root / "mlartifacts")
     env = environment()
+    StageCache(cache_root).record_users(suite["name"], experiments)  # what `bench cache ls` shows per key
     live = LiveLog(tracker, suite, overrides, experiments, fingerprints, env, cache_root)  # opens the invocation
     print(f"MLflow: {uri}, invocation run {live.invocation} (`bench ui` to watch it)")
     board = Board(len(unique), labels)

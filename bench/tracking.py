@@ -204,6 +204,30 @@ def load_results(uri: str, experiment: str, invocation: str | None = None) -> tu
     return results, invocation
 
 
+COMPARE_FILTER = "tags.kind = 'experiment'"
+
+
+def comparison_url(base: str, experiment_id: str, metric: str = "miou_19") -> str:
+    """The UI's runs view of one suite: experiment runs only (no stage or invocation runs), best mIoU first."""
+    from urllib.parse import quote
+
+    return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(COMPARE_FILTER)}"
+            f"&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc=false")
+
+
+def comparison_urls(uri: str, base: str) -> list[str]:
+    """``name: url`` for every suite in the store ([] when it cannot be read: the UI starts anyway)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return []  # no store yet (reading would create one)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exps = MlflowClient(uri).search_experiments()
+    except Exception:  # noqa: BLE001 - a missing or fresh store: nothing to point at yet
+        return []
+    return [f"{e.name}: {comparison_url(base, e.experiment_id)}" for e in exps if e.name != "Default"]
+
+
 def ui_command(uri: str, port: int = 5000) -> tuple[list[str], dict]:
     """The ``mlflow ui`` command sized for a small machine (one worker, no job runner: ~0.5 GiB, not ~3)."""
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
