@@ -11,6 +11,7 @@ are rebuilt from these runs (``load_results``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -110,6 +111,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # MLflow's INFO lines (database creation, system-metrics monitor start/stop) would interleave with the
+        # progress display and an interrupted run's one-line message; MLFLOW_LOGGING_LEVEL=INFO brings them back
+        logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
         mlflow.set_tracking_uri(uri)
         # The first client of a SQLite file creates and migrates it, and two runs could both create the
         # experiment: one process at a time.
