@@ -149,14 +149,7 @@ def cmd_cache(a) -> int:
 
     cache = StageCache(a.cache or (a.results or REPO / "results") / "cache")
     if a.cache_command == "ls":
-        entries = cache.entries()
-        for e in entries:
-            m = e["meta"]
-            print(f"{e['state']:8s} {e['bytes'] / 1e6:9.1f} MB  seed {m.get('seed', '?')!s:>3}  {e['key']}"
-                  + (f"  ({e['meta_error']})" if e["meta_error"] else ""))
-        total = sum(e["bytes"] for e in entries) / 1e6
-        print(f"{len(entries)} stage(s), {total:.1f} MB under {cache.root}")
-        return 0
+        return _cache_ls(cache)
     try:
         for k in a.keys:
             check_key_prefix(k)
@@ -173,6 +166,33 @@ def cmd_cache(a) -> int:
         print(f"error: no cache entry matches {' '.join(a.keys)} (see `bench cache ls`)", file=sys.stderr)
         return 2
     print(f"removed {len(removed)} stage(s), {sum(e['bytes'] for e in removed) / 1e6:.1f} MB from {cache.root}")
+    return 0
+
+
+def used_by(rows: list[dict]) -> str:
+    """``minicity: cag_uda[stage1], source_only`` — the suite rows that use a stage (from the cache's index)."""
+    by_suite: dict[str, list[str]] = {}
+    for r in rows:
+        name = r["method"] + (f"[{r['variant']}]" if r.get("variant") else "") + (f"@{r['target']}" if r.get("target")
+                                                                                  else "")
+        names = by_suite.setdefault(r["suite"], [])
+        if name not in names:
+            names.append(name)
+    return "; ".join(f"{s}: {', '.join(sorted(n))}" for s, n in by_suite.items()) or "?"
+
+
+def _cache_ls(cache) -> int:
+    """One line per entry: state, size, seed, the method/variant rows using it, the key."""
+    entries, users = cache.entries(), cache.users()
+    for e in entries:
+        m = e["meta"]
+        rows = users.get(e["key"].split(".corrupt-")[0], [])
+        seeds = sorted({r["seed"] for r in rows}) if rows else [m.get("seed", "?")]  # an unseeded stage: several
+        print(f"{e['state']:8s} {e['bytes'] / 1e6:9.1f} MB  seed {','.join(map(str, seeds)):>3}  {e['key']}  "
+              f"[{used_by(rows)}]" + (f"  ({e['meta_error']})" if e["meta_error"] else ""))
+    total = sum(e["bytes"] for e in entries) / 1e6
+    print(f"{len(entries)} stage(s), {total:.1f} MB under {cache.root}  ([suite: method[variant]] = the rows that "
+          "use each stage, as recorded by `bench run`)")
     return 0
 
 
@@ -202,7 +222,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def cmd_ui(a) -> int:
     import os
 
-    from bench.tracking import default_tracking_uri, ui_command
+    from bench.tracking import comparison_urls, default_tracking_uri, ui_command
 
     uri = a.tracking_uri or default_tracking_uri(a.results or REPO / "results")
     cmd, env = ui_command(uri, a.port)
@@ -211,7 +231,10 @@ def cmd_ui(a) -> int:
     if a.host not in LOOPBACK:
         print(f"warning: --host {a.host} serves the MLflow UI, which has no authentication, to every machine that "
               f"can reach this one; anyone there can read and delete runs", file=sys.stderr)
-    print(f"MLflow UI on http://{a.host}:{a.port} for {uri} (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI on http://{a.host}:{a.port} for {uri} (Ctrl-C stops it)")
+    urls = comparison_urls(uri, f"http://{a.host}:{a.port}")
+    print("\n".join(["method-by-method comparison (experiment runs, best mIoU first):", *urls]) if urls else "",
+          flush=True)
     # replace this process, so Ctrl-C and SIGTERM reach the server itself and none is left holding the port
     os.execvpe(cmd[0], cmd, env)
 

@@ -35,8 +35,9 @@ from methods.base import Stage, closure
 DONE, RESULT, META, METRICS, PROGRESS = "DONE", "result.json", "meta.json", "metrics.jsonl", "progress.json"
 KEYED_TRAIN_SETTINGS = ("amp", "deterministic", "channels_last")  # harness settings that change numbers
 LOCKS = ".locks"
-# Not outputs: the log and progress are rewritten by later attempts; checkpoints only serve a resume.
-UNRECORDED = re.compile(r"^(DONE|stage\.log|progress\.json|ckpt_\d+\.pt|\..*)$")
+USERS = ".users.json"  # key → the suite rows (method, variant, seed, target) that use it, for `bench cache ls`
+# Not outputs: the log, system metrics and progress are rewritten by later attempts; checkpoints only serve a resume.
+UNRECORDED = re.compile(r"^(DONE|stage\.log|system\.jsonl|progress\.json|ckpt_\d+\.pt|\..*)$")
 HASH_ON_READ = 4 << 20  # files up to this size are hashed on every read; bigger ones get a size check
 CORRUPT = ".corrupt-"
 
@@ -248,6 +249,26 @@ class StageCache:
         record = {"done": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _manifest(d)}
         atomic_write_text(d / DONE, json.dumps(record, indent=1))  # last
 
+    def record_users(self, suite: str, experiments) -> None:
+        """Remember which rows of ``suite`` use each stage (merged with earlier runs'; a cache is shared by suites)."""
+        with file_lock(self.root / LOCKS / "users.lock"):
+            index = self.users()
+            for e in experiments:
+                row = {"suite": suite, "method": e.method, "variant": e.variant, "seed": e.seed, "target": e.target}
+                for ps in e.stages:
+                    rows = index.setdefault(ps.key, [])
+                    if row not in rows:
+                        rows.append(row)
+            atomic_write_text(self.root / USERS, json.dumps(index, indent=0))
+
+    def users(self) -> dict[str, list[dict]]:
+        """The index :meth:`record_users` keeps ({} when missing or unreadable: it is only a listing aid)."""
+        try:
+            index = json.loads((self.root / USERS).read_text())
+            return index if isinstance(index, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
     def entries(self) -> list[dict]:
         """One dict per cache directory: key, stage, state (done | partial | corrupt), bytes, modified, meta.
         An unreadable ``meta.json`` gives ``meta = {}`` and ``meta_error``; it never stops the listing."""
@@ -344,7 +365,8 @@ class MetricsLog:
             if isinstance(v, (int, float)):
                 self._sums[k] = self._sums.get(k, 0.0) + float(v)
         if step % self.every == 0 or step == self.total:
-            row = {"step": step, **{k: v / self._n for k, v in self._sums.items()}}
+            # the time: MLflow shows each point when it was computed, not when the driver logged it
+            row = {"step": step, "time": time.time(), **{k: v / self._n for k, v in self._sums.items()}}
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             self._sums, self._n = {}, 0
@@ -547,11 +569,15 @@ def execute_stage(planned: PlannedStage, cache_root: str, dataset_specs: dict, t
                 "params": planned.stage.params, "upstream": planned.upstream, "seed": planned.seed,
                 "datasets": list(planned.stage.datasets), "runtime": runtime, "host": host, "started": time.time()}
         _atomic_write(out_dir / META, json.dumps(meta, indent=1, default=_jsonable))  # lets `cache ls` name partials
+        from bench.sysmetrics import Sampler
+
         t0 = time.perf_counter()
-        with torch_threads(runtime["threads"]):
+        with torch_threads(runtime["threads"]), Sampler(out_dir):
             result = planned.stage.fn(dict(planned.stage.params), ctx) or {}
         seconds = time.perf_counter() - t0
         result = dict(result)
         result.setdefault("stage_seconds", seconds)
-        cache.mark_done(key, result, {**meta, "seconds": seconds})
-    return {"key": key, "result": result, "seconds": seconds, "cached": False, "host": host}
+        ended = meta["started"] + seconds
+        cache.mark_done(key, result, {**meta, "seconds": seconds, "ended": ended})
+    return {"key": key, "result": result, "seconds": seconds, "cached": False, "host": host,
+            "started": meta["started"], "ended": ended}

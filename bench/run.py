@@ -30,6 +30,8 @@ class Outcome:
     seconds: float = 0.0
     attempts: int = 0
     error: str = ""
+    started: float | None = None  # epoch seconds of the attempt that computed it (None: from the cache)
+    ended: float | None = None
 
 
 def _stage_log_run(planned, cache_root, specs, train):
@@ -84,12 +86,20 @@ class Scheduler:
     """Drives the DAG; ``executor`` is "ray" or "local" (in-process, one stage at a time)."""
 
     def __init__(self, stages: dict, specs: dict, train: dict, cache_root, executor: str = "ray",
-                 retries: int = 1, board=None, gpu_share: float | None = None) -> None:
+                 retries: int = 1, board=None, gpu_share: float | None = None, on_finished=None) -> None:
+        """``on_finished(planned, outcome)``: called in the driver as each stage ends (done, cached, failed or
+        skipped), e.g. to log it to MLflow while the rest of the suite runs."""
         self.stages, self.specs, self.train = stages, specs, train
         self.cache = StageCache(cache_root)
         self.executor, self.retries, self.board = executor, retries, board
-        self.gpu_share = gpu_share
+        self.gpu_share, self.on_finished = gpu_share, on_finished
         self.outcomes = {k: Outcome(k, ps.name) for k, ps in stages.items()}
+
+    def _finished(self, key: str) -> None:
+        if self.board:
+            self.board.finished(self.stages[key], self.outcomes[key])
+        if self.on_finished:
+            self.on_finished(self.stages[key], self.outcomes[key])
 
     def _ready(self, key: str) -> bool:
         return all(self.outcomes[u].status in ("done", "cached") for u in self.stages[key].upstream.values())
@@ -114,8 +124,7 @@ class Scheduler:
             if result is not None:
                 o = self.outcomes[key]
                 o.status, o.result = "cached", result
-                if self.board:
-                    self.board.finished(self.stages[key], o)
+                self._finished(key)
         if self.executor == "local":
             self._run_local()
         elif self.executor == "ray":
@@ -137,8 +146,7 @@ class Scheduler:
                     o = self.outcomes[k]
                     o.status, o.error = "skipped", f"upstream {self.outcomes[up].name} ({up}) did not finish"
                     changed = True
-                    if self.board:
-                        self.board.finished(self.stages[k], o)
+                    self._finished(k)
 
     def _record(self, key: str, res: dict | None, exc: BaseException | None) -> bool:
         """Store a finished attempt; returns True when the stage should be resubmitted."""
@@ -148,6 +156,7 @@ class Scheduler:
             # "cached": another run on the same root computed it while this one waited for the stage's lock
             o.status = "cached" if res.get("cached") else "done"
             o.result, o.seconds = res["result"], res["seconds"]
+            o.started, o.ended = res.get("started"), res.get("ended")
         elif o.attempts <= self.retries:
             o.error = _error_line(exc)
             if self.board:
@@ -156,8 +165,7 @@ class Scheduler:
             return True
         else:
             o.status, o.error = "failed", _error_line(exc)
-        if self.board:
-            self.board.finished(self.stages[key], o)
+        self._finished(key)
         return False
 
     def _run_local(self) -> None:

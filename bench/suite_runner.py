@@ -12,12 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from bench.schema import SUITE_KEYS  # noqa: F401 - re-exported: the suite's top-level keys
+
 REPO = Path(__file__).resolve().parent.parent
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 
-SUITE_KEYS = {"name", "extends", "description", "minicity", "datasets", "targets", "evaluation", "seeds",
-              "resources", "train", "paper", "methods", "only", "ablations"}
 
 
 class SuiteError(ValueError):
@@ -38,9 +38,7 @@ def load_suite(name: str, overrides=()) -> dict:
     suite["name"] = path.stem
     for ov in overrides:
         apply_override(suite, ov)
-    unknown = sorted(set(suite) - SUITE_KEYS)
-    if unknown:
-        raise SuiteError(f"suite {suite['name']}: unknown key(s) {unknown}; valid: {sorted(SUITE_KEYS)}")
+    check_keys(suite, path, overrides)
     for key in ("datasets", "seeds", "methods"):
         if not suite.get(key):
             raise SuiteError(f"suite {suite['name']}: {key!r} is missing or empty")
@@ -81,12 +79,34 @@ def extend_suite(base: dict, child: dict) -> dict:
     return out
 
 
+def check_keys(suite: dict, path: Path, overrides=()) -> None:
+    """Every key of the loaded suite against the schema (``bench.schema``); the error names the override that
+    brought a bad key in, else the suite file."""
+    from bench.schema import SchemaError, check_tree
+
+    try:
+        check_tree(suite)
+    except SchemaError as e:
+        bad = ".".join(e.path)
+        source = next((f"override {ov!r}" for ov in overrides if (bad + ".").startswith(ov.split("=", 1)[0] + ".")),
+                      f"suite file {path}")
+        raise SuiteError(f"suite {suite['name']}: {source}: {e.args[0]}; fix the key (`bench run --help` for "
+                         "the format)") from None
+
+
 def apply_override(suite: dict, text: str) -> None:
-    """``a.b.c=value`` (value parsed as YAML). Every key but the last must exist."""
+    """``a.b.c=value`` (value parsed as YAML). The key must be one the suite's schema has (``bench.schema``),
+    and every key but the last must exist."""
+    from bench.schema import SchemaError, check_path
+
     if "=" not in text:
         raise SuiteError(f"override {text!r} is not key=value")
     key, raw = text.split("=", 1)
     parts = key.split(".")
+    try:
+        check_path(tuple(parts))
+    except SchemaError as e:
+        raise SuiteError(f"override {text!r}: {e.args[0]}") from None
     node = suite
     for i, p in enumerate(parts[:-1]):
         if not isinstance(node, dict) or p not in node:
@@ -238,6 +258,8 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
               retries: int = 1, tracking_uri: str | None = None, cache_root: Path | None = None) -> dict:
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
+    from bench.live_log import LiveLog
+    from bench.pipeline import StageCache
     from bench.plan import method_configs, plan_suite
     from bench.report import write_outputs
     from bench.run import Scheduler, summary_lines
@@ -259,19 +281,28 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
         for ps in e.stages:
             where = f"{e.method}{'[' + e.variant + ']' if e.variant else ''} {e.target + ' ' if e.target else ''}"
             labels.setdefault(ps.key, f"{ps.name} ({where.strip()}) seed {e.seed}")
-    board = Board(len(unique), labels)
-    train = dict(suite.get("train") or {})
-    res_cfg = suite.get("resources") or {}
-    try:
-        outcomes = Scheduler(unique, specs, train, cache_root, executor=executor, retries=retries, board=board,
-                             gpu_share=res_cfg.get("gpu")).run()
-    finally:
-        board.close()
     uri = tracking_uri or default_tracking_uri(results_root)
     tracker = Tracker(uri, suite["name"], results_root / "mlartifacts")
     env = environment()
+    StageCache(cache_root).record_users(suite["name"], experiments)  # what `bench cache ls` shows per key
+    live = LiveLog(tracker, suite, overrides, experiments, fingerprints, env, cache_root)  # opens the invocation
+    print(f"MLflow: {uri}, invocation run {live.invocation} (`bench ui` to watch it)")
+    board = Board(len(unique), labels)
+    train = dict(suite.get("train") or {})
+    res_cfg = suite.get("resources") or {}
+    sched = Scheduler(unique, specs, train, cache_root, executor=executor, retries=retries, board=board,
+                      gpu_share=res_cfg.get("gpu"), on_finished=live.stage_finished)
+    try:
+        outcomes = sched.run()
+    except BaseException:
+        live.close(sched.outcomes)
+        tracker.end(live.invocation, ok=False)  # an interrupted suite is not left RUNNING in the UI
+        raise
+    finally:
+        board.close()
+    live.close(outcomes)
     summary = summary_lines(outcomes)
-    invocation = log_invocation(tracker, suite, overrides, experiments, outcomes, fingerprints, env, cache_root)
+    invocation = live.invocation
     report = write_outputs(suite, uri, invocation, results_root / suite["name"], experiments, outcomes, env,
                            summary, wall_seconds=time.perf_counter() - t0, tracker=tracker, cache_root=cache_root)
     tracker.end(invocation, ok=not any(o.status in ("failed", "skipped") for o in outcomes.values()))
@@ -279,44 +310,6 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
         print(line)
     return {"results": report["results"], "outcomes": outcomes, "invocation": invocation, "summary": summary,
             "report": report["path"], "tracking_uri": uri}
-
-
-def log_invocation(tracker, suite, overrides, experiments, outcomes, fingerprints, env, cache_root) -> str:
-    """Parent run → a run per experiment (config params, final metrics) → a run per stage (curves, results)."""
-    from dataclasses import asdict
-
-    from bench.pipeline import read_metrics
-
-    inv = tracker.start(f"{suite['name']} {time.strftime('%Y-%m-%d %H:%M:%S')}", "invocation",
-                        {"suite": suite["name"], "git": env["git"], "overrides": " ".join(overrides) or "-"},
-                        params={"suite": {k: v for k, v in suite.items() if k != "methods"}})
-    for e in experiments:
-        ev = outcomes[e.eval.key]
-        fps = fingerprints[e.target]
-        tags = {"method": e.method, "variant": e.variant, "seed": e.seed, "target": e.target,
-                "protocol": e.eval.stage.params["protocol"], "cache_key": e.eval.key, "model_key": e.model.key,
-                "git": env["git"], "invocation": inv, "status": ev.status,
-                **{f"fingerprint.{d}": v["fingerprint"] for d, v in fps.items()}}
-        run = tracker.start(e.label, "experiment", tags, parent=inv, params=asdict(e.config))
-        metrics = dict(ev.result) if ev.status in ("done", "cached") else {}
-        for ps in e.stages:
-            o = outcomes[ps.key]
-            if o.status in ("done", "cached"):
-                metrics[f"seconds/{ps.name}"] = o.result.get("stage_seconds", 0.0)
-                for k, v in o.result.items():
-                    if k.startswith(("pl_", "pseudo")):
-                        metrics[f"{ps.name}/{k}"] = v
-            st = tracker.start(f"{ps.name} ({e.label})", "stage",
-                               {"stage": ps.name, "cache_key": ps.key, "seed": e.seed, "method": e.method,
-                                "cache_dir": cache_root / ps.key,  # checkpoints and outputs stay there
-                                "cache": "hit" if o.status == "cached" else o.status, "error": o.error or "-"},
-                               parent=run, params=ps.stage.params)
-            tracker.log_history(st, read_metrics(cache_root / ps.key))
-            tracker.log_metrics(st, {**o.result, "wall_seconds": o.seconds})
-            tracker.end(st, o.status in ("done", "cached"))
-        tracker.log_metrics(run, metrics)
-        tracker.end(run, ev.status in ("done", "cached"))
-    return inv
 
 
 def render_suite(name: str, overrides=(), results_root: Path | None = None, tracking_uri: str | None = None,

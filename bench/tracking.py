@@ -1,14 +1,17 @@
 """MLflow: the record of every run. Only the driver writes (one SQLite writer, no lock contention).
 
-Layout: an MLflow experiment per suite; a parent run per invocation (``kind=invocation``); a nested run per
-experiment (method × variant × target × seed, ``kind=experiment``) holding the resolved config as params and
-the final evaluation as metrics; under it a nested run per stage (``kind=stage``) with the stage's params,
-loss curves, results and wall time. Tables are rebuilt from these runs (``load_results``).
+Layout (written live by ``bench.live_log`` as stages end): an MLflow experiment per suite; a parent run per
+invocation (``kind=invocation``); one run per unique stage (``kind=stage``, keyed by its cache key, nested under
+the invocation that computed it, never copied); a run per experiment (method × variant × target × seed,
+``kind=experiment``) with the method's config under its prefix, the final evaluation and tags linking the stage
+runs it used. IoU metrics are percent in MLflow (``tags.units = percent``), as in the tables and papers; tables
+are rebuilt from these runs (``load_results``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -83,6 +86,23 @@ def _numeric(d: dict) -> dict:
     return {k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def is_iou(key: str) -> bool:
+    """IoU-valued results (``miou_19``, ``iou_19/road``, ``miou_13_of_16``): fractions in the harness, % in MLflow."""
+    return key.startswith(("miou_", "iou_"))
+
+
+def to_percent(metrics: dict) -> dict:
+    return {k: 100.0 * v if is_iou(k) else v for k, v in _numeric(metrics).items()}
+
+
+def from_percent(metrics: dict) -> dict:
+    return {k: v / 100.0 if is_iou(k) else v for k, v in metrics.items()}
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
 class Tracker:
     """Thin wrapper over ``MlflowClient`` with the suite's layout."""
 
@@ -91,6 +111,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # MLflow's INFO lines (database creation, system-metrics monitor start/stop) would interleave with the
+        # progress display and an interrupted run's one-line message; MLFLOW_LOGGING_LEVEL=INFO brings them back
+        logging.getLogger("mlflow").setLevel(os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING").upper())
         mlflow.set_tracking_uri(uri)
         # The first client of a SQLite file creates and migrates it, and two runs could both create the
         # experiment: one process at a time.
@@ -103,11 +126,13 @@ class Tracker:
             else:
                 self.experiment_id = exp.experiment_id
 
-    def start(self, name: str, kind: str, tags: dict, parent: str | None = None, params: dict | None = None) -> str:
+    def start(self, name: str, kind: str, tags: dict, parent: str | None = None, params: dict | None = None,
+              start_time: float | None = None) -> str:
+        """A new run; ``start_time`` (epoch seconds): when the work it records really began (default: now)."""
         all_tags = {"kind": kind, **{k: str(v) for k, v in tags.items()}}
         if parent:
             all_tags["mlflow.parentRunId"] = parent
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags, start_time=_ms(start_time))
         if params:
             self.log_params(run.info.run_id, params)
         return run.info.run_id
@@ -123,21 +148,31 @@ class Tracker:
     def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
         self.log_history(run_id, [{"step": step, **_numeric(metrics)}])
 
-    def log_history(self, run_id: str, rows: list[dict]) -> None:
-        """``rows`` = [{"step": s, key: value, ...}] as the stage's metrics.jsonl holds them."""
+    def log_history(self, run_id: str, rows: list[dict], t0: float | None = None, t1: float | None = None) -> None:
+        """``rows`` = [{"step": s, "time": epoch s, key: value, ...}] as the stage's metrics.jsonl holds them.
+        Each point keeps the time it was written; rows from before ``time`` was recorded are spread over
+        [t0, t1] by step (the stage's real span), else stamped now."""
         from mlflow.entities import Metric
 
-        ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(r.get("step", 0))) for r in rows
-                 for k, v in r.items() if k != "step" and isinstance(v, (int, float))]
+        last = max((int(r.get("step", 0)) for r in rows), default=0) or 1
+
+        def stamp(r: dict) -> int:
+            if isinstance(r.get("time"), (int, float)):
+                return _ms(r["time"])
+            if t0 is not None and t1 is not None:
+                return _ms(t0 + (t1 - t0) * int(r.get("step", 0)) / last)
+            return _ms(time.time())
+
+        items = [Metric(k, float(v), stamp(r), int(r.get("step", 0))) for r in rows
+                 for k, v in r.items() if k not in ("step", "time") and isinstance(v, (int, float))]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def end(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def end(self, run_id: str, ok: bool = True, end_time: float | None = None) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED", end_time=_ms(end_time))
 
 
 def load_results(uri: str, experiment: str, invocation: str | None = None) -> tuple[list[dict], str]:
@@ -167,9 +202,34 @@ def load_results(uri: str, experiment: str, invocation: str | None = None) -> tu
         res = {"method": t["method"], "variant": t.get("variant", ""), "target": t.get("target", ""),
                "seed": int(t["seed"]), "protocol": t.get("protocol", ""), "run_id": r.info.run_id,
                "cache_key": t.get("cache_key", "")}  # the eval stage's directory: per-image matrices live there
-        res.update(r.data.metrics)
+        # MLflow holds percent (tags.units); the harness computes with fractions (runs from before: fractions)
+        res.update(from_percent(r.data.metrics) if t.get("units") == "percent" else r.data.metrics)
         results.append(res)
     return results, invocation
+
+
+COMPARE_FILTER = "tags.kind = 'experiment'"
+
+
+def comparison_url(base: str, experiment_id: str, metric: str = "miou_19") -> str:
+    """The UI's runs view of one suite: experiment runs only (no stage or invocation runs), best mIoU first."""
+    from urllib.parse import quote
+
+    return (f"{base}/#/experiments/{experiment_id}/runs?searchFilter={quote(COMPARE_FILTER)}"
+            f"&orderByKey={quote(f'metrics.`{metric}`')}&orderByAsc=false")
+
+
+def comparison_urls(uri: str, base: str) -> list[str]:
+    """``name: url`` for every suite in the store ([] when it cannot be read: the UI starts anyway)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return []  # no store yet (reading would create one)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exps = MlflowClient(uri).search_experiments()
+    except Exception:  # noqa: BLE001 - a missing or fresh store: nothing to point at yet
+        return []
+    return [f"{e.name}: {comparison_url(base, e.experiment_id)}" for e in exps if e.name != "Default"]
 
 
 def ui_command(uri: str, port: int = 5000) -> tuple[list[str], dict]:

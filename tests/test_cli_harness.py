@@ -46,3 +46,35 @@ def test_perf_ssd_reports_both_paths_and_their_agreement(capsys):
     assert "fast:" in out and "loop:" in out and "ms/step" in out
     diff = float(out.rsplit("=", 1)[1])
     assert diff < 1e-4  # the fast path computes what the 19 modules one by one compute
+
+
+def test_cache_ls_names_the_rows_that_use_each_stage(tmp_path, capsys):
+    """`bench run` records which method/variant/seed rows use each key; `cache ls` prints them next to it."""
+    from types import SimpleNamespace
+
+    from bench.pipeline import StageCache
+
+    cache = tmp_path / "cache"
+    planned = plan_stages([fk.chain(1, 2)], 0, {}, {})
+    Scheduler({p.key: p for p in planned}, {p.key: {} for p in planned}, {}, cache, executor="local").run()
+    row = SimpleNamespace(method="cag_uda", variant="stage1", seed=0, target="", stages=planned)
+    StageCache(cache).record_users("minicity", [row])
+    StageCache(cache).record_users("other", [SimpleNamespace(**{**vars(row), "variant": "", "stages": planned[:1]})])
+    assert main(["cache", "ls", "--cache", str(cache)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    root = next(ln for ln in lines if planned[0].key in ln)
+    leaf = next(ln for ln in lines if planned[-1].key in ln)
+    assert "seed   0" in root and "[minicity: cag_uda[stage1]; other: cag_uda]" in root
+    assert leaf.endswith("[minicity: cag_uda[stage1]]")
+
+
+def test_comparison_url_opens_experiment_runs_best_miou_first():
+    from urllib.parse import parse_qs, urlsplit
+
+    from bench.tracking import comparison_url
+
+    url = comparison_url("http://127.0.0.1:5000", "7")
+    frag = urlsplit(urlsplit(url).fragment)
+    q = parse_qs(frag.query)
+    assert frag.path == "/experiments/7/runs" and q["searchFilter"] == ["tags.kind = 'experiment'"]
+    assert q["orderByKey"] == ["metrics.`miou_19`"] and q["orderByAsc"] == ["false"]

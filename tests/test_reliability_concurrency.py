@@ -56,7 +56,8 @@ def test_two_concurrent_runs_compute_each_stage_once(tmp_path):
     exp = client.get_experiment_by_name("tiny")
     assert len(client.search_runs([exp.experiment_id], "tags.kind = 'invocation'")) == 2
     stage_runs = client.search_runs([exp.experiment_id], "tags.kind = 'stage'")
-    assert len(stage_runs) == 8
+    # one MLflow run per unique stage, whichever invocation logged it first (the store's lock decides)
+    assert len(stage_runs) == 4 and len({r.data.tags["cache_key"] for r in stage_runs}) == 4
     for r in stage_runs:
         if r.data.tags["stage"] == "source_only.train":
             hist = [m.step for m in client.get_metric_history(r.info.run_id, "loss/segmenter")]

@@ -1,0 +1,166 @@
+"""MLflow is written while a suite runs (each stage as it ends, with its real times), one run per unique stage
+however often the suite runs, IoU in percent, and the record reads the same through the REST API."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fixtures import tiny_minicity_suite, write_suite
+
+import bench.run
+from bench.suite_runner import run_suite
+
+
+def _runs(client, kind: str) -> list:
+    exp = client.get_experiment_by_name("tiny")
+    return client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'", max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """A tiny suite run twice on one store (the second entirely from the cache); during the first, each stage
+    checks what MLflow already holds before it starts (``seen``)."""
+    from mlflow.tracking import MlflowClient
+
+    tmp = tmp_path_factory.mktemp("live")
+    suite = tiny_minicity_suite(tmp, {"gta5": 8, "synthia": 2, "cityscapes_train": 8, "cityscapes_val": 2})
+    suite["only"] = ["source_only", "oracle"]
+    for m in suite["methods"].values():
+        if "iters" in m:
+            m.update(iters=6, batch_size=2)
+    path, results = write_suite(suite, tmp / "tiny.yaml"), tmp / "results"
+    uri = "sqlite:///" + str(results / "mlflow.db")
+    seen, real = [], bench.run._stage_log_run
+
+    def inspecting(planned, cache_root, specs, train):
+        if (results / "mlflow.db").is_file():
+            client = MlflowClient(uri)
+            seen.append((planned.name, planned.upstream, _runs(client, "stage"), _runs(client, "experiment"),
+                         _runs(client, "invocation")))
+        return real(planned, cache_root, specs, train)
+
+    bench.run._stage_log_run = inspecting
+    try:
+        first = run_suite(str(path), results_root=results, executor="local")
+    finally:
+        bench.run._stage_log_run = real
+    second = run_suite(str(path), results_root=results, executor="local")
+    return {"first": first, "second": second, "seen": seen, "uri": uri, "cache": results / "cache"}
+
+
+@pytest.mark.slow
+def test_stage_runs_are_logged_as_each_stage_ends_with_real_times(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    client, cache = MlflowClient(two_runs["uri"]), two_runs["cache"]
+    evals = [s for s in two_runs["seen"] if s[0] == "eval"]
+    assert len(evals) == 2 and len(two_runs["seen"]) == 4
+    for _, upstream, stages, _, invocations in evals:
+        # the model this eval scores already has its FINISHED run, while the suite is still running
+        assert [r.info.status for r in invocations] == ["RUNNING"]
+        run = next(r for r in stages if r.data.tags["cache_key"] == upstream["model"])
+        meta = json.loads((cache / upstream["model"] / "meta.json").read_text())
+        assert run.info.status == "FINISHED"
+        assert run.info.start_time == int(meta["started"] * 1000) and run.info.end_time == int(meta["ended"] * 1000)
+        assert run.info.end_time - run.info.start_time == pytest.approx(meta["seconds"] * 1000, abs=2)
+        rows = [json.loads(ln) for ln in (cache / upstream["model"] / "metrics.jsonl").read_text().splitlines()]
+        hist = client.get_metric_history(run.info.run_id, "loss/segmenter")
+        # each point at the time it was computed, inside the stage's span, not one "logged now" stamp
+        assert [(m.step, m.timestamp) for m in hist] == [(r["step"], int(r["time"] * 1000)) for r in rows]
+        assert all(run.info.start_time <= m.timestamp <= run.info.end_time for m in hist)
+    # when the second eval starts, the first experiment is already logged, in percent
+    _, _, _, experiments, _ = evals[1]
+    assert len(experiments) == 1 and experiments[0].data.tags["units"] == "percent"
+    key = experiments[0].data.tags["cache_key"]
+    frac = json.loads((cache / key / "result.json").read_text())["miou_19"]
+    assert experiments[0].data.metrics["miou_19"] == pytest.approx(100 * frac)
+
+
+@pytest.mark.slow
+def test_a_rerun_adds_no_stage_run_and_links_the_existing_ones(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(two_runs["uri"])
+    assert {o.status for o in two_runs["second"]["outcomes"].values()} == {"cached"}
+    stages = _runs(client, "stage")
+    keys = [r.data.tags["cache_key"] for r in stages]
+    assert sorted(keys) == sorted(two_runs["first"]["outcomes"]) and len(set(keys)) == 4  # one run per stage
+    assert len({r.info.run_name for r in stages}) == 4
+    exps = _runs(client, "experiment")
+    assert len(exps) == 4 and len(_runs(client, "invocation")) == 2
+    by_inv = {}
+    for r in exps:
+        links = {k: v for k, v in r.data.tags.items() if k.startswith("stage_run.")}
+        assert set(links.values()) <= {s.info.run_id for s in stages} and len(links) == 2
+        by_inv.setdefault(r.data.tags["method"], []).append(links)
+    assert all(a == b for a, b in by_inv.values())  # both invocations point at the same stage runs
+    so = next(r for r in exps if r.data.tags["method"] == "source_only")
+    assert so.data.params["source_only.iters"] == "6" and "iters" not in so.data.params  # under its prefix
+    assert [i.dataset.digest for i in client.get_run(so.info.run_id).inputs.dataset_inputs]
+    table = json.loads(Path(client.download_artifacts(so.info.run_id, "per_class_iou.json")).read_text())
+    rows = dict(zip(table["columns"], zip(*table["data"], strict=True), strict=True))
+    assert rows["class"][0] == "mIoU" and rows["iou_percent"][0] == pytest.approx(so.data.metrics["miou_19"], abs=0.01)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(base: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_the_record_through_the_mlflow_rest_api(two_runs):
+    """A real ``mlflow server`` (one worker, no job runner) on a free loopback port over the test's store."""
+    port = _free_port()
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen([mlflow_bin, "server", "--backend-store-uri", two_runs["uri"], "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.read().strip() == b"OK":
+                        break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        exp = _post(base, "/api/2.0/mlflow/experiments/search", {"max_results": 10, "filter": "name = 'tiny'"})
+        eid = exp["experiments"][0]["experiment_id"]
+        search = {"experiment_ids": [eid], "max_results": 100}
+        stages = _post(base, "/api/2.0/mlflow/runs/search", {**search, "filter": "tags.kind = 'stage'"})["runs"]
+        exps = _post(base, "/api/2.0/mlflow/runs/search", {**search, "filter": "tags.kind = 'experiment'",
+                                                          "order_by": ["metrics.miou_19 DESC"]})["runs"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    # the oracle trains a stage named source_only.train (on the target): the run names say which row uses it
+    assert len(stages) == 4 and sorted(r["info"]["run_name"] for r in stages) == [
+        "eval(source_only.train) seed 0 · oracle", "eval(source_only.train) seed 0 · source_only",
+        "source_only.train seed 0 · oracle", "source_only.train seed 0 · source_only"]
+    assert len(exps) == 4
+    mious = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "miou_19") for r in exps]
+    assert mious == sorted(mious, reverse=True)
+    for r in exps:
+        tags = {t["key"]: t["value"] for t in r["data"]["tags"]}
+        assert tags["units"] == "percent" and r["info"]["run_name"] == f"{tags['method']} seed 0"
+        frac = json.loads((two_runs["cache"] / tags["cache_key"] / "result.json").read_text())["miou_19"]
+        miou = next(m["value"] for m in r["data"]["metrics"] if m["key"] == "miou_19")
+        assert miou == pytest.approx(100 * frac) and 0 <= miou <= 100
