@@ -102,8 +102,13 @@ def children(path: tuple):
     if not path:
         return frozenset(SUITE_KEYS)
     head, rest = path[0], path[1:]
-    fixed = {"train": TRAIN_RULES, "resources": ("gpu",), "minicity": ("root", "seed", "size", "counts"),
+    fixed = {"train": TRAIN_RULES, "resources": ("gpu",), "minicity": ("root", "seed", "size", "counts", "pretrain"),
              "paper": ("benchmark", "targets", "rows", "note", "ablations")}
+    if head == "minicity" and rest[:1] == ("pretrain",):
+        from bench.pretrain import RECIPE
+
+        return {1: frozenset(("root", "name", "recipe")), 2: frozenset(RECIPE)}.get(len(rest), FREE) \
+            if rest[1:2] in ((), ("recipe",)) else FREE
     if head in fixed:
         return frozenset(fixed[head]) if not rest else FREE
     if head == "evaluation":
