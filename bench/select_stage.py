@@ -25,13 +25,14 @@ def pick_images(n_items: int, n: int, seed: int = SUBSET_SEED) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n_items, n, replace=False).tolist())
 
 
-def _outputs(model, ds, indices, device, labels: bool):
-    """→ (probs [P, C], features [P, D], per-pixel CE loss [P] or None, ignore mask [P] or None) over the
-    images' output grids; features are resized to the logits' grid when the network's differ."""
+def _outputs(model, ds, indices, device, rows: int, labels: bool):
+    """→ (probs [P, C] of every pixel of the images' output grids, features [R, D] of ``rows`` seeded pixels per
+    image — labelled ones when ``labels`` — and their per-pixel CE loss [R] or None). Features are resized to the
+    logits' grid when the network's differ; sampling per image bounds memory at full resolution."""
     import torch
     import torch.nn.functional as F
 
-    probs, feats, losses, valid = [], [], [], []
+    probs, feats, losses = [], [], []
     model.eval()
     with torch.no_grad():
         for i in indices:
@@ -41,21 +42,19 @@ def _outputs(model, ds, indices, device, labels: bool):
             f = out.features.get("decoder", out.features.get("layer4")).float()
             if f.shape[-2:] != logits.shape[-2:]:
                 f = F.interpolate(f, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-            probs.append(logits.softmax(1).permute(0, 2, 3, 1).reshape(-1, logits.shape[1]).cpu())
-            feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
+            logit_rows = logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1])
+            probs.append(logit_rows.softmax(1).cpu().numpy())
+            pick = np.arange(len(logit_rows))
             if labels:  # nearest: label ids must not be blended
                 lab = F.interpolate(item["label"][None, None].float(), size=logits.shape[-2:], mode="nearest")
                 lab = lab.long().reshape(-1).to(logits.device)
-                ce = F.cross_entropy(logits.permute(0, 2, 3, 1).reshape(-1, logits.shape[1]),
-                                     lab.clamp(max=logits.shape[1] - 1), reduction="none")
-                losses.append(ce.cpu())
-                valid.append((lab != 255).cpu())
-    cat = [torch.cat(x).numpy() if x else None for x in (probs, feats, losses, valid)]
-    return tuple(cat)
-
-
-def _rows(n: int, per_image: int, n_images: int, seed: int = SUBSET_SEED) -> np.ndarray:
-    return np.sort(np.random.default_rng(seed).choice(n, min(n, per_image * n_images), replace=False))
+                pick = np.flatnonzero((lab != 255).cpu().numpy())
+            rng = np.random.default_rng([SUBSET_SEED, i])
+            pick = torch.as_tensor(np.sort(rng.choice(pick, min(rows, len(pick)), replace=False)), device=f.device)
+            feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])[pick].cpu().numpy())
+            if labels:
+                losses.append(F.cross_entropy(logit_rows[pick], lab[pick], reduction="none").cpu().numpy())
+    return np.concatenate(probs), np.concatenate(feats), np.concatenate(losses) if labels else None
 
 
 def criteria_from_outputs(target_probs, target_feats, fit_feats, val_feats, val_losses) -> dict[str, float]:
@@ -82,25 +81,20 @@ def criteria_from_outputs(target_probs, target_feats, fit_feats, val_feats, val_
 
 def run_select(p: dict, ctx) -> dict:
     """The criteria of the upstream model on ``p["target_images"]`` target-train and ``p["source_images"]``
-    source images (``ROWS_PER_IMAGE`` sampled pixels each for the domain classifier)."""
+    source images (``p["rows_per_image"]`` seeded pixels of each for the domain classifier and the losses)."""
     model = ctx.load_model("model").to(ctx.device)
     target = ctx.dataset("target_train", plain=True, labels=False)
     source = ctx.dataset("source", plain=True)
     t_idx = pick_images(len(target), p["target_images"])
     s_idx = pick_images(len(source), p["source_images"])
-    fit_idx, val_idx = s_idx[: max(1, len(s_idx) // 2)], s_idx[max(1, len(s_idx) // 2):] or s_idx
-    t_probs, t_feats, _, _ = _outputs(model, target, t_idx, ctx.device, labels=False)
-    _, fit_feats, _, _ = _outputs(model, source, fit_idx, ctx.device, labels=False)
-    _, val_feats, val_losses, valid = _outputs(model, source, val_idx, ctx.device, labels=True)
+    half = max(1, len(s_idx) // 2)
+    fit_idx, val_idx = s_idx[:half], s_idx[half:] or s_idx
     rows = p["rows_per_image"]
-    t_rows = _rows(len(t_feats), rows, len(t_idx))
-    fit_rows = _rows(len(fit_feats), rows, len(fit_idx))
-    val_rows = np.flatnonzero(valid)
-    val_rows = val_rows[_rows(len(val_rows), rows, len(val_idx))]
-    out = criteria_from_outputs(t_probs, t_feats[t_rows], fit_feats[fit_rows], val_feats[val_rows],
-                                val_losses[val_rows])
-    names = [target.samples[i].name for i in t_idx]
-    (ctx.out_dir / "select_images.txt").write_text("".join(f"{n}\n" for n in names))
+    t_probs, t_feats, _ = _outputs(model, target, t_idx, ctx.device, rows, labels=False)
+    _, fit_feats, _ = _outputs(model, source, fit_idx, ctx.device, rows, labels=False)
+    _, val_feats, val_losses = _outputs(model, source, val_idx, ctx.device, rows, labels=True)
+    out = criteria_from_outputs(t_probs, t_feats, fit_feats, val_feats, val_losses)
+    (ctx.out_dir / "select_images.txt").write_text("".join(f"{target.samples[i].name}\n" for i in t_idx))
     return {**out, "select_target_images": len(t_idx), "select_source_images": len(s_idx)}
 
 

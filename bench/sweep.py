@@ -217,7 +217,7 @@ def _search(planner, space, search, num_samples, metric, mode, search_seed, exec
     if executor != "ray":
         if search != "grid":
             raise SuiteError(f"--search {search} runs on Ray Tune; drop --executor local")
-        search_setup(space, "grid", num_samples, search_seed)  # the same checks as on Ray, without Ray
+        search_setup(space, "grid", num_samples, search_seed)  # the same checks as on Ray
         return pd.DataFrame([{"trial_id": f"local_{i}", f"config/{space.key}": v, **run_value(planner, v)}
                              for i, v in enumerate(space.args)])
     from bench.run import init_ray
