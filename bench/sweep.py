@@ -254,7 +254,8 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
         from bench.run import init_ray
 
         trial_resources(probes, init_ray(), gpu_share)  # over-asking stops before any stage runs
-    print(f"sweep {study.method}.{study.param} ({search}: {space.kind} {list(space.args)}) × seeds {seeds}, "
+    kind = space.kind if search == "grid" or space.is_range else "choice"  # a list is drawn from, not gridded
+    print(f"sweep {study.method}.{study.param} ({search}: {kind} {list(space.args)}) × seeds {seeds}, "
           f"optimising {metric} ({mode})")
     common, outcomes = _run_shared(probes, train, cache_root, executor, gpu_share)
     shared_seconds = time.perf_counter() - t0
