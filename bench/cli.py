@@ -89,12 +89,19 @@ def cmd_sweep(a) -> int:
     from bench.data import DataError
     from bench.run import ResourceError
     from bench.suite_runner import SuiteError
-    from bench.sweep import run_sweep
+    from bench.sweep import list_studies, run_sweep
 
+    if a.list:
+        print(list_studies())
+        return 0
+    if a.study is None:
+        print("error: name a study or a method (bench sweep --list shows the studies)", file=sys.stderr)
+        return 2
     suite, words = _suite_args(a)
     try:
         out = run_sweep(a.study, suite, words, results_root=a.results, holdout=a.holdout, executor=a.executor,
-                        tracking_uri=a.tracking_uri)
+                        tracking_uri=a.tracking_uri, metric=a.metric, mode=a.mode, search=a.search,
+                        num_samples=a.num_samples, search_seed=a.search_seed)
     except (SuiteError, DataError, ResourceError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
@@ -340,6 +347,36 @@ def suites_epilog() -> str:
         "  RAY_ADDRESS=auto bench run gta5_cityscapes  on a running Ray cluster"])
 
 
+def add_sweep_parser(sub, suite_opts) -> None:
+    """``bench sweep``: its options, with every study in the help (``bench.sweep.list_studies``)."""
+    from bench.sweep import list_studies
+    from bench.sweep_tune import metric_names
+
+    sw = sub.add_parser("sweep", help="a parameter study as a Ray Tune search: bench sweep STUDY|METHOD [SUITE] "
+                        "[key=v1,v2,…|key=uniform(lo,hi)] [seed=0,1,2] [dotted.override=…]",
+                        description="A parameter study as a Ray Tune search over one config key, optimising a "
+                        "label-free criterion (target val is reported, never optimised). Writes the sweep table, the "
+                        "selection-regret table and the search table. Studies (bench sweep --list):",
+                        epilog=list_studies(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("study", nargs="?", help="a named study (see below) or a method for an ad-hoc sweep (then give "
+                    "key=v1,v2,… or key=uniform(lo,hi) / loguniform(lo,hi) / randint(lo,hi) / choice([a,b]))")
+    suite_opts(sw)
+    sw.add_argument("--list", action="store_true", help="print every study: method, parameter, values, paper table")
+    sw.add_argument("--holdout", action="store_true", help="also score every trial on a fixed 20 %% of target "
+                    "train (seed 0) and mark the value that choice would pick, next to the val numbers")
+    sw.add_argument("--metric", default="snd", choices=metric_names(),
+                    help="what the search optimises (default snd: soft neighbourhood density, label-free and made "
+                    "for choosing UDA hyperparameters; holdout_miou needs --holdout)")
+    sw.add_argument("--mode", choices=["min", "max"], help="default: the metric's own direction")
+    sw.add_argument("--search", choices=["grid", "random", "optuna"], default="grid",
+                    help="grid (the listed values), random (seeded) or optuna (TPE; pip install optuna)")
+    sw.add_argument("--num-samples", type=int, help="trials of a random or Optuna search (default 8)")
+    sw.add_argument("--search-seed", type=int, default=0, help="seed of a random or Optuna search's draws")
+    sw.add_argument("--executor", choices=["ray", "local"], default="ray",
+                    help="ray (default; Ray Tune trials) or local (in-process, one value at a time; grid only)")
+    sw.set_defaults(func=cmd_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation",
                                 epilog="`bench COMMAND --help` for each command; `bench run --help` lists the suites.")
@@ -386,16 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     rh.add_argument("--model", choices=["small"], help="the small CPU network instead of the suite's")
     rh.add_argument("--executor", choices=["ray", "local"], default="ray")
     rh.set_defaults(func=cmd_rehearse)
-    sw = sub.add_parser("sweep", help="a parameter study on Ray Tune: bench sweep STUDY|METHOD [SUITE] "
-                        "[key=v1,v2,…] [seed=0,1,2] [dotted.override=…]")
-    sw.add_argument("study", help="a named study (cag_delta_d, ssf_rho_upper, ssf_fixed_rho, ssf_delta, …) or a "
-                    "method for an ad-hoc sweep (then give key=v1,v2,…)")
-    suite_opts(sw)
-    sw.add_argument("--holdout", action="store_true", help="also score every trial on a fixed 20 %% of target "
-                    "train (seed 0) and mark the value that choice would pick, next to the val numbers")
-    sw.add_argument("--executor", choices=["ray", "local"], default="ray",
-                    help="ray (default; Ray Tune trials) or local (in-process, one trial at a time)")
-    sw.set_defaults(func=cmd_sweep)
+    add_sweep_parser(sub, suite_opts)
     tb = sub.add_parser("table", help="re-render a suite's tables, plots and report from MLflow (no training)")
     suite_opts(tb)
     tb.add_argument("--invocation", help="MLflow run id of the invocation (default: the latest)")

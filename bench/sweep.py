@@ -1,14 +1,15 @@
-"""Parameter studies on Ray Tune (``bench sweep``): the papers' sensitivity analyses, re-run with the stage cache.
+"""Parameter studies on Ray Tune (``bench sweep``): the papers' sensitivity analyses, re-run with the stage cache,
+as a search that never looks at target val.
 
-A sweep is one method of a suite, one swept config key and the suite's seeds (or ``seed=…``). Every trial is the
-method's stage graph with the swept value; stages whose key is the same in several trials (everything upstream
-of the swept parameter) run once, first, through the suite scheduler; then a Ray Tune ``Tuner`` (FIFO, a grid
-over value × seed, per-trial CPU/GPU) runs each trial's own tail of stages through the same cache, so a trial
-that failed resumes from its stages' checkpoints. The driver records a sweep run in MLflow with a nested run per
-trial and writes the table and plot (``bench.sweep_report``).
-
-Optionally (``holdout``) each trial's final model is also scored on a fixed, seeded part of target train, so the
-table shows which value a selection without target val would have picked.
+A sweep is one method of a suite, one swept config key (a list, or a range: ``bench.sweep_space``) and the suite's
+seeds (or ``seed=…``). Every trial is the method's stage graph with the swept value; stages whose key is the same
+for every value (everything upstream of the swept parameter) run once, first, through the suite scheduler; then a
+Ray Tune ``Tuner`` (``bench.sweep_tune``: grid, seeded random or Optuna; one trial per value, its seeds inside)
+runs each value's own tail of stages through the same cache, so a trial that failed resumes from its stages'
+checkpoints. Each trial reports target-val mIoU (for the record), the held-out target-train mIoU (``holdout``) and
+every label-free criterion of ``bench.selection`` (the ``select`` stage, ``bench.select_stage``); the search
+optimises one of the last two. The driver records a sweep run in MLflow with a nested run per (value, seed) and
+writes the tables — including the selection regret — and the plot (``bench.sweep_report``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.suite_runner import REPO, SUITE_KEYS, SuiteError, ensure_data, load_suite
+from bench.sweep_space import Space, parse_space
 
 
 @dataclass(frozen=True)
@@ -85,14 +87,17 @@ class Trial:
     stages: list  # PlannedStage, upstream first; the last is the (val) evaluation
     holdout_eval: object = None  # PlannedStage on the held-out target train, or None
     specs: dict = field(default_factory=dict)  # the dataset specs its stages read (the method's normalisation)
+    select: object = None  # PlannedStage of the label-free criteria on target train (bench.select_stage)
+
+    def all_stages(self) -> list:
+        """Its stages in run order: the method's and val evaluation, then held-out evaluation and criteria."""
+        return self.stages + [ps for ps in (self.holdout_eval, self.select) if ps is not None]
 
 
-def parse_axes(study_or_method: str, assignments) -> tuple[Study, list, list | None, list[str]]:
-    """(study, values, seeds or None, suite overrides) from the CLI words: ``key=a,b,c`` (no dot) is the swept
-    method key, ``seed=…`` the seeds, dotted ``a.b=…`` or a top-level suite key a suite override (as for
-    ``bench run``)."""
-    import yaml
-
+def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | None, list[str]]:
+    """(study, search space of the swept key, seeds or None, suite overrides) from the CLI words: ``key=a,b,c`` or
+    ``key=uniform(lo,hi)`` (no dot; ``bench.sweep_space``) is the swept method key, ``seed=…`` the seeds, dotted
+    ``a.b=…`` or a top-level suite key a suite override (as for ``bench run``)."""
     from methods.base import METHODS
 
     axes, seeds, overrides = {}, None, []
@@ -103,24 +108,27 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, list, list | N
         if "." in key or key in SUITE_KEYS:
             overrides.append(word)
         elif key == "seed":
-            seeds = [int(x) for x in raw.split(",")]
+            try:
+                seeds = [int(x) for x in raw.split(",")]
+            except ValueError:
+                raise SuiteError(f"seed={raw}: seeds are integers, e.g. seed=0,1,2") from None
         else:
-            axes[key] = [yaml.safe_load(x) for x in raw.split(",")]
+            axes[key] = parse_space(key, raw)
     if study_or_method in STUDIES:
         study = STUDIES[study_or_method]
         if len(axes) > 1 or (axes and study.param not in axes):
             raise SuiteError(f"study {study_or_method} sweeps {study.param}; got axes {sorted(axes)}")
-        values = axes.get(study.param, list(study.values))
+        space = axes.get(study.param, Space(study.param, "grid", tuple(study.values)))
     elif study_or_method in METHODS:
         if len(axes) != 1:
             raise SuiteError(f"an ad-hoc sweep of {study_or_method} needs exactly one key=v1,v2,… (got "
                              f"{sorted(axes) or 'none'}), e.g. `bench sweep cag_uda delta_d=0.5,1,1.5`")
-        (param, values), = axes.items()
-        study = Study(study_or_method, param, tuple(values))
+        (param, space), = axes.items()
+        study = Study(study_or_method, param, space.args if not space.is_range else ())
     else:
         raise SuiteError(f"unknown study or method {study_or_method!r}; studies: {sorted(STUDIES)}, methods: "
                          f"{sorted(METHODS)}")
-    return study, values, seeds, overrides
+    return study, space, seeds, overrides
 
 
 def plan_trials(suite: dict, study: Study, values, seeds, specs: dict, fingerprints: dict,
@@ -129,6 +137,7 @@ def plan_trials(suite: dict, study: Study, values, seeds, specs: dict, fingerpri
     from bench.evaluate import eval_stage
     from bench.pipeline import plan_stages
     from bench.plan import method_datasets
+    from bench.select_stage import select_stage
     from methods.base import get_method, make_config
 
     if study.method not in suite["methods"]:
@@ -152,7 +161,8 @@ def plan_trials(suite: dict, study: Study, values, seeds, specs: dict, fingerpri
             extra = None
             if holdout:
                 extra = plan_stages([eval_stage(final, evaluation, "target_holdout")], seed, m_fps, train)[-1]
-            trials.append(Trial(len(trials), value, seed, planned, extra, m_specs))
+            select = plan_stages([select_stage(final)], seed, m_fps, train)[-1]
+            trials.append(Trial(len(trials), value, seed, planned, extra, m_specs, select))
     return trials
 
 
@@ -168,67 +178,100 @@ def shared_stages(trials: list[Trial]) -> dict:
     return {k: first[k] for k in first if count[k] > 1}
 
 
-def _trial_fn(config, trials, train, cache_root):
-    """Tune trainable: the trial's stages in order through the cache (done ones are answered from it)."""
-    from ray import tune
+def _prepare(seeds, suite, holdout: bool) -> tuple[dict, dict, list]:
+    """(dataset specs, key specs, seeds) of the suite's one target, with the held-out part of target train."""
+    from bench.plan import dataset_specs
 
-    from bench.pipeline import execute_stage
-
-    t = trials[config["trial"]]
-    stages = t.stages + ([t.holdout_eval] if t.holdout_eval is not None else [])
-    computed = sum(not execute_stage(ps, cache_root, t.specs, train)["cached"] for ps in stages)
-    tune.report({"trial": t.index, "stages": len(stages), "computed": computed})
-
-
-def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=(), results_root: Path | None = None,
-              holdout: bool = False, executor: str = "ray", tracking_uri: str | None = None) -> dict:
-    """Run a study; returns ``{"frame", "paths", "trials", "shared", "seconds", "tracking_uri", "sweep_run"}``."""
-    from bench.run import Scheduler, init_ray
-
-    t0 = time.perf_counter()
-    study, values, seeds, overrides = parse_axes(study_or_method, assignments)
-    suite = load_suite(suite_name, overrides)
-    seeds = seeds if seeds is not None else list(suite["seeds"])
-    results_root = Path(results_root or REPO / "results").resolve()
-    cache_root = results_root / "cache"
     fingerprints = ensure_data(suite)
     if len(fingerprints) != 1:
         raise SuiteError(f"suite {suite['name']} has several targets; sweep one suite target at a time")
     (target, fps), = fingerprints.items()
-    from bench.plan import dataset_specs
-
     specs = dataset_specs(suite, target)
     if holdout:
         specs["target_holdout"] = {**specs["target_train"], "labels": True, "holdout": HOLDOUT}
         fps = {**fps, "target_holdout": {"spec": {**fps["target_train"]["spec"], "holdout": HOLDOUT},
                                          "fingerprint": fps["target_train"]["fingerprint"] + ":holdout"}}
-    trials = plan_trials(suite, study, values, seeds, specs, fps, holdout)
-    train = dict(suite.get("train") or {})
-    common = shared_stages(trials)
-    print(f"sweep {study.method}.{study.param} over {values} × seeds {seeds}: {len(trials)} trials, {len(common)} "
-          f"shared stages run once first")
-    gpu_share = (suite.get("resources") or {}).get("gpu")
-    if executor == "ray":
-        trial_resources(trials, init_ray(), gpu_share)  # before any stage runs
-    specs_by_key = {ps.key: t.specs for t in trials for ps in t.stages}
+    return specs, fps, seeds if seeds is not None else list(suite["seeds"])
+
+
+def _run_shared(probes, train, cache_root, executor, gpu_share):
+    """The stages every trial needs (found from the probe values' plans), once, through the suite scheduler."""
+    from bench.run import Scheduler
+
+    common = shared_stages(probes)
+    specs_by_key = {ps.key: t.specs for t in probes for ps in t.stages}
     outcomes = Scheduler(common, {k: specs_by_key[k] for k in common}, train, cache_root, executor=executor,
                          gpu_share=gpu_share).run()
     failed = [o for o in outcomes.values() if o.status in ("failed", "skipped")]
     if failed:
         raise RuntimeError(f"shared stages failed: {[(o.name, o.error) for o in failed]}")
-    shared_seconds = time.perf_counter() - t0
-    if executor == "ray":
-        computed = _tune(study, trials, train, cache_root, results_root, init_ray(), gpu_share)
-    else:
-        from bench.pipeline import execute_stage
+    return common, outcomes
 
-        computed = {t.index: sum(not execute_stage(ps, str(cache_root), t.specs, train)["cached"]
-                                 for ps in t.stages + ([t.holdout_eval] if t.holdout_eval is not None else []))
-                    for t in trials}
+
+def _search(planner, space, search, num_samples, metric, mode, search_seed, executor, results_root, probes):
+    """→ Tune's ResultGrid dataframe (or, with the local executor, the same columns from in-process trials)."""
+    import pandas as pd
+
+    from bench.sweep_tune import run_value, search_setup, tune_values
+
+    if executor != "ray":
+        if search != "grid":
+            raise SuiteError(f"--search {search} runs on Ray Tune; drop --executor local")
+        search_setup(space, "grid", num_samples, search_seed)  # the same checks as on Ray
+        return pd.DataFrame([{"trial_id": f"local_{i}", f"config/{space.key}": v, **run_value(planner, v)}
+                             for i, v in enumerate(space.args)])
+    from bench.run import init_ray
+
+    cluster = init_ray()
+    cpu, gpu = trial_resources(probes, cluster, (planner.suite.get("resources") or {}).get("gpu"))
+    slots = int(cluster.get("CPU", 1) // max(cpu, 1)) if gpu == 0 else int(cluster.get("GPU", 0) // gpu)
+    grid = tune_values(planner, space, search, num_samples, metric, mode, search_seed, (cpu, gpu), slots,
+                       results_root / "ray_tune")
+    return grid.get_dataframe()
+
+
+def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=(), results_root: Path | None = None,
+              holdout: bool = False, executor: str = "ray", tracking_uri: str | None = None, metric: str = "snd",
+              mode: str | None = None, search: str = "grid", num_samples: int | None = None,
+              search_seed: int = 0) -> dict:
+    """Run a study as a Tune search on ``metric`` (label-free; ``bench.sweep_tune``); returns ``{"frame", "paths",
+    "trials", "shared", "seconds", "tracking_uri", "sweep_run", "search", "best", "regret", "computed"}``."""
     from bench.sweep_report import record_sweep
+    from bench.sweep_tune import Planner, resolve_metric, search_frame
 
+    t0 = time.perf_counter()
+    study, space, seeds, overrides = parse_axes(study_or_method, assignments)
+    metric, mode = resolve_metric(metric, mode, holdout)
+    space.check(search)  # a range under a grid fails here, before any stage
+    suite = load_suite(suite_name, overrides)
+    results_root = Path(results_root or REPO / "results").resolve()
+    cache_root = results_root / "cache"
+    specs, fps, seeds = _prepare(seeds, suite, holdout)
+    probes = plan_trials(suite, study, space.probes(), seeds, specs, fps, holdout)
+    train = dict(suite.get("train") or {})
+    gpu_share = (suite.get("resources") or {}).get("gpu")
+    if executor == "ray":
+        from bench.run import init_ray
+
+        trial_resources(probes, init_ray(), gpu_share)  # over-asking stops before any stage runs
+    kind = space.kind if search == "grid" or space.is_range else "choice"  # a list is drawn from, not gridded
+    print(f"sweep {study.method}.{study.param} ({search}: {kind} {list(space.args)}) × seeds {seeds}, "
+          f"optimising {metric} ({mode})")
+    common, outcomes = _run_shared(probes, train, cache_root, executor, gpu_share)
+    shared_seconds = time.perf_counter() - t0
+    planner = Planner(suite, study, seeds, specs, fps, holdout, train, str(cache_root))
+    table = search_frame(_search(planner, space, search, num_samples, metric, mode, search_seed, executor,
+                                 results_root, probes), study.param, metric, mode)
+    values = list(dict.fromkeys(table[study.param].tolist()))  # a random search may draw a value twice
+    values = [v for v in space.args if v in values] if search == "grid" else values
+    trials = plan_trials(suite, study, values, seeds, specs, fps, holdout)
+    first = {}
+    for r in table.to_dict("records"):
+        first.setdefault(r[study.param], r)
+    computed = {t.index: int(first[t.value][f"computed_seed{t.seed}"]) for t in trials}
     out = record_sweep(suite, study, trials, cache_root, results_root, tracking_uri,
-                       wall_seconds=time.perf_counter() - t0, shared_seconds=shared_seconds)
+                       wall_seconds=time.perf_counter() - t0, shared_seconds=shared_seconds,
+                       search={"table": table, "metric": metric, "mode": mode, "kind": search})
     return {**out, "trials": trials, "shared": common, "shared_outcomes": outcomes, "computed": computed,
             "seconds": time.perf_counter() - t0}
 
@@ -246,24 +289,19 @@ def trial_resources(trials, cluster: dict, gpu_share=None) -> tuple[float, float
     return stage_resources(heaviest, cluster)
 
 
-def _tune(study, trials, train, cache_root, results_root, cluster, gpu_share=None) -> dict:
-    """One Tune trial per (value, seed): FIFO, grid, per-trial resources of the heaviest stage (the suite's
-    ``resources.gpu`` share when set). → {trial index: stages it computed (not answered by the cache)}."""
-    from ray import tune
-    from ray.tune import RunConfig, TuneConfig, Tuner
+def paper_tables(study: Study) -> str:
+    """Where the study's published points come from, e.g. ``bismap Table 5 (CAs-PLA)``; "–" when unpublished."""
+    specs = {"": study.paper, **(study.paper_by_source or {})}
+    parts = [f"{p[0]} Table {p[1]} ({p[2]})" + (f" with a {src} source" if src else "")
+             for src, p in specs.items() if p]
+    return "; ".join(parts) or "–"
 
 
-    cpu, gpu = trial_resources(trials, cluster, gpu_share)
-    slots = int(cluster.get("CPU", 1) // max(cpu, 1)) if gpu == 0 else int(cluster.get("GPU", 0) // gpu)
-    fn = tune.with_parameters(_trial_fn, trials=trials, train=train, cache_root=str(cache_root))
-    tuner = Tuner(tune.with_resources(fn, {"cpu": cpu, "gpu": gpu}),
-                  param_space={"trial": tune.grid_search([t.index for t in trials])},
-                  tune_config=TuneConfig(max_concurrent_trials=max(1, slots)),
-                  run_config=RunConfig(name=f"sweep-{study.method}-{study.param}",
-                                       storage_path=str(results_root / "ray_tune"), verbose=0))
-    grid = tuner.fit()
-    errors = [r.error for r in grid if r.error]
-    if errors:
-        raise RuntimeError(f"{len(errors)} sweep trial(s) failed; rerun the same command to resume them from "
-                           f"their stage checkpoints. First error: {errors[0]}")
-    return {int(r.metrics["trial"]): int(r.metrics["computed"]) for r in grid}
+def list_studies() -> str:
+    """``bench sweep --list``: every named study with its method, parameter, values, fixed settings and paper table."""
+    lines = []
+    for name, s in STUDIES.items():
+        fixed = f"  fixed: {s.fixed}" if s.fixed else ""
+        lines += [f"{name}: {s.method}.{s.param} = {', '.join(str(v) for v in s.values)}{fixed}",
+                  f"    paper: {paper_tables(s)}"] + ([f"    note: {s.note}"] if s.note else [])
+    return "\n".join(lines)

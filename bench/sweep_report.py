@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 
 from bench.pipeline import StageCache
+from bench.selection import CRITERIA
 from bench.tables import tex_escape, tex_header, tex_number
 
 
 def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
     """One row per trial: value, seed, val mIoU (19 or the suite's first subset), held-out mIoU, the last
-    label stage's pseudo-label ratio and precision (NaN where the method makes none)."""
+    label stage's pseudo-label ratio and precision (NaN where the method makes none), and the label-free
+    criteria of its ``select`` stage."""
     cache = StageCache(cache_root)
     rows = []
     for t in trials:
@@ -32,6 +34,9 @@ def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
         row["PL precision"] = 100 * lab["pl_precision"] if "pl_precision" in lab else np.nan
         if "threshold" in lab and study.param not in ("delta_override", "delta_d", "cas_delta_d"):
             row["threshold"] = lab["threshold"]  # the δ / Δd a label-share trial resolved to
+        if t.select is not None:
+            sel = cache.result(t.select.key)
+            row.update({name: sel.get(name, np.nan) for name in CRITERIA})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -72,7 +77,7 @@ def _cell(mean, std, digits: int = 1) -> str:
 
 
 def _digits(col: str) -> int:
-    return 3 if col == "threshold" else 1
+    return 3 if col == "threshold" or col in CRITERIA else 1
 
 
 def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title: str) -> str:
@@ -142,34 +147,77 @@ def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Pat
     return path
 
 
+def _write_tables(suite, study, rows, frame, out_dir: Path, name: str, search: dict | None) -> dict:
+    """sweep.{csv,md,tex,png}, trials.csv, regret.{csv,md} and, from the Tune search, search.{csv,md}; sweep.md
+    holds the sweep table, the regret table and the search table."""
+    from bench.regret import regret_markdown, selection_regret
+
+    title = (f"{suite['name']}: {study.method} {study.param} sweep, mean ± std over seeds "
+             f"{sorted(rows['seed'].unique().tolist())}" + (f" ({study.note})" if study.note else ""))
+    paper = paper_points(study, suite["datasets"]["source"]["name"])
+    paths = {"csv": out_dir / "sweep.csv", "md": out_dir / "sweep.md", "tex": out_dir / "sweep.tex",
+             "trials": out_dir / "trials.csv", "png": out_dir / "sweep.png", "regret": out_dir / "regret.csv"}
+    frame.to_csv(paths["csv"])
+    rows.to_csv(paths["trials"], index=False)
+    paths["tex"].write_text(sweep_latex(frame, study, title, f"tab:sweep_{name}"))
+    sweep_plot(frame, study, paper, paths["png"])
+    regret = selection_regret(frame)
+    regret.to_csv(paths["regret"], index=False)
+    md = [sweep_markdown(frame, study, paper, title),
+          regret_markdown(regret, study.param, f"Selection regret: each criterion's pick vs the best {study.param} on "
+                          "target val (reporting only; nothing is chosen on target val)")]
+    if search is not None:
+        from bench.sweep_tune import search_markdown
+
+        paths["search"] = out_dir / "search.csv"
+        search["table"].to_csv(paths["search"], index=False)
+        md.append(search_markdown(search["table"], study.param, search["metric"], search["mode"],
+                                  f"Tune search ({search['kind']}), one trial per value, means over seeds"))
+    paths["md"].write_text("\n".join(md))
+    return {"paths": paths, "regret": regret}
+
+
+def best_line(search: dict, param: str) -> str:
+    """The best trial by the search's metric, named (val mIoU beside it, for the record)."""
+    best = search["table"].iloc[0]
+    return (f"best trial by {search['metric']} ({search['mode']}): {best['trial_id']} with {param}={best[param]} "
+            f"({search['metric']} = {best[search['metric']]:.4g}; val mIoU {best['val_miou']:.1f}, for the record)")
+
+
 def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Path, tracking_uri: str | None,
-                 wall_seconds: float, shared_seconds: float) -> dict:
-    """Tables, plot and MLflow runs for a finished sweep; returns ``{"frame", "rows", "paths", "sweep_run",
-    "tracking_uri"}``."""
-    from bench.tracking import Tracker, default_tracking_uri, git_revision
+                 wall_seconds: float, shared_seconds: float, search: dict | None = None) -> dict:
+    """Tables, plot and MLflow runs for a finished sweep; ``search``: the Tune search's ``table`` (ResultGrid
+    dataframe, best first), ``metric``, ``mode`` and ``kind``. Returns ``{"frame", "rows", "paths", "regret",
+    "sweep_run", "tracking_uri", "search", "best"}``."""
+    from bench.tracking import default_tracking_uri
 
     rows = trial_rows(study, trials, cache_root)
     frame = sweep_frame(rows)
-    paper = paper_points(study, suite["datasets"]["source"]["name"])
     name = f"{study.method}_{study.param}" + ("_" + "_".join(f"{k}-{v}" for k, v in study.fixed.items())
                                               if study.fixed else "")
     out_dir = results_root / suite["name"] / "sweeps" / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = (f"{suite['name']}: {study.method} {study.param} sweep, mean ± std over seeds "
-             f"{sorted(rows['seed'].unique().tolist())}" + (f" ({study.note})" if study.note else ""))
-    paths = {"csv": out_dir / "sweep.csv", "md": out_dir / "sweep.md", "tex": out_dir / "sweep.tex",
-             "trials": out_dir / "trials.csv", "png": out_dir / "sweep.png"}
-    frame.to_csv(paths["csv"])
-    rows.to_csv(paths["trials"], index=False)
-    paths["md"].write_text(sweep_markdown(frame, study, paper, title))
-    paths["tex"].write_text(sweep_latex(frame, study, title, f"tab:sweep_{name}"))
-    sweep_plot(frame, study, paper, paths["png"])
+    written = _write_tables(suite, study, rows, frame, out_dir, name, search)
+    paths = written["paths"]
     print(paths["md"].read_text())
-
+    best = best_line(search, study.param) if search is not None else None
+    if best:
+        print(best)
     uri = tracking_uri or default_tracking_uri(results_root)
+    parent = _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, best,
+                       {"wall_seconds": wall_seconds, "shared_seconds": shared_seconds})
+    return {"frame": frame, "rows": rows, "paths": paths, "regret": written["regret"], "sweep_run": parent,
+            "tracking_uri": uri, "search": search["table"] if search is not None else None, "best": best}
+
+
+def _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, best, timing) -> str:
+    """The MLflow sweep run (tables as artifacts, the best trial as a tag) with a nested run per (value, seed)."""
+    from bench.tracking import Tracker, git_revision
+
     tracker = Tracker(uri, suite["name"], results_root / "mlartifacts")
-    parent = tracker.start(f"sweep {name}", "sweep", {"method": study.method, "param": study.param,
-                                                      "git": git_revision()},
+    name = paths["md"].parent.name
+    tags = {"method": study.method, "param": study.param, "git": git_revision(), **({"best": best} if best else {})}
+    parent = tracker.start(f"sweep {name}", "sweep", tags,
                            params={"param": study.param, "values": [t.value for t in trials], "fixed": study.fixed,
                                    "seeds": sorted(rows["seed"].unique().tolist())})
     for t, (_, r) in zip(trials, rows.iterrows()):
@@ -183,8 +231,8 @@ def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Pat
             metrics.update({k.replace(" ", "_"): v for k, v in lab.items() if k.startswith("pl_precision/")})
         tracker.log_metrics(run, metrics)
         tracker.end(run)
-    tracker.log_metrics(parent, {"wall_seconds": wall_seconds, "shared_seconds": shared_seconds})
+    tracker.log_metrics(parent, timing)
     for p in paths.values():
         tracker.log_artifact(parent, p, "sweep")
     tracker.end(parent)
-    return {"frame": frame, "rows": rows, "paths": paths, "sweep_run": parent, "tracking_uri": uri}
+    return parent

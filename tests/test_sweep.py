@@ -32,11 +32,15 @@ def ray_gpu():
 def test_parse_axes_names_studies_methods_and_errors():
     from bench.sweep import parse_axes
 
-    study, values, seeds, over = parse_axes("cag_uda", ["delta_d=0.5,1", "seed=0,1", "train.device=cpu"])
-    assert (study.method, study.param, values, seeds, over) == ("cag_uda", "delta_d", [0.5, 1], [0, 1],
-                                                                ["train.device=cpu"])
-    study, values, _, _ = parse_axes("cag_delta_d", [])
-    assert study.param == "delta_d" and values == [0.5, 1.0, 1.5, 2.0, 2.5] and study.fixed == {"num_stages": 1}
+    study, space, seeds, over = parse_axes("cag_uda", ["delta_d=0.5,1", "seed=0,1", "train.device=cpu"])
+    assert (study.method, study.param, space.kind, space.args, seeds, over) == (
+        "cag_uda", "delta_d", "grid", (0.5, 1), [0, 1], ["train.device=cpu"])
+    study, space, _, _ = parse_axes("cag_delta_d", [])
+    assert study.param == "delta_d" and space.args == (0.5, 1.0, 1.5, 2.0, 2.5) and study.fixed == {"num_stages": 1}
+    study, space, _, _ = parse_axes("cag_delta_d", ["delta_d=uniform(0.5,3.5)"])
+    assert (space.kind, space.args, space.probes()) == ("uniform", (0.5, 3.5), [0.5, 3.5])
+    with pytest.raises(SuiteError, match="seeds are integers"):
+        parse_axes("cag_delta_d", ["seed=a"])
     with pytest.raises(SuiteError, match="exactly one"):
         parse_axes("cag_uda", [])
     with pytest.raises(SuiteError, match="unknown study or method"):
@@ -51,16 +55,28 @@ def test_sweep_shares_upstream_records_trials_and_resumes(tiny, ray_gpu):
     from bench.sweep import run_sweep
 
     path, results = tiny
-    out = run_sweep("cag_delta_d", path, ["delta_d=0.0,0.5", *SWEEP], results_root=results, holdout=True)
+    out = run_sweep("cag_delta_d", path, ["delta_d=0.0,0.5", *SWEEP], results_root=results, holdout=True,
+                    metric="entropy")
     shared = sorted(o.name for o in out["shared_outcomes"].values())
     # source-only, warm-up and the anchors do not read Δd: computed once for both trials
     assert shared == ["adversarial.feature_warmup", "cag_uda.anchors", "source_only.train"]
-    assert out["computed"] == {0: 4, 1: 4}  # label, train, val eval, held-out eval per trial
+    assert out["computed"] == {0: 5, 1: 5}  # label, train, val eval, held-out eval, criteria per trial
     frame = out["frame"]
     assert list(frame.index) == [0.0, 0.5] and (frame["seeds"] == 1).all()
     assert frame.loc[0.0, "PL ratio"] >= frame.loc[0.5, "PL ratio"]  # a larger margin keeps fewer pixels
     assert frame["holdout mIoU"].notna().all() and out["paths"]["png"].is_file()
-    assert "paper PL ratio" in out["paths"]["md"].read_text()  # BiSMAP's re-run of CAs-PLA beside ours
+    md = out["paths"]["md"].read_text()
+    assert "paper PL ratio" in md  # BiSMAP's re-run of CAs-PLA beside ours
+    # Tune's results are the search table, best (lowest entropy) first, and name the best trial
+    search = out["search"]
+    assert sorted(search["delta_d"]) == [0.0, 0.5] and search["entropy"].is_monotonic_increasing
+    assert search[["val_miou", "holdout_miou", "snd", "iwcv", "dev"]].notna().all().all()
+    assert frame.loc[search["delta_d"][0], "entropy"] == pytest.approx(search["entropy"][0])
+    assert f"with delta_d={search['delta_d'][0]}" in out["best"] and "Tune search (grid)" in md
+    regret = out["regret"].set_index("criterion")
+    assert {"entropy", "snd", "info_max", "iwcv", "dev", "holdout mIoU"} < set(regret.index)
+    assert (regret["regret"] >= 0).all() and regret.loc["oracle (target val)", "picks"] == frame["mIoU"].idxmax()
+    assert "Selection regret" in md and out["paths"]["regret"].is_file() and out["paths"]["search"].is_file()
 
     client = MlflowClient(out["tracking_uri"])
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
@@ -74,8 +90,29 @@ def test_sweep_shares_upstream_records_trials_and_resumes(tiny, ray_gpu):
     cache.clear([ps.key for ps in t1.stages if ps.name in ("cag_uda.train", "eval")])
     again = run_sweep("cag_delta_d", path, ["delta_d=0.0,0.5", *SWEEP], results_root=results, holdout=True)
     assert {o.status for o in again["shared_outcomes"].values()} == {"cached"}
-    assert again["computed"] == {0: 0, 1: 2}
+    assert again["computed"] == {0: 0, 1: 2}  # the criteria of an unchanged model come from the cache
     assert again["frame"].loc[0.5, "mIoU"] == pytest.approx(frame.loc[0.5, "mIoU"])
+
+
+def _sampled(space, seed, tmp_path):
+    from ray.tune import RunConfig, TuneConfig, Tuner
+    from tune_draw import draw
+
+    from bench.sweep_tune import search_setup
+
+    param_space, alg, n = search_setup(space, "random", 3, seed)
+    grid = Tuner(draw, param_space=param_space, tune_config=TuneConfig(search_alg=alg, num_samples=n),
+                 run_config=RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
+    return sorted(r.config["delta_d"] for r in grid)
+
+
+def test_random_search_with_a_fixed_seed_draws_the_same_values(ray_gpu, tmp_path):
+    from bench.sweep_space import parse_space
+
+    space = parse_space("delta_d", "uniform(0.5,3.5)")
+    first, again = (_sampled(space, 7, tmp_path / str(i)) for i in range(2))
+    assert len(set(first)) == 3 and all(0.5 <= v <= 3.5 for v in first)
+    assert first == again  # without the seed two searches draw different values
 
 
 def test_sweep_asking_for_more_gpus_than_the_cluster_stops_before_running(tiny, ray_gpu):

@@ -1,0 +1,65 @@
+"""Selection regret: how much target-val mIoU each label-free criterion loses against the oracle that picks the value
+on target val (labels a real adaptation run does not have). Reporting only — nothing is ever chosen on target val.
+
+For each criterion: the value it picks (the best mean over seeds, in the criterion's direction), that value's
+target-val mIoU, and the regret = (best target-val mIoU over the swept values) − (the picked value's).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+VAL = "mIoU"  # the sweep frame's target-val column (mean over seeds)
+
+
+def regret_criteria(frame: pd.DataFrame) -> dict[str, str]:
+    """criterion column → mode ("min"/"max") for every criterion the frame has: ``bench.selection.CRITERIA`` and
+    the held-out target-train mIoU (``--holdout``)."""
+    from bench.selection import CRITERIA
+
+    out = {name: mode for name, (mode, _) in CRITERIA.items() if name in frame}
+    if "holdout mIoU" in frame:
+        out["holdout mIoU"] = "max"
+    return out
+
+
+def selection_regret(frame: pd.DataFrame, criteria: dict[str, str] | None = None) -> pd.DataFrame:
+    """``frame``: one row per swept value (index), with the target-val ``mIoU`` and one column per criterion.
+    → one row per criterion with a value: ``criterion, mode, picks, val mIoU, regret`` and a last ``oracle
+    (target val)`` row (regret 0 by definition). Ties go to the first value in the frame's order."""
+    if VAL not in frame or frame[VAL].isna().all():
+        raise ValueError(f"selection regret needs the target-val column {VAL!r} with at least one value")
+    criteria = regret_criteria(frame) if criteria is None else criteria
+    val = frame[VAL]
+    best = val.max()
+    rows = []
+    for name, mode in criteria.items():
+        if mode not in ("min", "max"):
+            raise ValueError(f"criterion {name}: mode {mode!r}; use 'min' or 'max'")
+        scores = frame[name].where(val.notna())  # a value with no val mIoU cannot be scored
+        if scores.isna().all():
+            continue
+        pick = scores.idxmax() if mode == "max" else scores.idxmin()
+        rows.append({"criterion": name, "mode": mode, "picks": pick, "val mIoU": val[pick],
+                     "regret": best - val[pick]})
+    rows.append({"criterion": "oracle (target val)", "mode": "max", "picks": val.idxmax(), "val mIoU": best,
+                 "regret": 0.0})
+    return pd.DataFrame(rows)
+
+
+def _fmt(x, digits: int = 1) -> str:
+    if isinstance(x, float) and math.isnan(x):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def regret_markdown(table: pd.DataFrame, param: str, title: str) -> str:
+    """The regret table as Markdown (mIoU points)."""
+    head = ["criterion", "mode", f"picks {param}", "its val mIoU", "regret (mIoU pts)"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|"]
+    for _, r in table.iterrows():
+        pick = f"{r['picks']:g}" if isinstance(r["picks"], (int, float)) else str(r["picks"])
+        lines.append(f"| {r['criterion']} | {r['mode']} | {pick} | {_fmt(r['val mIoU'])} | {_fmt(r['regret'])} |")
+    return "\n".join(lines) + "\n"

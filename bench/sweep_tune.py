@@ -1,0 +1,155 @@
+"""A sweep's search on Ray Tune: one Tune trial per swept value (all the sweep's seeds run inside it, in turn, and
+it reports their means), a grid, a seeded random search or Optuna's TPE over the value, and the metric the search
+optimises — a label-free criterion or the held-out target-train mIoU, never target val.
+
+Each trial plans its own stages from the value it is given (a random or Optuna value is not known in advance) and
+runs them through the stage cache, so the upstream stages that the driver ran once are answered from the cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.suite_runner import SuiteError
+
+if TYPE_CHECKING:  # pandas only for the annotations: the CLI builds its parser from this module
+    import pandas as pd
+
+REPORT_NAMES = {"mIoU": "val_miou", "holdout mIoU": "holdout_miou"}  # sweep-table column → Tune metric
+RECORD_ONLY = ("val_miou",)  # reported for the record; a search may never optimise it
+
+
+@dataclass
+class Planner:
+    """What a Tune trial needs to plan and run a value's stages (pickled once to the workers)."""
+
+    suite: dict
+    study: object
+    seeds: list
+    specs: dict
+    fingerprints: dict
+    holdout: bool
+    train: dict
+    cache_root: str
+
+
+def metric_names() -> list[str]:
+    from bench.selection import CRITERIA
+
+    return [*CRITERIA, "holdout_miou"]
+
+
+def resolve_metric(metric: str, mode: str | None, holdout: bool) -> tuple[str, str]:
+    """(metric, mode): a ``bench.selection`` criterion (mode from its direction) or ``holdout_miou`` (max)."""
+    from bench.selection import CRITERIA
+
+    if metric in RECORD_ONLY or metric in ("miou", "mIoU"):
+        raise SuiteError(f"--metric {metric}: target-val mIoU is reported for the record only; choosing on it uses "
+                         f"test labels. Use one of {', '.join(metric_names())}")
+    if metric not in metric_names():
+        raise SuiteError(f"--metric {metric!r}: choose one of {', '.join(metric_names())}")
+    if metric == "holdout_miou" and not holdout:
+        raise SuiteError("--metric holdout_miou needs --holdout (a labelled part of target train held out of it)")
+    natural = "max" if metric == "holdout_miou" else CRITERIA[metric][0]
+    if mode not in (None, "min", "max"):
+        raise SuiteError(f"--mode {mode!r}: use min or max (default for {metric}: {natural})")
+    return metric, mode or natural
+
+
+def run_value(planner: Planner, value) -> dict:
+    """Run every seed's stages for ``value`` (cached ones are read back) → the means over seeds of the val
+    mIoU, held-out mIoU, criteria and pseudo-label columns, plus ``computed_seed<N>`` (stages not answered by the
+    cache)."""
+    from bench.pipeline import execute_stage
+    from bench.sweep import plan_trials
+    from bench.sweep_report import trial_rows
+
+    trials = plan_trials(planner.suite, planner.study, [value], planner.seeds, planner.specs, planner.fingerprints,
+                         planner.holdout)
+    out = {}
+    for t in trials:
+        out[f"computed_seed{t.seed}"] = sum(not execute_stage(ps, planner.cache_root, t.specs, planner.train)["cached"]
+                                            for ps in t.all_stages())
+    rows = trial_rows(planner.study, trials, Path(planner.cache_root)).drop(columns=["value", "seed"])
+    means = rows.mean(numeric_only=True)
+    out.update({REPORT_NAMES.get(k, k.replace(" ", "_").lower()): float(v) for k, v in means.items()})
+    out["seeds"] = len(trials)
+    return out
+
+
+def _value_trainable(config, planner):
+    from ray import tune
+
+    tune.report(run_value(planner, config[planner.study.param]))
+
+
+def search_setup(space, search: str, num_samples: int | None, seed: int) -> tuple[dict, object, int]:
+    """(param_space, search_alg or None, num_samples) for Tune. ``seed`` fixes a random or Optuna search's draws
+    (a random search's sampled values depend on nothing else)."""
+    if search == "grid" and num_samples not in (None, 1):
+        raise SuiteError("--num-samples is for --search random|optuna; a grid runs each listed value once")
+    param_space = {space.key: space.to_tune(search)}
+    if search == "grid":
+        return param_space, None, 1
+    n = 8 if num_samples is None else num_samples
+    if n < 1:
+        raise SuiteError(f"--num-samples {n}: need at least 1")
+    if search == "random":
+        from ray.tune.search import BasicVariantGenerator
+
+        return param_space, BasicVariantGenerator(random_state=seed), n
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise SuiteError("--search optuna needs Optuna: pip install optuna (or pip install 'uda-bench[tune]'); "
+                         "--search random needs nothing more") from None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return param_space, OptunaSearch(seed=seed), n
+
+
+def tune_values(planner: Planner, space, search: str, num_samples: int | None, metric: str, mode: str,
+                seed: int, resources: tuple[float, float], slots: int, storage: Path):
+    """Run the search; → Tune's ``ResultGrid`` (raises when a trial failed: rerunning resumes it from the cache)."""
+    from ray import tune
+    from ray.tune import RunConfig, TuneConfig, Tuner
+
+    param_space, alg, n = search_setup(space, search, num_samples, seed)
+    # Optuna's next suggestion depends on the results it has: one trial at a time keeps a seeded search repeatable
+    concurrent = 1 if search == "optuna" else max(1, slots)
+    fn = tune.with_parameters(_value_trainable, planner=planner)
+    tuner = Tuner(tune.with_resources(fn, {"cpu": resources[0], "gpu": resources[1]}), param_space=param_space,
+                  tune_config=TuneConfig(metric=metric, mode=mode, search_alg=alg, num_samples=n,
+                                         max_concurrent_trials=concurrent),
+                  run_config=RunConfig(name=f"sweep-{planner.study.method}-{planner.study.param}-{search}",
+                                       storage_path=str(storage), verbose=0))
+    grid = tuner.fit()
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} sweep trial(s) failed; rerun the same command to resume them from "
+                           f"their stage checkpoints. First error: {errors[0]}")
+    return grid
+
+
+def search_frame(df: pd.DataFrame, param: str, metric: str, mode: str) -> pd.DataFrame:
+    """Tune's ResultGrid dataframe (or the local executor's equivalent) → the search table: trial id, the value,
+    the metric first, then every other reported number; best trial first."""
+    df = df.rename(columns={f"config/{param}": param})
+    keep = ["trial_id", param, metric] + [c for c in ("val_miou", "holdout_miou") if c != metric and c in df]
+    from bench.selection import CRITERIA
+
+    keep += [c for c in CRITERIA if c in df and c not in keep]
+    keep += [c for c in df if c.startswith(("pl_", "computed_seed")) or c in ("threshold", "seeds")]
+    out = df[[c for c in keep if c in df]]
+    return out.sort_values(metric, ascending=mode == "min", kind="stable").reset_index(drop=True)
+
+
+def search_markdown(table: pd.DataFrame, param: str, metric: str, mode: str, title: str) -> str:
+    cols = [c for c in table.columns if not c.startswith("computed_seed")]
+    lines = [f"### {title}", "", f"Sorted by {metric} ({mode}); the first row is the best trial. val_miou is for the "
+             "record only.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"

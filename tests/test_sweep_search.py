@@ -1,0 +1,141 @@
+"""The sweep as a search, without Ray: ranges on the command line, the metric a search may optimise, the search
+table, the selection regret on hand-made numbers, the label-free criteria of the select stage, ``--list``."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.suite_runner import SuiteError
+from bench.sweep_space import parse_space
+
+
+def test_ranges_and_lists_parse():
+    assert parse_space("delta_d", "uniform(0.5,3.5)").args == (0.5, 3.5)
+    lu = parse_space("delta", "loguniform(1e-4, 1e-2)")
+    assert (lu.kind, lu.args, lu.is_range) == ("loguniform", (1e-4, 1e-2), True)
+    assert parse_space("rounds", "randint(1,4)").probes() == [1, 3]
+    ch = parse_space("alpha", "choice([0.7, 0.85])")
+    assert (ch.kind, ch.args, ch.is_range, ch.probes()) == ("choice", (0.7, 0.85), False, [0.7, 0.85])
+    assert parse_space("delta_d", "0.5,1,2").args == (0.5, 1, 2)
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("uniform(3.5,0.5)", "lo < hi"), ("loguniform(0,1)", "lo > 0"), ("uniform(a,1)", "not a finite number"),
+    ("normal(0,1)", "unknown range"), ("uniform(1)", "exactly two bounds"), ("randint(0.5,2)", "integer bounds"),
+    ("choice([])", "non-empty list"), ("0.5,,1", "empty value"), ("uniform(0.5,3.5", "cannot read"),
+])
+def test_bad_ranges_give_one_error_naming_the_key_and_the_fix(raw, why):
+    with pytest.raises(SuiteError) as e:
+        parse_space("delta_d", raw)
+    msg = str(e.value)
+    assert "sweep key delta_d" in msg and why in msg and "key=uniform(lo,hi)" in msg and msg.count("\n") == 0
+
+
+def test_a_range_needs_a_random_or_optuna_search():
+    space = parse_space("delta_d", "uniform(0.5,3.5)")
+    with pytest.raises(SuiteError, match="--search random"):
+        space.check("grid")
+    with pytest.raises(SuiteError, match="choose one of grid, random, optuna"):
+        space.check("bayes")
+    space.check("random")
+
+
+def test_metric_is_label_free_or_holdout_never_target_val():
+    from bench.sweep_tune import resolve_metric
+
+    assert resolve_metric("snd", None, False) == ("snd", "max")
+    assert resolve_metric("entropy", None, False) == ("entropy", "min")
+    assert resolve_metric("dev", "max", False) == ("dev", "max")
+    assert resolve_metric("holdout_miou", None, True) == ("holdout_miou", "max")
+    with pytest.raises(SuiteError, match="record only"):
+        resolve_metric("val_miou", None, True)
+    with pytest.raises(SuiteError, match="needs --holdout"):
+        resolve_metric("holdout_miou", None, False)
+    with pytest.raises(SuiteError, match="choose one of entropy"):
+        resolve_metric("accuracy", None, False)
+
+
+def test_search_setup_checks_samples_and_names_the_optuna_install(monkeypatch):
+    pytest.importorskip("ray.tune")
+    from bench.sweep_tune import search_setup
+
+    grid = parse_space("delta_d", "0.5,1")
+    with pytest.raises(SuiteError, match="--num-samples is for"):
+        search_setup(grid, "grid", 3, 0)
+    space, alg, n = search_setup(grid, "grid", None, 0)
+    assert space["delta_d"] == {"grid_search": [0.5, 1]} and alg is None and n == 1
+    monkeypatch.setitem(__import__("sys").modules, "optuna", None)  # as if not installed
+    with pytest.raises(SuiteError, match="pip install optuna"):
+        search_setup(parse_space("delta_d", "uniform(0.5,3.5)"), "optuna", 4, 0)
+
+
+def test_search_frame_puts_the_best_trial_first():
+    from bench.sweep_tune import search_frame
+
+    df = pd.DataFrame({"trial_id": ["a", "b", "c"], "config/delta_d": [0.5, 1.0, 1.5], "snd": [2.0, 3.0, 1.0],
+                       "entropy": [0.3, 0.2, 0.1], "val_miou": [10.0, 12.0, 11.0], "timestamp": [1, 2, 3],
+                       "computed_seed0": [4, 4, 4]})
+    t = search_frame(df, "delta_d", "snd", "max")
+    assert list(t["trial_id"]) == ["b", "a", "c"] and list(t.columns[:4]) == ["trial_id", "delta_d", "snd",
+                                                                              "val_miou"]
+    assert "timestamp" not in t and list(search_frame(df, "delta_d", "entropy", "min")["trial_id"])[0] == "c"
+
+
+def test_selection_regret_on_a_hand_made_sweep():
+    from bench.regret import regret_markdown, selection_regret
+
+    frame = pd.DataFrame({"mIoU": [10.0, 30.0, 20.0], "entropy": [0.5, 0.9, 0.1], "snd": [1.0, 2.0, 3.0],
+                          "info_max": [5.0, 1.0, 0.0], "iwcv": [0.3, 0.1, 0.2], "dev": [np.nan] * 3,
+                          "holdout mIoU": [12.0, 25.0, 28.0]}, index=[1.0, 2.0, 3.0])
+    t = selection_regret(frame).set_index("criterion")
+    assert t.loc["entropy", "picks"] == 3.0 and t.loc["entropy", "regret"] == 10.0  # lowest entropy: 3 → 20
+    assert t.loc["info_max", "picks"] == 1.0 and t.loc["info_max", "regret"] == 20.0
+    assert t.loc["iwcv", "picks"] == 2.0 and t.loc["iwcv", "regret"] == 0.0
+    assert t.loc["holdout mIoU", "regret"] == 10.0 and "dev" not in t.index  # no DEV values: no row
+    assert t.loc["oracle (target val)", "picks"] == 2.0 and t.loc["oracle (target val)", "val mIoU"] == 30.0
+    md = regret_markdown(t.reset_index(), "delta_d", "r")
+    assert "| entropy | min | 3 | 20.0 | 10.0 |" in md
+    with pytest.raises(ValueError, match="target-val column"):
+        selection_regret(frame.drop(columns="mIoU"))
+
+
+def test_select_stage_criteria_see_a_shift_and_rank_confident_models():
+    from bench.select_stage import criteria_from_outputs, pick_images
+
+    rng = np.random.default_rng(0)
+    sharp = np.eye(3)[rng.integers(0, 3, 300)] * 0.97 + 0.01
+    flat = np.full((300, 3), 1 / 3)
+    src = rng.normal(0, 1, (200, 4))
+    tgt = rng.normal(1, 1, (200, 4))
+    val = np.r_[rng.normal(0, 1, (100, 4)), rng.normal(1, 1, (100, 4))]
+    losses = np.r_[np.zeros(100), np.ones(100)]  # the model fails on the target-like half of source
+    a = criteria_from_outputs(sharp, tgt, src, val, losses)
+    b = criteria_from_outputs(flat, tgt, src, val, losses)
+    assert set(a) == {"entropy", "info_max", "snd", "iwcv", "dev"} and all(math.isfinite(v) for v in a.values())
+    assert a["entropy"] < b["entropy"] and a["info_max"] > b["info_max"]
+    assert a["iwcv"] > losses.mean()  # weighting towards the target counts the failing half more
+    assert pick_images(20, 8) == pick_images(20, 8) and len(set(pick_images(20, 8))) == 8
+    assert pick_images(3, 8) == [0, 1, 2]
+
+
+def test_list_names_every_study_with_method_values_and_paper(capsys):
+    from bench.cli import main
+    from bench.sweep import STUDIES
+
+    assert main(["sweep", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name, s in STUDIES.items():
+        assert f"{name}: {s.method}.{s.param} = " in out
+    assert "bismap Table 5 (CAs-PLA)" in out and "pixintrada Table 8" in out and len(STUDIES) == 9
+
+
+def test_cli_bad_range_is_one_error_before_anything_runs(capsys):
+    from bench.cli import main
+
+    assert main(["sweep", "cag_uda", "delta_d=uniform(3,1)", "--executor", "local"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: sweep key delta_d") and "\n" not in err
+    assert main(["sweep", "cag_delta_d", "delta_d=uniform(0.5,3.5)", "--executor", "local"]) == 2
+    assert "--search random" in capsys.readouterr().err
