@@ -65,7 +65,23 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
             ray.init(address=address, **kw)
         else:
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kw)
+            _watch_local_ray()
     return ray.cluster_resources()
+
+
+def _watch_local_ray() -> None:
+    """A driver killed with SIGKILL cannot shut its Ray down: a watchdog does (``bench.ray_watchdog``)."""
+    from bench import ray_watchdog
+
+    try:  # Ray's own record of the head processes it started (a private module: absent → no watchdog)
+        from ray._private import worker
+    except ImportError:
+        return
+    node = getattr(worker, "_global_node", None)
+    procs = getattr(node, "all_processes", None) or {}
+    pids = [info.process.pid for infos in procs.values() for info in infos if getattr(info, "process", None)]
+    if pids:
+        ray_watchdog.start(os.getpid(), pids)
 
 
 def stage_resources(planned: PlannedStage, cluster: dict) -> tuple[float, float]:
