@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.paths import REPO
 
 
 def _progress_printer(label: str):

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import pandas as pd
 
 from bench.data.labels import CLASS_NAMES
+from bench.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ROOT = REPO / "results" / "paper"
 
 PAPERS = ("cag_uda", "ssf_dan", "bismap", "pixintrada")

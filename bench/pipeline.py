@@ -73,7 +73,7 @@ def init_file_hashes(params: dict) -> dict:
     """``{param: sha256}`` of the local init files a stage reads (top-level ``*weights`` params naming a file),
     so that replacing a weights file at the same path (e.g. a rebuilt MiniCity pretraining) changes the key.
     Hashes are remembered per (path, size, mtime) for the planner's many calls."""
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
 
     out = {}
     for name, value in sorted(params.items()):
@@ -468,7 +468,7 @@ class StageContext:
         if "init" in self.inputs:
             return self.load_model("init")
         from bench.models import build_model
-        from bench.plan import resolve_root
+        from bench.paths import resolve_root
 
         init = p["init_weights"] and resolve_root(p["init_weights"])
         return build_model(p["model"], init_weights=init, **p["model_options"])

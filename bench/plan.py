@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from bench.evaluate import eval_stage
+from bench.paths import resolve_root
 from bench.pipeline import PlannedStage, plan_stages
 from methods.base import get_method, make_config
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def resolve_root(root: str | Path) -> Path:
-    p = Path(root).expanduser()
-    return p if p.is_absolute() else REPO / p
 
 
 @dataclass

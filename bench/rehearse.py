@@ -111,7 +111,7 @@ def _crosscity(tree: Path, cityscapes: Path, cities: list[str]) -> Path:
 def rehearsal_suite(suite: dict, roots: dict, iters: int, model: str | None) -> tuple[dict, list[str]]:
     """The suite with stand-in roots, one seed, every stage ``iters`` long, and (``model="small"``) the MiniCity
     suite's small-network settings; → (suite, notes saying what was replaced)."""
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
     from bench.suite_runner import load_suite
 
     s = json.loads(json.dumps(suite))
@@ -345,7 +345,8 @@ def rehearse(name: str, overrides=(), iters: int = 2, model: str | None = None, 
     ``<results>/<suite>/rehearsal.md`` and logged to MLflow)."""
     import torch
 
-    from bench.suite_runner import REPO, load_suite, run_suite
+    from bench.paths import REPO
+    from bench.suite_runner import load_suite, run_suite
 
     if iters < 1:
         raise ValueError(f"--iters {iters}: expected ≥ 1")

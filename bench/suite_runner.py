@@ -12,12 +12,10 @@ from pathlib import Path
 
 import yaml
 
+from bench.paths import REPO
 from bench.schema import SUITE_KEYS  # noqa: F401 - re-exported: the suite's top-level keys
 
-REPO = Path(__file__).resolve().parent.parent
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-
-
 
 
 class SuiteError(ValueError):
@@ -130,7 +128,7 @@ def ensure_minicity_pretraining(spec: dict) -> None:
     """``minicity.pretrain: {root, name}``: train the small net's generic-domain backbone once (the suite's stand-in
     for ImageNet weights; ``bench.pretrain``), before planning, since the stage keys hold the file's hash."""
     from bench.fsio import file_lock
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
     from bench.pretrain import RECIPE, ensure_pretrained
 
     unknown = sorted(set(spec) - {"root", "name", "recipe"})
@@ -152,7 +150,8 @@ def ensure_data(suite: dict) -> dict:
     """Generate MiniCity when the suite embeds it, then fingerprint every dataset of every target.
     A missing or malformed tree stops here, before any training, with the ``bench data check`` command."""
     from bench.data import DataError
-    from bench.plan import dataset_specs, fingerprint_datasets, resolve_root
+    from bench.paths import resolve_root
+    from bench.plan import dataset_specs, fingerprint_datasets
 
     if "minicity" in suite:
         from bench.data.minicity import ensure_minicity

@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.suite_runner import REPO, SUITE_KEYS, SuiteError, ensure_data, load_suite
+from bench.paths import REPO
+from bench.suite_runner import SUITE_KEYS, SuiteError, ensure_data, load_suite
 from bench.sweep_space import Space, parse_space
+from bench.sweep_trials import Trial, plan_trials
 
 
 @dataclass(frozen=True)
@@ -79,21 +81,6 @@ STUDIES: dict[str, Study] = {
 HOLDOUT = {"fraction": 0.2, "seed": 0, "part": "held"}
 
 
-@dataclass
-class Trial:
-    index: int
-    value: object
-    seed: int
-    stages: list  # PlannedStage, upstream first; the last is the (val) evaluation
-    holdout_eval: object = None  # PlannedStage on the held-out target train, or None
-    specs: dict = field(default_factory=dict)  # the dataset specs its stages read (the method's normalisation)
-    select: object = None  # PlannedStage of the label-free criteria on target train (bench.select_stage)
-
-    def all_stages(self) -> list:
-        """Its stages in run order: the method's and val evaluation, then held-out evaluation and criteria."""
-        return self.stages + [ps for ps in (self.holdout_eval, self.select) if ps is not None]
-
-
 def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | None, list[str]]:
     """(study, search space of the swept key, seeds or None, suite overrides) from the CLI words: ``key=a,b,c`` or
     ``key=uniform(lo,hi)`` (no dot; ``bench.sweep_space``) is the swept method key, ``seed=…`` the seeds, dotted
@@ -129,41 +116,6 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | 
         raise SuiteError(f"unknown study or method {study_or_method!r}; studies: {sorted(STUDIES)}, methods: "
                          f"{sorted(METHODS)}")
     return study, space, seeds, overrides
-
-
-def plan_trials(suite: dict, study: Study, values, seeds, specs: dict, fingerprints: dict,
-                holdout: bool) -> list[Trial]:
-    """Every (value, seed) trial's planned stages (keys as in ``bench run``: the cache is shared with it)."""
-    from bench.evaluate import eval_stage
-    from bench.pipeline import plan_stages
-    from bench.plan import method_datasets
-    from bench.select_stage import select_stage
-    from methods.base import get_method, make_config
-
-    if study.method not in suite["methods"]:
-        raise SuiteError(f"suite {suite['name']} has no method {study.method!r}; it has {sorted(suite['methods'])}")
-    module = get_method(study.method)
-    base = {k: v for k, v in (suite["methods"][study.method] or {}).items() if k != "variants"}
-    if study.param not in module.Config.__dataclass_fields__:
-        raise SuiteError(f"{study.method} has no config key {study.param!r}; valid: "
-                         f"{sorted(module.Config.__dataclass_fields__)}")
-    evaluation = dict(suite.get("evaluation") or {})
-    train = dict(suite.get("train") or {})
-    trials = []
-    for value in values:
-        cfg = make_config(module.Config, {**base, **study.fixed, study.param: value})
-        if getattr(cfg, "eval_protocol", None):
-            evaluation = {**evaluation, "protocol": cfg.eval_protocol}
-        final = module.stages(cfg)[-1]
-        m_specs, m_fps = method_datasets(cfg, specs, fingerprints)
-        for seed in seeds:
-            planned = plan_stages([eval_stage(final, evaluation)], seed, m_fps, train)
-            extra = None
-            if holdout:
-                extra = plan_stages([eval_stage(final, evaluation, "target_holdout")], seed, m_fps, train)[-1]
-            select = plan_stages([select_stage(final)], seed, m_fps, train)[-1]
-            trials.append(Trial(len(trials), value, seed, planned, extra, m_specs, select))
-    return trials
 
 
 def shared_stages(trials: list[Trial]) -> dict:

@@ -167,14 +167,21 @@ def _write_tables(suite, study, rows, frame, out_dir: Path, name: str, search: d
           regret_markdown(regret, study.param, f"Selection regret: each criterion's pick vs the best {study.param} on "
                           "target val (reporting only; nothing is chosen on target val)")]
     if search is not None:
-        from bench.sweep_tune import search_markdown
-
         paths["search"] = out_dir / "search.csv"
         search["table"].to_csv(paths["search"], index=False)
         md.append(search_markdown(search["table"], study.param, search["metric"], search["mode"],
                                   f"Tune search ({search['kind']}), one trial per value, means over seeds"))
     paths["md"].write_text("\n".join(md))
     return {"paths": paths, "regret": regret}
+
+
+def search_markdown(table: pd.DataFrame, param: str, metric: str, mode: str, title: str) -> str:
+    cols = [c for c in table.columns if not c.startswith("computed_seed")]
+    lines = [f"### {title}", "", f"Sorted by {metric} ({mode}); the first row is the best trial. val_miou is for the "
+             "record only.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def best_line(search: dict, param: str) -> str:

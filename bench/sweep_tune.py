@@ -63,8 +63,8 @@ def run_value(planner: Planner, value) -> dict:
     mIoU, held-out mIoU, criteria and pseudo-label columns, plus ``computed_seed<N>`` (stages not answered by the
     cache)."""
     from bench.pipeline import execute_stage
-    from bench.sweep import plan_trials
     from bench.sweep_report import trial_rows
+    from bench.sweep_trials import plan_trials
 
     trials = plan_trials(planner.suite, planner.study, [value], planner.seeds, planner.specs, planner.fingerprints,
                          planner.holdout)
@@ -144,12 +144,3 @@ def search_frame(df: pd.DataFrame, param: str, metric: str, mode: str) -> pd.Dat
     keep += [c for c in df if c.startswith(("pl_", "computed_seed")) or c in ("threshold", "seeds")]
     out = df[[c for c in keep if c in df]]
     return out.sort_values(metric, ascending=mode == "min", kind="stable").reset_index(drop=True)
-
-
-def search_markdown(table: pd.DataFrame, param: str, metric: str, mode: str, title: str) -> str:
-    cols = [c for c in table.columns if not c.startswith("computed_seed")]
-    lines = [f"### {title}", "", f"Sorted by {metric} ({mode}); the first row is the best trial. val_miou is for the "
-             "record only.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"

@@ -18,8 +18,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from bench.paths import REPO
+
 PARAM_MAX = 6000
-REPO = Path(__file__).resolve().parent.parent
 
 
 def default_tracking_uri(results_root: Path) -> str:

@@ -99,7 +99,7 @@ def output_space_losses(model, discriminators: dict, weights: dict, aux_weight: 
 def train_adaptsegnet(p: dict, ctx) -> dict:
     """Stage ``adaptsegnet.train``: segmenter and discriminators trained jointly from the initial weights."""
     from bench.models import build_discriminator, build_model
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
 
@@ -133,7 +133,7 @@ def train_adaptsegnet(p: dict, ctx) -> dict:
 def source_images_root(p: dict, ctx):
     """Where the source images come from: an upstream ``source_tree`` stage's ``tree/`` (e.g. the GPA-stylised
     source), a user-provided tree (``p["source_root"]``), or None = the suite's source."""
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
 
     if "source_tree" in ctx.inputs:
         return ctx.inputs["source_tree"] / "tree"

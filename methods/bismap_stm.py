@@ -29,7 +29,7 @@ def _imagenet_r101(path: str, device):
     """torchvision's ResNet-101 from a local ImageNet state dict, up to layer4 (stride 32), on ``device``."""
     import torchvision
 
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
 
     net = torchvision.models.resnet101(weights=None)
     state = torch.load(resolve_root(path), map_location="cpu", weights_only=True)
@@ -52,7 +52,7 @@ def stm_encoder(p: dict, ctx):
             return _imagenet_r101(p["encoder_weights"], ctx.device), "imagenet", name
         if name == "backbone" and p["encoder_weights"]:  # the suite's own model, pretrained off both domains
             from bench.models import build_model
-            from bench.plan import resolve_root
+            from bench.paths import resolve_root
 
             model = build_model(p["model"], init_weights=resolve_root(p["encoder_weights"])).to(ctx.device).eval()
             norm = ctx.dataset("source", plain=True).transform.normalize

@@ -94,7 +94,7 @@ def bismap_losses(model, p: dict, seed: int, norm: str, teacher=None, kd_teacher
 
 def _initial_model(p: dict, ctx, weights: str | None):
     from bench.models import build_model
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
 
     if p["init"] == "warmup":
         return ctx.load_model("init"), "warmup"

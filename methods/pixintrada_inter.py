@@ -35,7 +35,7 @@ def import_inter(p: dict, ctx) -> dict:
     """Stage ``pixintrada.import_inter``: a ready G_inter checkpoint (a full state dict of the model, ``native``
     format) stored as a train stage's output, so later stages load it like any trained model."""
     from bench.models import build_model
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
     from bench.train import MODEL_FILE
 
     path = resolve_root(p["weights"])

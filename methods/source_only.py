@@ -64,7 +64,7 @@ def train_supervised(p: dict, ctx) -> dict:
     """Stage ``source_only.train``: supervised training on ``ctx.dataset(p["train_domain"])`` — read from the
     upstream ``source_tree``'s ``tree/`` mirror when the stage has one (e.g. GPA-stylised source)."""
     from bench.models import build_model
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
 

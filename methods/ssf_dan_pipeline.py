@@ -98,7 +98,7 @@ def ssf_losses(model, disc, global_disc, p: dict):
 def train_ssf_dan(p: dict, ctx) -> dict:
     """Stage ``ssf_dan.train`` from the initial weights."""
     from bench.models import build_model
-    from bench.plan import resolve_root
+    from bench.paths import resolve_root
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench import cli
+from bench.paths import REPO
 from bench.run import Outcome
 
 
@@ -19,7 +20,7 @@ def test_version(capsys):
 
 def test_run_help_lists_every_suite_with_examples():
     text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
-    for suite in sorted((cli.REPO / "bench" / "suites").glob("*.yaml")):
+    for suite in sorted((REPO / "bench" / "suites").glob("*.yaml")):
         assert f"\n  {suite.stem} " in text, suite.stem
     assert "MiniCity (GTA5-format" in text and "examples:" in text and "bench run minicity seeds=[0]" in text
 

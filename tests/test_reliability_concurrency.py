@@ -14,7 +14,8 @@ import pytest
 from fixtures import tiny_minicity_suite, write_suite
 
 from bench.fsio import atomic_write_text, file_lock, unique_tmp
-from bench.suite_runner import REPO, ensure_data, load_suite
+from bench.paths import REPO
+from bench.suite_runner import ensure_data, load_suite
 
 
 @pytest.mark.slow

@@ -17,9 +17,10 @@ import pytest
 import torch
 from fixtures import tiny_minicity_suite, write_suite
 
+from bench.paths import REPO
 from bench.plan import plan_suite
 from bench.run import Scheduler
-from bench.suite_runner import REPO, ensure_data, load_suite
+from bench.suite_runner import ensure_data, load_suite
 
 COUNTS = {"gta5": 8, "synthia": 2, "cityscapes_train": 8, "cityscapes_val": 2}
 

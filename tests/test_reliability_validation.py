@@ -13,7 +13,7 @@ import pytest
 from fixtures import tiny_minicity_suite, write_suite
 
 from bench.cli import main
-from bench.suite_runner import REPO
+from bench.paths import REPO
 
 
 @pytest.fixture

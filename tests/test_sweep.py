@@ -154,7 +154,8 @@ def test_perf_sweep_independent_pipeline_is_the_same_trial(name):
     from bench.perf_sweep import independent_overrides
     from bench.plan import dataset_specs, plan_suite
     from bench.suite_runner import load_suite
-    from bench.sweep import STUDIES, plan_trials
+    from bench.sweep import STUDIES
+    from bench.sweep_trials import plan_trials
 
     study = STUDIES[name]
     value = study.values[1]
