@@ -74,13 +74,6 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat({"mean": mean, "std": std}, axis=1)
 
 
-def format_cell(mean: float, std: float, digits: int = 1) -> str:
-    """``mean±std`` (``mean`` alone without a std, ``–`` without a mean)."""
-    if np.isnan(mean):
-        return DASH
-    return f"{mean:.{digits}f}" if np.isnan(std) else f"{mean:.{digits}f}±{std:.{digits}f}"
-
-
 def _paper_source(p: pd.Series) -> str:
     paper, table = p.get("paper", ""), p.get("table", "")
     paper = "" if pd.isna(paper) else str(paper)

@@ -107,15 +107,3 @@ def normalize(image: np.ndarray, mode: str) -> torch.Tensor:
     else:
         raise ValueError(f"normalize={mode!r}; valid: {NORMALIZATIONS}")
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
-def denormalize(x: torch.Tensor, mode: str) -> np.ndarray:
-    """Inverse of ``normalize`` for one image: ``[3,H,W]`` → uint8 RGB ``[H,W,3]`` (for plots and GPA)."""
-    a = x.detach().cpu().numpy().transpose(1, 2, 0)
-    if mode == "caffe":
-        a = (a + CAFFE_MEAN_BGR)[..., ::-1]
-    elif mode == "imagenet":
-        a = (a * IMAGENET_STD + IMAGENET_MEAN) * 255.0
-    else:
-        a = a * 255.0
-    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
