@@ -57,6 +57,8 @@ def ensure_pretrained(root: str | os.PathLike, name: str = "generic_small", reci
         except json.JSONDecodeError:
             pass  # a damaged record: rebuild
     root.mkdir(parents=True, exist_ok=True)
+    print(f"{path}: pretraining the {recipe['model']} net on the generic shapes domain "
+          f"({recipe['iters']} iterations, once for every seed and method)", flush=True)
     t0 = time.perf_counter()
     work = root / f".{name}.work"
     state, metrics = _train(recipe, work)
