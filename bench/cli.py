@@ -152,7 +152,7 @@ def cmd_table(a) -> int:
 
 
 def cmd_cache(a) -> int:
-    from bench.pipeline import StageCache, check_key_prefix, key_matches
+    from bench.stage_cache import StageCache, check_key_prefix, key_matches
 
     cache = StageCache(a.cache or (a.results or REPO / "results") / "cache")
     if a.cache_command == "ls":

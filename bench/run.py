@@ -14,7 +14,8 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
-from bench.pipeline import PROGRESS, PlannedStage, StageCache, execute_stage, stage_runtime
+from bench.pipeline import PlannedStage, execute_stage, stage_runtime
+from bench.stage_cache import PROGRESS, StageCache
 
 
 class ResourceError(RuntimeError):

@@ -258,10 +258,10 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
     from bench.live_log import LiveLog
-    from bench.pipeline import StageCache
     from bench.plan import method_configs, plan_suite
     from bench.report import write_outputs
     from bench.run import Scheduler, summary_lines
+    from bench.stage_cache import StageCache
     from bench.tracking import Tracker, default_tracking_uri, environment
 
     t0 = time.perf_counter()
@@ -326,7 +326,7 @@ def render_suite(name: str, overrides=(), results_root: Path | None = None, trac
     uri = tracking_uri or default_tracking_uri(results_root)
     _, invocation = load_results(uri, suite["name"], invocation)
     experiments, unique, _ = plan_suite(suite, ensure_data(suite))
-    from bench.pipeline import CorruptEntry, StageCache
+    from bench.stage_cache import CorruptEntry, StageCache
 
     cache, outcomes = StageCache(cache_root), {}
     for k, ps in unique.items():

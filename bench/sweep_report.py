@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.pipeline import StageCache
 from bench.selection import CRITERIA
+from bench.stage_cache import StageCache
 from bench.tables import tex_escape, tex_header, tex_number
 
 

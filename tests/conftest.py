@@ -4,6 +4,8 @@ import shutil
 import sys
 import tempfile
 
+import pytest
+
 HERE = os.path.dirname(__file__)
 # Tests import the fixture writers as plain modules; Ray workers need the same path to unpickle test stages.
 sys.path.insert(0, HERE)
@@ -15,3 +17,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 if "BENCH_HASH_CACHE" not in os.environ:
     os.environ["BENCH_HASH_CACHE"] = tempfile.mkdtemp(prefix="bench-hashes-")
     atexit.register(shutil.rmtree, os.environ["BENCH_HASH_CACHE"], True)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: on a busy 2-core machine a second OpenMP/MKL thread only waits (up to 10x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,13 +18,7 @@ from methods.base import SOURCES, make_config, provenance
 LN2, LN3 = math.log(2), math.log(3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matmuls: on a busy 2-core machine each multi-threaded MKL call can cost ~16 ms of thread wake-up."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(rng, sizes, dim, spread=4.0):

@@ -20,13 +20,7 @@ DS = {d: {"spec": {}, "fingerprint": "x"} for d in ("source", "target_train", "t
 SMALL = {"model": "small", "model_options": {}, "gmm_feature": "decoder"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second OpenMP thread only waits (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def cfg(**kw):

@@ -52,7 +52,7 @@ def test_cache_ls_names_the_rows_that_use_each_stage(tmp_path, capsys):
     """`bench run` records which method/variant/seed rows use each key; `cache ls` prints them next to it."""
     from types import SimpleNamespace
 
-    from bench.pipeline import StageCache
+    from bench.stage_cache import StageCache
 
     cache = tmp_path / "cache"
     planned = plan_stages([fk.chain(1, 2)], 0, {}, {})

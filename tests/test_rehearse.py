@@ -3,18 +3,11 @@ BiSMAP, with their shared source-only, warm-up, GPA, label and fit stages) for 2
 native resolution with the small network, and the projection of the full recipe."""
 
 import pytest
-import torch
 
 from bench import rehearse as rh
 from bench.suite_runner import load_suite
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_rehearsal_suite_shortens_every_stage_and_says_what_it_replaced(tmp_path):

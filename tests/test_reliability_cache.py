@@ -10,8 +10,9 @@ import stage_fakes as fk
 import torch
 
 from bench.cli import main
-from bench.pipeline import CorruptEntry, StageCache, load_model, plan_stages
+from bench.pipeline import load_model, plan_stages
 from bench.run import Scheduler
+from bench.stage_cache import CorruptEntry, StageCache
 from methods.base import Stage
 
 
@@ -114,10 +115,10 @@ def test_cache_clear_by_key_hash_prefix_and_stage_part(chain, capsys):
 
 
 def test_cache_verify_hashes_every_file_and_moves_corrupt_entries_aside(chain, capsys, monkeypatch):
-    import bench.pipeline as pipeline
+    import bench.stage_cache as stage_cache
 
     cache, (root, mid, leaf) = chain
-    monkeypatch.setattr(pipeline, "HASH_ON_READ", 0)  # every file counts as big: a read checks sizes only
+    monkeypatch.setattr(stage_cache, "HASH_ON_READ", 0)  # every file counts as big: a read checks sizes only
     (cache / mid / "value.json").write_text("7")  # same size, other bytes
     assert StageCache(cache).result(mid)["value"] == 3  # the cheap check cannot see it
     assert main(["cache", "verify", "--cache", str(cache)]) == 1

@@ -5,8 +5,9 @@ import json
 import pytest
 import stage_fakes as fk
 
-from bench.pipeline import StageCache, plan_stages, stage_key
+from bench.pipeline import plan_stages, stage_key
 from bench.run import Scheduler
+from bench.stage_cache import StageCache
 from methods.base import Stage
 
 DATASETS = {"source": {"spec": {"name": "gta5"}, "fingerprint": "aaa"}}

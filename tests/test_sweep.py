@@ -51,7 +51,7 @@ def test_parse_axes_names_studies_methods_and_errors():
 def test_sweep_shares_upstream_records_trials_and_resumes(tiny, ray_gpu):
     from mlflow.tracking import MlflowClient
 
-    from bench.pipeline import StageCache
+    from bench.stage_cache import StageCache
     from bench.sweep import run_sweep
 
     path, results = tiny
