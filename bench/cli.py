@@ -261,7 +261,7 @@ def cmd_perf_train(a) -> int:
 
 
 def cmd_perf_ssd(a) -> int:
-    from methods.ssf_dan_disc import PAPER_IN_CHANNELS, PAPER_WIDTHS, benchmark
+    from methods.ssf_dan.discriminator import PAPER_IN_CHANNELS, PAPER_WIDTHS, benchmark
 
     chans, widths = (PAPER_IN_CHANNELS, PAPER_WIDTHS) if a.paper else (a.channels, tuple(a.widths))
     r = benchmark(in_channels=chans, widths=widths, size=(a.height, a.width), batch=a.batch, present=a.present,

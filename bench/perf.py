@@ -109,7 +109,7 @@ def gmm_fit_timing(num_classes: int = 19, n_per_class: int = 20_000, dim: int = 
     log-likelihood under its final parameters. A measurement helper for notes, never a timed test."""
     from sklearn.mixture import GaussianMixture
 
-    from methods.bismap import ClassGMMs, fit_class_gmms, log_density
+    from methods.bismap.equations import ClassGMMs, fit_class_gmms, log_density
 
     gen = torch.Generator().manual_seed(seed)
     x = torch.empty(num_classes * n_per_class, dim)

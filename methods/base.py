@@ -49,10 +49,10 @@ METHODS = {
     "source_only": "methods.source_only",
     "oracle": "methods.oracle",
     "adaptsegnet": "methods.adversarial",
-    "cag_uda": "methods.cag_uda_pipeline",
-    "ssf_dan": "methods.ssf_dan_pipeline",
-    "bismap": "methods.bismap_pipeline",
-    "pixintrada": "methods.pixintrada_pipeline",
+    "cag_uda": "methods.cag_uda.stages",
+    "ssf_dan": "methods.ssf_dan.stages",
+    "bismap": "methods.bismap.stages",
+    "pixintrada": "methods.pixintrada.stages",
     "intrada": "methods.intrada",
 }
 

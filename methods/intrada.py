@@ -1,6 +1,6 @@
 """IntraDA — Pan et al., "Unsupervised Intra-domain Adaptation for Semantic Segmentation through
 Self-Supervision", CVPR 2020 — as PixIntraDA's Table 4/5 baseline: the same Stage I model G_inter (shared stage,
-``methods.pixintrada_inter``), then
+``methods.pixintrada.inter``), then
 
 1. entropy ranking: each target image scored by the mean of G_inter's weighted self-information map, the lowest
    fraction λ = "easy", the rest "hard"; the easy images are pseudo-labelled with G_inter's argmax on every
@@ -23,8 +23,8 @@ import torch
 
 from methods.adversarial import output_space_losses, upsampled_softmax
 from methods.base import Stage, param
-from methods.pixintrada_config import InterConfig
-from methods.pixintrada_inter import ground_truth_lookup, inter_stages, subset, target_probabilities, to_native
+from methods.pixintrada.config import InterConfig
+from methods.pixintrada.inter import ground_truth_lookup, inter_stages, subset, target_probabilities, to_native
 
 VERSION = "1"
 # entropy.py's rare trainIds: wall, fence, pole, light, sign, terrain, rider, truck, bus, train, motorcycle

@@ -1,5 +1,5 @@
-"""BiSMAP equations (methods.bismap): the GMM fit against scikit-learn from the same start, Eq. 4 against scipy's
-Gaussian density, Eq. 6-12 on hand-worked tensors (arithmetic in the comments), and the Config ledger."""
+"""BiSMAP equations (methods/bismap/equations.py): the GMM fit against scikit-learn from the same start, Eq. 4
+against scipy's Gaussian density, Eq. 6-12 on hand-worked tensors, and the Config ledger."""
 
 import dataclasses
 import math
@@ -12,8 +12,8 @@ from scipy.stats import entropy, multivariate_normal
 from sklearn.mixture import GaussianMixture
 
 from bench.data.labels import IGNORE
-from methods import bismap as bm
 from methods.base import SOURCES, make_config, provenance
+from methods.bismap import equations as bm
 
 LN2, LN3 = math.log(2), math.log(3)
 

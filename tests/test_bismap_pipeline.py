@@ -10,11 +10,11 @@ from fixtures import tiny_minicity_suite, write_suite
 from bench.data.labels import IGNORE
 from bench.pipeline import plan_stages
 from bench.suite_runner import run_suite
-from methods import bismap_augment as aug
-from methods import bismap_pipeline as pipe
-from methods import bismap_train as bt
 from methods import source_only
 from methods.base import METHODS, closure, make_config
+from methods.bismap import augment as aug
+from methods.bismap import stages as pipe
+from methods.bismap import train as bt
 
 DS = {d: {"spec": {}, "fingerprint": "x"} for d in ("source", "target_train", "target_val")}
 SMALL = {"model": "small", "model_options": {}, "gmm_feature": "decoder"}
@@ -166,8 +166,8 @@ def test_label_scores_and_thresholds_hand_case():
     """MAPs: class 0 ~ N(0, 1), class 1 ~ N(3, 1) (1-d, one component). At f = 0: log p_0 = −½ ln 2π = −0.9189,
     log p_1 = −0.9189 − 4.5 → score −0.9189, kept (class 0) for δ = −1, not for δ = −0.5. CAs: anchors 0 and 3;
     f = 1 → distances 1, 2 → margin 1; f = 2.5 → 2.5, 0.5 → margin 2 (class 1): Δd = 1.5 keeps the second only."""
-    from methods import bismap as bm
-    from methods import bismap_labels as bl
+    from methods.bismap import equations as bm
+    from methods.bismap import labels as bl
 
     g = bm.ClassGMMs(torch.ones(2, 1), torch.tensor([[[0.0]], [[3.0]]]), torch.ones(2, 1, 1), *[None] * 4)
     score = bl.pixel_scores("maps", torch.zeros(1, 1), g, None)
@@ -225,7 +225,7 @@ def tiny_suite(tmp_path_factory):
 
 @pytest.mark.slow
 def test_bismap_runs_on_tiny_minicity(tiny_suite, monkeypatch):
-    monkeypatch.setitem(METHODS, "bismap", "methods.bismap_pipeline")
+    monkeypatch.setitem(METHODS, "bismap", "methods.bismap.stages")
     path, results = tiny_suite
     out = run_suite(str(path), results_root=results, executor="local")
     assert {o.status for o in out["outcomes"].values()} == {"done"}

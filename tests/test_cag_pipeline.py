@@ -7,10 +7,10 @@ import torch
 
 from bench.models.output import SegOutput
 from bench.pipeline import plan_stages
-from methods import cag_uda as cag_mod
-from methods import cag_uda_pipeline as pipe
 from methods import source_only
 from methods.base import closure, make_config
+from methods.cag_uda import equations as cag_mod
+from methods.cag_uda import stages as pipe
 
 DS = {d: {"spec": {}, "fingerprint": "x"} for d in ("source", "target_train", "target_val")}
 SUPERVISED = {"model": "small", "model_options": {}, "iters": 10, "horizon": None, "batch_size": 2, "lr": 0.01,

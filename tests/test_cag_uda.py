@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from bench.data.labels import CLASS_NAMES, IGNORE
-from methods import cag_uda as cag
 from methods.base import SOURCES, make_config
+from methods.cag_uda import equations as cag
 
 NAN = float("nan")
 

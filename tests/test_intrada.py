@@ -11,7 +11,7 @@ import torch
 from methods import intrada
 from methods.adversarial import output_space_losses
 from methods.base import provenance
-from methods.pixintrada_config import InterConfig
+from methods.pixintrada.config import InterConfig
 
 
 def _pix(rows, h, w):

@@ -1,4 +1,4 @@
-"""PixIntraDA equations (methods/pixintrada.py): hand-worked tiny cases, numpy/explicit-loop cross-checks."""
+"""PixIntraDA equations (methods/pixintrada/equations.py): hand-worked tiny cases, numpy/explicit-loop cross-checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bench.paper_rows import load_extra_table
-from methods import pixintrada as px
 from methods.base import provenance
+from methods.pixintrada import equations as px
 
 LN2, LN3 = math.log(2), math.log(3)
 

@@ -1,4 +1,4 @@
-"""PixIntraDA's stages (methods/pixintrada_pipeline.py): the stage graph, what shares a cache key (Stage I with
+"""PixIntraDA's stages (methods/pixintrada/stages.py): the stage graph, what shares a cache key (Stage I with
 AdaptSegNet and IntraDA, labels across PLA/CTS, thresholds across α), the unchanged AdaptSegNet keys, the Z coding,
 padding in the discriminator losses, and one run of PixIntraDA and IntraDA on a tiny MiniCity."""
 
@@ -10,10 +10,10 @@ from fixtures import tiny_minicity_suite, write_suite
 
 from bench.pipeline import plan_stages
 from methods import adversarial, intrada
-from methods import pixintrada as px
-from methods import pixintrada_pipeline as pp
 from methods.base import METHODS, make_config
-from methods.pixintrada_inter import adaptsegnet_config
+from methods.pixintrada import equations as px
+from methods.pixintrada import stages as pp
+from methods.pixintrada.inter import adaptsegnet_config
 
 FPS = {d: {"spec": {"name": d}, "fingerprint": "f" + d} for d in ("source", "target_train", "target_val")}
 TRAIN = {"amp": "auto", "device": "cpu"}  # keys record the device: pinned keys must not depend on the machine
@@ -75,7 +75,7 @@ def test_translation_options():
 def test_imported_inter_checkpoint_loads_as_a_trained_model(tmp_path):
     from bench.models import build_model
     from bench.pipeline import StageContext, load_model
-    from methods.pixintrada_inter import import_inter
+    from methods.pixintrada.inter import import_inter
 
     torch.manual_seed(3)
     released = build_model("small")
@@ -231,7 +231,7 @@ def test_pixintrada_and_intrada_run_on_tiny_minicity(tiny_suite, monkeypatch):
     """Two rounds of PixIntraDA (CTS, KLD in round 2; random scale 0.5–1 pads the crops) and IntraDA, in-process."""
     from bench.suite_runner import run_suite
 
-    monkeypatch.setitem(METHODS, "pixintrada", "methods.pixintrada_pipeline")
+    monkeypatch.setitem(METHODS, "pixintrada", "methods.pixintrada.stages")
     monkeypatch.setitem(METHODS, "intrada", "methods.intrada")
     path, results = tiny_suite
     threads = torch.get_num_threads()

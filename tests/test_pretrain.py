@@ -108,7 +108,7 @@ def test_suite_pretrain_section_is_checked_and_trains_into_its_root(tmp_path, ca
 def test_bismap_stm_backbone_encoder_is_the_pretrained_suite_model(tmp_path):
     from types import SimpleNamespace
 
-    from methods.bismap_stm import stm_encoder
+    from methods.bismap.stm import stm_encoder
 
     src = build_model("small", num_classes=len(KINDS))
     prefixes = ("stem.", "layer1.", "layer2.", "layer3.", "layer4.")

@@ -11,8 +11,10 @@ from bench.data.datasets import _tuples
 from bench.data.transforms import Transform
 from bench.plan import method_configs
 from bench.suite_runner import load_suite
-from methods import bismap_pipeline, bismap_train, cag_uda_pipeline
 from methods.base import closure, get_method, make_config
+from methods.bismap import stages as bismap_pipeline
+from methods.bismap import train as bismap_train
+from methods.cag_uda import stages as cag_uda_pipeline
 
 NATIVE = {"gta5": (1914, 1052), "cityscapes": (2048, 1024), "synthia": (1280, 760), "crosscity": (2048, 1024)}
 REAL = ("gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity")

@@ -34,8 +34,9 @@ def test_two_concurrent_runs_compute_each_stage_once(tmp_path):
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        logs = "".join(f"\n--- {f}\n{f.read_text()[-2000:]}" for f in (results / "cache").glob("*/stage.log"))
+        assert p.returncode == 0, out[-3000:] + err[-3000:] + logs
     counts = {"done": 0, "cached": 0}
     for out, _ in outs:
         line = next(ln for ln in out.splitlines() if ln.startswith("stages: "))

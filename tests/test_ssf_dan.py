@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.data.labels import IGNORE
 from methods.base import SOURCES, make_config
-from methods.ssf_dan import (
+from methods.ssf_dan.equations import (
     ABLATIONS,
     TABLE4_ROWS,
     Config,

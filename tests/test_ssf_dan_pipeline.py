@@ -5,10 +5,10 @@ import torch
 
 from bench.data.labels import IGNORE
 from bench.models import build_model
-from methods import ssf_dan as ssf
-from methods import ssf_dan_pipeline as pipe
 from methods.base import make_config
-from methods.ssf_dan_disc import SeparableDiscriminator
+from methods.ssf_dan import equations as ssf
+from methods.ssf_dan import stages as pipe
+from methods.ssf_dan.discriminator import SeparableDiscriminator
 
 SMALL = {"model": "small", "model_options": {}, "feature_name": "layer4", "feature_channels": 80,
          "d_widths": [8, 8, 8, 4], "iters": 100, "horizon": None, "batch_size": 2, "aux_weight": 0.0}

@@ -1,5 +1,5 @@
 """BiSMAP's settings: every hyper-parameter with its source (paper / code / inferred / harness), and the
-per-source density threshold δ. The equations are in ``methods.bismap``."""
+per-source density threshold δ. The equations are in ``methods.bismap.equations``."""
 
 from __future__ import annotations
 

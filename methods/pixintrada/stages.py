@@ -1,6 +1,6 @@
-"""PixIntraDA's stages: Stage I (G_inter, ``methods.pixintrada_inter``) → per round: class thresholds t_k over
+"""PixIntraDA's stages: Stage I (G_inter, ``methods.pixintrada.inter``) → per round: class thresholds t_k over
 target train (fit) → easy/hard split and pseudo-labels (label) → G trained on target images only (train). Round 2
-(T=1) re-splits with the round-1 model and adds CRST's KLD. The equations live in ``methods.pixintrada``.
+(T=1) re-splits with the round-1 model and adds CRST's KLD. The equations live in ``methods.pixintrada.equations``.
 
 The label stage writes, per target image at the file's native resolution (so the training dataset resizes, scales,
 crops and flips them exactly like a ground-truth label): ``labels/`` the Eq. 3 pseudo-labels (255 = hard, so the
@@ -17,11 +17,11 @@ import torch
 
 from bench.data.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
 from methods import ias
-from methods import pixintrada as px
 from methods.adversarial import upsampled_softmax
 from methods.base import Stage
-from methods.pixintrada import Config  # noqa: F401 - the registry's Config
-from methods.pixintrada_inter import ground_truth_lookup, inter_stages, target_probabilities, to_native
+from methods.pixintrada import equations as px
+from methods.pixintrada.equations import Config  # noqa: F401 - the registry's Config
+from methods.pixintrada.inter import ground_truth_lookup, inter_stages, target_probabilities, to_native
 
 VERSION = "1"
 Z_SCALE, NO_INDEX = 254, 255  # Z ∈ [0, 1] stored as round(254·Z); 255 = crop padding (no pixel)
@@ -32,7 +32,7 @@ SCHEMES, IAS_KEYS = ("median", "ias"), ("alpha", "beta", "gamma", "init", "cap")
 # ------------------------------------------------------------------------------------------------ fit
 def fit_thresholds(p: dict, ctx) -> dict:
     """Stage ``pixintrada.thresholds``: t_k (§4.1 below Eq. 2) of the upstream model over every target-train
-    image, streamed through a :class:`~methods.pixintrada.ThresholdAccumulator`."""
+    image, streamed through a :class:`~methods.pixintrada.equations.ThresholdAccumulator`."""
     model = ctx.load_model("model").to(ctx.device)
     acc = px.ThresholdAccumulator(NUM_CLASSES, p["bins"], p["cap"])
     ds = ctx.dataset("target_train", plain=True, labels=False)

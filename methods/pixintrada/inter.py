@@ -16,7 +16,7 @@ import torch
 
 from methods import adversarial
 from methods.base import Stage, make_config
-from methods.pixintrada_config import TRANSLATIONS, InterConfig
+from methods.pixintrada.config import TRANSLATIONS, InterConfig
 
 VERSION = "1"
 

@@ -1,6 +1,6 @@
 """BiSMAP's fit and label stages: the MAPs (Eq. 3–5) fitted on the warm-up model's source features, target
 pseudo-labels by MAPs (Eq. 6), CAG's anchors (CAs-PLA) or IAST's selector (IAS-PLA) for Table 3, and the
-distillation teacher's labels. Equations live in ``methods.bismap``, ``methods.cag_uda`` and ``methods.ias``.
+distillation teacher's labels. Equations: ``methods.bismap.equations``, ``methods.cag_uda.equations``, ``methods.ias``.
 
 Forward passes here run in full precision (no autocast): bf16 features would quantise the densities.
 """
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods import bismap as bm
-from methods import cag_uda as cag
 from methods import ias
+from methods.bismap import equations as bm
+from methods.cag_uda import equations as cag
 
 RATIO_SAMPLES = 2048  # pixel scores drawn per image for the pl_ratio_target quantile (harness)
 

@@ -1,6 +1,6 @@
 """PixIntraDA's settings (and Stage I's, shared with the IntraDA baseline): every value with its source. PixIntraDA
 released no code, so a value is the paper's, our reading of it (inferred), or a harness setting — never "code".
-The equations are in ``methods.pixintrada``, the stages in ``methods.pixintrada_pipeline``.
+The equations are in ``methods.pixintrada.equations``, the stages in ``methods.pixintrada.stages``.
 """
 
 from __future__ import annotations

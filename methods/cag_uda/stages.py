@@ -1,5 +1,5 @@
 """CAG-UDA's stages (paper Alg. 1): source-only → warm-up → K × (anchors on source → target pseudo-labels →
-training with Eq. 12). The equations live in ``methods.cag_uda``; this module only wires them.
+training with Eq. 12). The equations live in ``methods.cag_uda.equations``; this module only wires them.
 
 ``variant="paper"`` (default): anchors from every GT source pixel with M_{k-1}, recomputed each stage; both
 pseudo-label sets computed once per stage on the full target images and kept fixed (stored by a label
@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods import cag_uda as cag
 from methods import source_only
 from methods.adversarial import train_feature_warmup
 from methods.base import Stage, make_config
-from methods.cag_uda import Config  # noqa: F401 - the registry's Config
+from methods.cag_uda import equations as cag
+from methods.cag_uda.equations import Config  # noqa: F401 - the registry's Config
 
 VERSION = "1"
 

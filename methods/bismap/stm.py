@@ -1,5 +1,5 @@
 """BiSMAP's source transferability map (STM, §3.4, Eq. 7–9) as a fit stage, and the dataset that hands each
-source crop its weights. Equations live in ``methods.bismap``.
+source crop its weights. Equations live in ``methods.bismap.equations``.
 
 As the code (``source_transferability_map.py``): every image is resized to 256×128, an encoder Ê maps it to
 a feature grid avg-pooled to 4×4 cells; K-means (J = 40) on target cells gives the prototypes A_j; a source
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.data.transforms import normalize, resize_label
-from methods import bismap as bm
-from methods.bismap_labels import source_tree
+from methods.bismap import equations as bm
+from methods.bismap.labels import source_tree
 
 WEIGHT_DIR = "weights"
 _IDENTITY_LUT = np.arange(256, dtype=np.uint8)

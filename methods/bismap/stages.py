@@ -7,17 +7,17 @@
 
 The switches of Tables 3–5 (``pla``, ``use_stm``, ``use_consistency``, ``distill_rounds``, δ / Δd) only change
 the stages they feed, so every variant shares the GPA tree, the warm-up, the MAPs fit and (Table 3) the STM.
-Stage functions: ``methods.bismap_labels`` / ``bismap_stm`` / ``bismap_train``; equations: ``methods.bismap``.
+Stage functions: ``methods.bismap.labels`` / ``bismap_stm`` / ``bismap_train``; equations: ``methods.bismap.equations``.
 """
 
 from __future__ import annotations
 
 from methods import source_only
 from methods.base import Stage, make_config
-from methods.bismap_config import Config  # noqa: F401 - the registry's Config
-from methods.bismap_labels import distill_labels, fit_maps, label_target
-from methods.bismap_stm import build_stm
-from methods.bismap_train import train_bismap
+from methods.bismap.config import Config  # noqa: F401 - the registry's Config
+from methods.bismap.labels import distill_labels, fit_maps, label_target
+from methods.bismap.stm import build_stm
+from methods.bismap.train import train_bismap
 
 VERSION = "1"
 CHOICES = {"pla": ("maps", "cas", "ias", "none"), "kd": ("paper", "code"), "consistency_views": ("paper", "code"),

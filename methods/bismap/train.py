@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods import bismap as bm
-from methods import bismap_augment as aug
-from methods.bismap_labels import native_for, source_tree
+from methods.bismap import augment as aug
+from methods.bismap import equations as bm
+from methods.bismap.labels import native_for, source_tree
 from methods.source_only import segmentation_ce
 
 
@@ -116,7 +116,7 @@ def train_bismap(p: dict, ctx) -> dict:
     from bench.pseudo import LABEL_DIR, with_pseudo_labels
     from bench.schedule import OptimizerSpec
     from bench.train import Trainer, seed_everything
-    from methods.bismap_stm import WEIGHT_DIR, Weighted
+    from methods.bismap.stm import WEIGHT_DIR, Weighted
 
     if p["eta_min"] != 0:
         raise ValueError(f"eta_min: {p['eta_min']}; the harness's poly schedule decays to 0 (bench.schedule has no "

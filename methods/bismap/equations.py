@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE
-from methods.bismap_config import Config, delta_for  # noqa: F401 - re-exported: the method's settings
+from methods.bismap.config import Config, delta_for  # noqa: F401 - re-exported: the method's settings
 
 
 # ------------------------------------------------------------------------------------------ Eq. 3-5: MAPs

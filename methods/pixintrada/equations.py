@@ -6,8 +6,8 @@ style-translated source; for SYNTHIA the paper used BDL's released model). Stage
 easy and hard by class thresholds on G_inter's probabilities (Eq. 2–3), self-trains a fresh G on the easy pixels
 (Eq. 5) and adapts it to the hard ones with per-pixel adversarial learning, binary (``pla``, Eq. 6) or
 continuously indexed (``cts``, Eq. 7–8). A second round (T=1) re-splits with the round-1 model and adds CRST's
-KLD regulariser. This module holds the equations; the settings are in ``methods.pixintrada_config`` (re-exported
-here), the stages in ``methods.pixintrada_pipeline``.
+KLD regulariser. This module holds the equations; the settings are in ``methods.pixintrada.config`` (re-exported
+here), the stages in ``methods.pixintrada.stages``.
 
 Conventions: probabilities ``[N, C, H, W]`` (softmax, at the input resolution: the paper upsamples G's logits
 and D's outputs to the input size, §5.1); masks and labels ``[N, H, W]``; ignore = 255.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods.pixintrada_config import ALPHA_BY_SOURCE, Config, InterConfig, resolve_alpha  # noqa: F401 - re-exported
+from methods.pixintrada.config import ALPHA_BY_SOURCE, Config, InterConfig, resolve_alpha  # noqa: F401 - re-exported
 from methods.source_only import segmentation_ce
 
 

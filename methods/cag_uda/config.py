@@ -1,6 +1,6 @@
 """CAG-UDA's configuration: every setting with its source (paper / code / inferred / harness), the code
 variant's values (``*_code``, resolved by :func:`effective`) and the Table 4 rows as config overrides
-(:data:`ABLATIONS`). The equations are in ``methods.cag_uda``, the stages in ``methods.cag_uda_pipeline``."""
+(:data:`ABLATIONS`). The equations are in ``methods.cag_uda.equations``, the stages in ``methods.cag_uda.stages``."""
 
 from __future__ import annotations
 

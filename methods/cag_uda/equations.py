@@ -1,5 +1,5 @@
 """CAG-UDA (Zhang et al., NeurIPS 2019, "Category Anchor-Guided Unsupervised Domain Adaptation for Semantic
-Segmentation"; code RogerZhangzz/CAG_UDA): the equation layer (its Config: ``methods.cag_uda_config``).
+Segmentation"; code RogerZhangzz/CAG_UDA): the equation layer (its Config: ``methods.cag_uda.config``).
 
 Pipeline (paper Alg. 1): source-only pre-training → warm-up (global feature-level adversarial alignment, FCNs in
 the wild) → K stages, each: category anchors from M_{k-1} on source (Eq. 4), active target pixels and pseudo-labels
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods.cag_uda_config import (  # noqa: F401 - re-exported: the config lives beside
+from methods.cag_uda.config import (  # noqa: F401 - re-exported: the config lives beside
     ABLATIONS,
     DIS_LABELS,
     TERMS,

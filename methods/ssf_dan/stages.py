@@ -1,7 +1,7 @@
 """SSF-DAN's one training stage: the segmenter and the semantic-wise separable discriminator trained end to end
 with L_seg + δ·L_adv (Eq. 1), progressive confidence on the target masks (Eq. 7–8) and CA-R (Eq. 9). The
 Table 4 variants (``ablation``) switch the class-wise part (separated / "soft" / none), the global feature
-discriminator, the ρ schedule and CA-R. Equations live in ``methods.ssf_dan``; this module wires them.
+discriminator, the ρ schedule and CA-R. Equations live in ``methods.ssf_dan.equations``; this module wires them.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import NUM_CLASSES
-from methods import ssf_dan as ssf
 from methods.base import Stage, reads
 from methods.source_only import segmentation_ce
-from methods.ssf_dan import Config  # noqa: F401 - the registry's Config
-from methods.ssf_dan_disc import SeparableDiscriminator
+from methods.ssf_dan import equations as ssf
+from methods.ssf_dan.config import Config  # noqa: F401 - the registry's Config
+from methods.ssf_dan.discriminator import SeparableDiscriminator
 
 VERSION = "1"
 
