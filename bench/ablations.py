@@ -1,16 +1,9 @@
-"""Ablation tables: our variants beside a paper's ablation rows, as the suite's ``paper.ablations`` maps them.
+"""Ablation tables: our variants beside a paper's ablation rows, for the paper tables a suite's method names.
 
-``paper.ablations.<method>`` is one table spec or a list of them (a method with several ablation tables, e.g.
-BiSMAP Tables 3 and 4). A spec::
-
-    {paper: bismap, table: 4, rows: {baseline: baseline, stm: +STM, "": "+STM +MAPs-PLA ..."},
-     baseline: {method: source_only, row: Source only},   # optional: another method's base run
-     base: baseline,                                        # optional: the row gains are taken from ("" default)
-     name: pla}                                             # optional: file-name suffix (default t<table>)
-
-A ``rows`` key is one of the method's variants ("" = the full method) or ``other_method:variant``. A single spec
-shows every variant of the method (unmapped ones without a paper value); a list shows, per table, only the rows
-that table maps.
+``methods.<method>.tables`` names tables the method declares (``methods.base.PaperTable``, in its ``config.py``):
+``[t4]`` runs and shows every row, ``{t4: [row, ...]}`` the listed rows. A method that declares one table shows
+every variant the suite runs (rows the table does not print without a paper value); one that declares several
+shows, per table, only that table's rows, in files suffixed with the table's name.
 """
 
 from __future__ import annotations
@@ -20,52 +13,62 @@ from pathlib import Path
 
 import pandas as pd
 
-PAPER_NAMES = {"cag_uda": "CAG-UDA", "ssf_dan": "SSF-DAN", "bismap": "BiSMAP", "pixintrada": "PixIntraDA"}
+
+def paper_names() -> dict[str, str]:
+    """Paper key → the name tables caption it with, from the registered methods."""
+    from methods.base import papers
+
+    return {k: p.name for k, p in papers().items()}
 
 
 @dataclass
 class AblationTable:
     method: str
     source: str  # "BiSMAP, Table 4"
-    rows: dict  # (method, variant) -> (paper row, paper mIoU), in the spec's order
+    rows: dict  # (method, variant) -> (paper row, paper mIoU), in the table's order
     base: tuple  # (method, variant) the gains are measured from
     stem: str  # file name under tables/, without the subset and extension
     only_mapped: bool
+    benchmark: str | None = None  # the printed values' benchmark (None: the suite's)
 
 
 def _row_key(method: str, key: str) -> tuple[str, str]:
     return tuple(key.split(":", 1)) if ":" in key else (method, key)
 
 
-def ablation_specs(suite: dict, method: str) -> list[AblationTable]:
-    """The method's ablation tables with the paper's values, validated (a misspelt row names the valid ones)."""
-    from bench.paper_rows import load_extra_table
+def named_tables(suite: dict, method: str) -> list[str]:
+    """The table names ``methods.<method>.tables`` gives (a list, or a mapping's keys)."""
+    return list((((suite.get("methods") or {}).get(method)) or {}).get("tables") or ())
 
-    spec = ((suite.get("paper") or {}).get("ablations") or {}).get(method)
-    if not spec:
+
+def ablation_specs(suite: dict, method: str) -> list[AblationTable]:
+    """The method's named tables with the paper's values, validated (a misspelt row names the valid ones)."""
+    from bench.paper_rows import load_extra_table
+    from methods.base import get_method
+
+    if not named_tables(suite, method):
         return []
-    many = isinstance(spec, list)
+    declared = get_method(method).tables
+    many = len(declared) > 1
     out = []
-    for s in spec if many else [spec]:
-        where = f"suite paper.ablations.{method}" + (f" (table {s.get('table')})" if many else "")
-        if not isinstance(s, dict) or not {"paper", "table", "rows"} <= set(s):
-            raise KeyError(f"{where}: expected a mapping with paper, table and rows")
-        table = load_extra_table(s["paper"], int(s["table"]))
+    for tname in named_tables(suite, method):
+        if tname not in declared:
+            raise KeyError(f"methods.{method}.tables: {tname!r} is not one of its tables {sorted(declared)}")
+        t = declared[tname]
+        where = f"{method} table {tname} ({t.paper} Table {t.table})"
+        table = load_extra_table(t.paper, int(t.table))
         by_row = dict(zip(table["row"], table["mIoU"]))
-        wanted = {_row_key(method, str(k)): r for k, r in s["rows"].items()}
-        if s.get("baseline"):
-            wanted = {(s["baseline"]["method"], ""): s["baseline"]["row"], **wanted}
+        wanted = {_row_key(method, k): label for k, (label, _) in t.rows.items()}
+        if t.baseline:
+            wanted = {(t.baseline[0], ""): t.baseline[1], **wanted}
         missing = sorted(r for r in wanted.values() if r not in by_row)
         if missing:
-            raise KeyError(f"{where}: rows {missing} are not in {s['paper']} Table {s['table']}; "
-                           f"valid: {sorted(by_row)}")
-        base = _row_key(method, str(s.get("base", "")))
-        if many and base not in wanted:
-            raise KeyError(f"{where}: base {s.get('base', '')!r} is not one of its rows {sorted(s['rows'])}")
-        suffix = s.get("name", f"t{s['table']}") if many else ""
-        out.append(AblationTable(method, f"{PAPER_NAMES.get(s['paper'], s['paper'])}, Table {s['table']}",
+            raise KeyError(f"{where}: rows {missing} are not in the transcribed table; valid: {sorted(by_row)}")
+        base = _row_key(method, t.base)
+        suffix = (t.name or f"t{t.table}") if many else ""
+        out.append(AblationTable(method, f"{paper_names().get(t.paper, t.paper)}, Table {t.table}",
                                  {k: (r, float(by_row[r])) for k, r in wanted.items()}, base,
-                                 f"ablation_{method}" + (f"_{suffix}" if suffix else ""), many))
+                                 f"ablation_{method}" + (f"_{suffix}" if suffix else ""), many, t.benchmark))
     return out
 
 
@@ -82,7 +85,7 @@ def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path,
 
     variants = ours["variant"].fillna("")
     methods = list(dict.fromkeys(ours.loc[variants != "", "method"]))
-    methods += [m for m in ((suite.get("paper") or {}).get("ablations") or {}) if m not in methods]
+    methods += [m for m in (suite.get("methods") or {}) if named_tables(suite, m) and m not in methods]
     present = set(zip(ours["method"], variants))
     md = []
     for method in methods:
@@ -106,7 +109,7 @@ def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path,
                 at = list(zip(abl["method"], abl["variant"]))
                 abl["paper row"] = [t.rows.get(k, ("", None))[0] for k in at]
                 abl["paper mIoU"] = [t.rows.get(k, ("", float("nan")))[1] for k in at]
-                title += f" (paper: {t.source}, {benchmark or 'its benchmark'})"
+                title += f" (paper: {t.source}, {t.benchmark or benchmark or 'its benchmark'})"
             stem = f"{t.stem}_{subset}"
             abl.to_csv(out_dir / "tables" / f"{stem}.csv")
             text = ablation_markdown(abl, title, base=base)

@@ -18,15 +18,36 @@ from bench.paths import REPO
 
 DEFAULT_ROOT = REPO / "results" / "paper"
 
-PAPERS = ("cag_uda", "ssf_dan", "bismap", "pixintrada")
 BENCHMARKS = (
     "gta5_cityscapes", "synthia_cityscapes",
     "crosscity_rome", "crosscity_rio", "crosscity_tokyo", "crosscity_taipei",
 )
 META_COLUMNS = ("paper", "table", "row", "backbone")
 METRIC_COLUMNS = ("mIoU", "mIoU*")
-_EXTRA_RE = re.compile(rf"^({'|'.join(PAPERS)})_t(\d+)_([a-z0-9_]+)\.csv$")
-_FILE_RE = re.compile(rf"^({'|'.join(PAPERS)})_t(\d+)_({'|'.join(BENCHMARKS)})\.csv$")
+
+
+def known_papers() -> tuple[str, ...]:
+    """The paper keys of the registered methods (``methods.base.Method.paper``)."""
+    from methods.base import papers
+
+    return tuple(papers())
+
+
+def _patterns() -> tuple[re.Pattern, re.Pattern]:
+    """(main table, ablation table) file-name patterns for the registered papers."""
+    names = "|".join(map(re.escape, known_papers()))
+    return (re.compile(rf"^({names})_t(\d+)_({'|'.join(BENCHMARKS)})\.csv$"),
+            re.compile(rf"^({names})_t(\d+)_([a-z0-9_]+)\.csv$"))
+
+
+def _csv_files(root) -> list[Path]:
+    """The CSVs of ``root``, or, by default, of ``results/paper`` and every registered paper's own ``rows_dir``."""
+    if root is not None:
+        return sorted(Path(root).glob("*.csv"))
+    from methods.base import papers
+
+    dirs = [DEFAULT_ROOT] + [Path(p.rows_dir) for p in papers().values() if p.rows_dir]
+    return sorted({f for d in dict.fromkeys(dirs) for f in d.glob("*.csv")}, key=lambda f: (f.name, str(f)))
 
 
 class PaperFile(NamedTuple):
@@ -38,12 +59,12 @@ class PaperFile(NamedTuple):
 
 def paper_files(root: str | Path | None = None) -> list[PaperFile]:
     """The available transcriptions, sorted by file name; a ``.csv`` with a malformed name raises ValueError."""
-    root = Path(root) if root is not None else DEFAULT_ROOT
+    file_re, extra_re = _patterns()
     out = []
-    for path in sorted(root.glob("*.csv")):
-        m = _FILE_RE.match(path.name)
+    for path in _csv_files(root):
+        m = file_re.match(path.name)
         if m is None:
-            if _EXTRA_RE.match(path.name):
+            if extra_re.match(path.name):
                 continue  # an ablation/sensitivity table: see extra_tables()
             raise ValueError(f"{path}: file name is not <paper>_t<N>_<benchmark>.csv (a main table) or "
                              "<paper>_t<N>_<name>.csv (an ablation table) with a known paper")
@@ -53,11 +74,11 @@ def paper_files(root: str | Path | None = None) -> list[PaperFile]:
 
 def extra_tables(root: str | Path | None = None) -> dict[tuple[str, int], Path]:
     """The transcribed ablation / sensitivity tables: ``{(paper, table): path}`` (free-form columns)."""
-    root = Path(root) if root is not None else DEFAULT_ROOT
+    file_re, extra_re = _patterns()
     out = {}
-    for path in sorted(root.glob("*.csv")):
-        m = _EXTRA_RE.match(path.name)
-        if m and not _FILE_RE.match(path.name):
+    for path in _csv_files(root):
+        m = extra_re.match(path.name)
+        if m and not file_re.match(path.name):
             out[(m.group(1), int(m.group(2)))] = path
     return out
 
@@ -113,8 +134,8 @@ def load_paper_rows(
     """
     if benchmark is not None and benchmark not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {benchmark!r}; known: {BENCHMARKS}")
-    if paper is not None and paper not in PAPERS:
-        raise ValueError(f"unknown paper {paper!r}; known: {PAPERS}")
+    if paper is not None and paper not in known_papers():
+        raise ValueError(f"unknown paper {paper!r}; known: {known_papers()}")
     files = [f for f in paper_files(root) if benchmark in (None, f.benchmark) and paper in (None, f.paper)]
     frames = [_as_uda_bench_columns(_read(f), f) for f in files]
     if not frames:

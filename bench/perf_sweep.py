@@ -30,9 +30,9 @@ def sweep_vs_independent(study_name: str, suite: str, root: Path, seed: int = 0,
     trials as stand-alone pipelines (the first values; pipelines of one study share their stage graph, so the
     rest cost about the same). → seconds of each, and the sweep / one-pipeline ratio."""
     from bench.suite_runner import run_suite
-    from bench.sweep import STUDIES, run_sweep
+    from bench.sweep import all_studies, run_sweep
 
-    study = STUDIES[study_name]
+    study = all_studies()[study_name]
     values = list(values or study.values)
     root = Path(root).resolve()
     if root.exists() and any(root.iterdir()):

@@ -62,8 +62,31 @@ def fingerprint_datasets(specs: dict) -> dict:
     return out
 
 
+def table_variants(method: str, tables) -> dict[str, dict]:
+    """The variants a method section's ``tables`` names: ``[t4, ...]`` (every row of each table) or
+    ``{t4: [row, ...]}`` (those rows). A variant that two tables define differently is an error."""
+    from methods.base import get_method
+
+    declared = get_method(method).tables
+    picks = {t: None for t in tables} if isinstance(tables, (list, tuple)) else dict(tables or {})
+    out: dict[str, dict] = {}
+    for tname, rows in picks.items():
+        if tname not in declared:
+            raise KeyError(f"methods.{method}.tables: {tname!r} is not one of its tables {sorted(declared)}")
+        variants = declared[tname].variants()
+        unknown = sorted(set(rows or ()) - set(variants))
+        if unknown:
+            raise KeyError(f"methods.{method}.tables.{tname}: rows {unknown} are not its variants {sorted(variants)}")
+        for v in rows if rows is not None else variants:
+            if v in out and out[v] != variants[v]:
+                raise KeyError(f"methods.{method}.tables: variant {v!r} differs between tables")
+            out[v] = variants[v]
+    return out
+
+
 def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
-    """(method, variant, config values) for every method and its named variants ("" = the base)."""
+    """(method, variant, config values) for every method and its variants ("" = the base): the rows of the paper
+    tables its section names (``tables``), then its own ``variants``; both only with ``ablations`` on."""
     out = []
     only = suite.get("only")
     if only is not None:
@@ -74,7 +97,11 @@ def method_variants(suite: dict) -> list[tuple[str, str, dict]]:
         if only is not None and name not in only:
             continue
         values = dict(values or {})
-        variants = values.pop("variants", {}) or {}
+        variants = table_variants(name, values.pop("tables", None) or ())
+        for v, over in (values.pop("variants", {}) or {}).items():
+            if v in variants:
+                raise KeyError(f"methods.{name}.variants.{v}: already a row of the tables it names; rename it")
+            variants[v] = over
         if not suite.get("ablations", True):
             variants = {}  # the suite's named variants are opt-in (ablations=true)
         out.append((name, "", values))
@@ -101,13 +128,12 @@ def method_configs(suite: dict) -> list[tuple[str, str, object]]:
     return out
 
 
-def method_datasets(cfg, specs: dict, fps: dict) -> tuple[dict, dict]:
+def method_datasets(method, cfg, specs: dict, fps: dict) -> tuple[dict, dict]:
     """The dataset specs (and key specs) one method's stages see: the suite's, with the input normalisation the
-    method's network expects when its config states one (``normalize``, e.g. ImageNet statistics for a
+    method's network expects when its ``input_normalize`` hook states one (e.g. ImageNet statistics for a
     torchvision-initialised DeepLab-v3+ in a suite normalised for the Caffe DeepLab-v2). Every stage of the
     method, its evaluation included, then reads the same inputs; the normalisation is part of the stage keys."""
-    norm = getattr(cfg, "dataset_normalize", None)
-    norm = norm() if callable(norm) else getattr(cfg, "normalize", None)
+    norm = method.input_normalize(cfg)
     if not norm:
         return specs, fps
 
@@ -129,12 +155,13 @@ def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Expe
         fps = (fingerprints or {}).get(target) or fingerprint_datasets(specs)
         for seed in suite["seeds"]:
             for mname, variant, cfg in configs:
-                final = get_method(mname).stages(cfg)[-1]
+                method = get_method(mname)
+                final = method.stages(cfg)[-1]
                 evaluation = dict(suite.get("evaluation") or {})
-                if getattr(cfg, "eval_protocol", None):  # a method that states its own protocol (e.g. ms)
-                    evaluation["protocol"] = cfg.eval_protocol
+                if method.eval_protocol(cfg):  # a config that states its own protocol (e.g. ms)
+                    evaluation["protocol"] = method.eval_protocol(cfg)
                 ev = eval_stage(final, evaluation)
-                m_specs, m_fps = method_datasets(cfg, specs, fps)
+                m_specs, m_fps = method_datasets(method, cfg, specs, fps)
                 planned = plan_stages([ev], seed, m_fps, train)
                 for ps in planned:
                     unique.setdefault(ps.key, ps)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.ablations import PAPER_NAMES, ablation_tables
+from bench.ablations import ablation_tables, paper_names
 from bench.data.labels import CLASS_NAMES, SUBSETS
 
 STATUS_OK = ("done", "cached")
@@ -33,7 +33,8 @@ def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
             raise KeyError(f"suite paper.rows {missing} are not transcribed for {bench_name}; "
                            f"valid: {sorted(label)}")
         rows = rows[label.isin(wanted)].set_index(label[label.isin(wanted)]).loc[wanted].reset_index(drop=True)
-    rows = rows.assign(paper=rows["paper"].map(lambda k: PAPER_NAMES.get(k, k)))
+    names = paper_names()
+    rows = rows.assign(paper=rows["paper"].map(lambda k: names.get(k, k)))
     note = spec.get("note", f"published {bench_name} rows")
     return rows, note
 

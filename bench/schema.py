@@ -76,11 +76,14 @@ def _dataset_children(rest: tuple):
 
 
 def _method_children(method: str, rest: tuple):
-    """Below ``methods.<method>``: its Config fields (and ``variants``), a variant's fields, nested configs."""
-    from methods.base import METHODS
+    """Below ``methods.<method>``: its Config fields (and ``variants``, ``tables``), a variant's fields, nested
+    configs, the names of the method's paper tables."""
+    from methods.base import get_method, method_names
 
-    if method not in METHODS:
+    if method not in method_names():
         return FREE  # reported one level up, with the registered names
+    if rest[:1] == ("tables",):
+        return frozenset(get_method(method).tables) if len(rest) == 1 else FREE
     if rest[:1] == ("variants",):
         if len(rest) == 1:
             return FREE
@@ -88,7 +91,7 @@ def _method_children(method: str, rest: tuple):
         if not rest:
             return config_fields(method)
     if not rest:
-        return config_fields(method) | {"variants"}
+        return config_fields(method) | {"variants", "tables"}
     if len(rest) == 1 and rest[0] in NESTED_CONFIGS and rest[0] in config_fields(method):
         return config_fields(NESTED_CONFIGS[rest[0]])
     return FREE
@@ -97,13 +100,13 @@ def _method_children(method: str, rest: tuple):
 def children(path: tuple):
     """The valid keys of the mapping at ``path`` (a tuple of keys from the suite's top), or FREE."""
     from bench.validate import TRAIN_RULES
-    from methods.base import METHODS
+    from methods.base import method_names
 
     if not path:
         return frozenset(SUITE_KEYS)
     head, rest = path[0], path[1:]
     fixed = {"train": TRAIN_RULES, "resources": ("gpu",), "minicity": ("root", "seed", "size", "counts", "pretrain"),
-             "paper": ("benchmark", "targets", "rows", "note", "ablations")}
+             "paper": ("benchmark", "targets", "rows", "note")}
     if head == "minicity" and rest[:1] == ("pretrain",):
         from bench.pretrain import RECIPE
 
@@ -118,7 +121,7 @@ def children(path: tuple):
     if head == "targets":
         return FREE if len(rest) < 2 else _dataset_children(rest[2:])
     if head == "methods":
-        return frozenset(METHODS) if not rest else _method_children(rest[0], rest[1:])
+        return frozenset(method_names()) if not rest else _method_children(rest[0], rest[1:])
     return FREE
 
 

@@ -172,10 +172,10 @@ def ensure_data(suite: dict) -> dict:
     from bench.ablations import ablation_specs
     from bench.report import paper_rows
 
-    try:  # a typo in paper.rows / paper.ablations fails now, not after training
+    try:  # a typo in paper.rows / a method's tables fails now, not after training
         for target in list(suite.get("targets") or {"": {}}):
             paper_rows(suite, target)
-        for method in (suite.get("paper") or {}).get("ablations") or {}:
+        for method in suite.get("methods") or {}:
             ablation_specs(suite, method)
     except (KeyError, ValueError) as e:
         raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e

@@ -15,68 +15,21 @@ writes the tables — including the selection regret — and the plot (``bench.s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.paths import REPO
 from bench.suite_runner import SUITE_KEYS, SuiteError, ensure_data, load_suite
 from bench.sweep_space import Space, parse_space
 from bench.sweep_trials import Trial, plan_trials
+from methods.base import Study
 
 
-@dataclass(frozen=True)
-class Study:
-    """A named study: ``param`` of ``method`` over ``values`` (with ``fixed`` config overrides), the label stage
-    whose pseudo-label ratio (result key ``ratio_key``) and precision the table shows, and the paper's points:
-    ``(paper, table, row or method name, value column, ratio column, ratio scale to %[, value scale])`` of
-    ``results/paper/<paper>_t<N>_*.csv`` (the value scale maps the paper's column to the swept key's units)."""
+def all_studies() -> dict[str, Study]:
+    """The registered methods' studies by name (each method declares its own: ``methods.base.Method.studies``)."""
+    from methods.base import studies
 
-    method: str
-    param: str
-    values: tuple
-    fixed: dict = field(default_factory=dict)
-    label_stage: str | None = None
-    paper: tuple | None = None
-    note: str = ""
-    ratio_key: str = "pl_ratio"
-    paper_by_source: dict | None = None  # source dataset name -> a ``paper`` tuple (e.g. PixIntraDA T5 / T8)
+    return studies()
 
-
-_NO_ST = {"pl_ratio_target": None, "use_consistency": False, "distill_rounds": 0}  # BiSMAP Table 5's setting
-_RATIO_ST = {"use_consistency": False, "distill_rounds": 0}
-STUDIES: dict[str, Study] = {
-    "cag_delta_d": Study("cag_uda", "delta_d", (0.5, 1.0, 1.5, 2.0, 2.5), {"num_stages": 1}, "cag_uda.label",
-                         ("bismap", 5, "CAs-PLA", "threshold", "PL ratio", 1.0),
-                         "stage 1 after the warm-up; paper points: BiSMAP's re-run of CAs-PLA on its features"),
-    "ssf_rho_upper": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), note="SSF-DAN Fig. 4 (progressive)"),
-    "ssf_fixed_rho": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), {"ablation": "fixed_rho"},
-                           note="SSF-DAN Fig. 4 (ρ fixed at the value throughout)"),
-    "ssf_delta": Study("ssf_dan", "delta", (0.0002, 0.0005, 0.001, 0.002, 0.005), note="SSF-DAN's adversarial weight"),
-    "bismap_delta": Study("bismap", "delta_override", (0.0, 50.0, 100.0, 150.0), _NO_ST, "bismap.label",
-                          ("bismap", 5, "MAPs-PLA", "threshold", "PL ratio", 1.0),
-                          "BiSMAP Table 5 (STM + MAPs-PLA); δ is in log-density units of the network's features"),
-    "bismap_cas_delta_d": Study("bismap", "cas_delta_d", (0.5, 1.0, 1.5, 2.0), {**_NO_ST, "pla": "cas"},
-                                "bismap.label_cas", ("bismap", 5, "CAs-PLA", "threshold", "PL ratio", 1.0),
-                                "BiSMAP Table 5 (STM + CAs-PLA)"),
-    # Table 5 in label-share form, for features whose log-densities / distances are not the paper's (MiniCity's
-    # 32-d decoder: the paper's δ = 100 labels nothing there): each trial sets δ (Δd) label-free so that the paper's
-    # PL ratio of a Table 5 row is labelled, and is compared with that row
-    "bismap_ratio": Study("bismap", "pl_ratio_target", (0.876, 0.775, 0.613, 0.443),
-                          _RATIO_ST, "bismap.label",
-                          ("bismap", 5, "MAPs-PLA", "PL ratio", "PL ratio", 1.0, 0.01),
-                          "BiSMAP Table 5 (STM + MAPs-PLA) at the paper's PL ratios; δ from a label-free quantile"),
-    "bismap_cas_ratio": Study("bismap", "pl_ratio_target", (0.827, 0.678, 0.545, 0.422),
-                              {**_RATIO_ST, "pla": "cas"}, "bismap.label_cas",
-                              ("bismap", 5, "CAs-PLA", "PL ratio", "PL ratio", 1.0, 0.01),
-                              "BiSMAP Table 5 (STM + CAs-PLA) at the paper's PL ratios; Δd from a label-free quantile"),
-    "pixintrada_alpha": Study("pixintrada", "alpha", (0.7, 0.85, 1.0), {"rounds": 1}, "pixintrada.label",
-                              ("pixintrada", 5, "PLA + CTS", "alpha", "Prop.", 100.0),
-                              "PixIntraDA Table 5 (PLA + CTS, one round as the table); ratio = the easy proportion "
-                              "(Eq. 4); α = 0 is the Prop. = 1 end, INTER (rounds=0) the Prop. = 0 end. By Eq. 2–4 "
-                              "Prop. falls as α rises; the paper's table pairs rising α with rising Prop. "
-                              "(0.57/0.67/0.79), so its Prop. column beside ours is as printed", "prop",
-                              {"synthia": ("pixintrada", 8, "PLA + CTS", "alpha", "Prop.", 100.0)}),
-}
 
 HOLDOUT = {"fraction": 0.2, "seed": 0, "part": "held"}
 
@@ -85,7 +38,7 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | 
     """(study, search space of the swept key, seeds or None, suite overrides) from the CLI words: ``key=a,b,c`` or
     ``key=uniform(lo,hi)`` (no dot; ``bench.sweep_space``) is the swept method key, ``seed=…`` the seeds, dotted
     ``a.b=…`` or a top-level suite key a suite override (as for ``bench run``)."""
-    from methods.base import METHODS
+    from methods.base import method_names
 
     axes, seeds, overrides = {}, None, []
     for word in assignments:
@@ -101,20 +54,21 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | 
                 raise SuiteError(f"seed={raw}: seeds are integers, e.g. seed=0,1,2") from None
         else:
             axes[key] = parse_space(key, raw)
-    if study_or_method in STUDIES:
-        study = STUDIES[study_or_method]
+    known = all_studies()
+    if study_or_method in known:
+        study = known[study_or_method]
         if len(axes) > 1 or (axes and study.param not in axes):
             raise SuiteError(f"study {study_or_method} sweeps {study.param}; got axes {sorted(axes)}")
         space = axes.get(study.param, Space(study.param, "grid", tuple(study.values)))
-    elif study_or_method in METHODS:
+    elif study_or_method in method_names():
         if len(axes) != 1:
             raise SuiteError(f"an ad-hoc sweep of {study_or_method} needs exactly one key=v1,v2,… (got "
                              f"{sorted(axes) or 'none'}), e.g. `bench sweep cag_uda delta_d=0.5,1,1.5`")
         (param, space), = axes.items()
         study = Study(study_or_method, param, space.args if not space.is_range else ())
     else:
-        raise SuiteError(f"unknown study or method {study_or_method!r}; studies: {sorted(STUDIES)}, methods: "
-                         f"{sorted(METHODS)}")
+        raise SuiteError(f"unknown study or method {study_or_method!r}; studies: {sorted(known)}, methods: "
+                         f"{method_names()}")
     return study, space, seeds, overrides
 
 
@@ -252,7 +206,7 @@ def paper_tables(study: Study) -> str:
 def list_studies() -> str:
     """``bench sweep --list``: every named study with its method, parameter, values, fixed settings and paper table."""
     lines = []
-    for name, s in STUDIES.items():
+    for name, s in all_studies().items():
         fixed = f"  fixed: {s.fixed}" if s.fixed else ""
         lines += [f"{name}: {s.method}.{s.param} = {', '.join(str(v) for v in s.values)}{fixed}",
                   f"    paper: {paper_tables(s)}"] + ([f"    note: {s.note}"] if s.note else [])

@@ -35,7 +35,7 @@ def plan_trials(suite: dict, study, values, seeds, specs: dict, fingerprints: di
     if study.method not in suite["methods"]:
         raise SuiteError(f"suite {suite['name']} has no method {study.method!r}; it has {sorted(suite['methods'])}")
     module = get_method(study.method)
-    base = {k: v for k, v in (suite["methods"][study.method] or {}).items() if k != "variants"}
+    base = {k: v for k, v in (suite["methods"][study.method] or {}).items() if k not in ("variants", "tables")}
     if study.param not in module.Config.__dataclass_fields__:
         raise SuiteError(f"{study.method} has no config key {study.param!r}; valid: "
                          f"{sorted(module.Config.__dataclass_fields__)}")
@@ -44,10 +44,10 @@ def plan_trials(suite: dict, study, values, seeds, specs: dict, fingerprints: di
     trials = []
     for value in values:
         cfg = make_config(module.Config, {**base, **study.fixed, study.param: value})
-        if getattr(cfg, "eval_protocol", None):
-            evaluation = {**evaluation, "protocol": cfg.eval_protocol}
+        if module.eval_protocol(cfg):
+            evaluation = {**evaluation, "protocol": module.eval_protocol(cfg)}
         final = module.stages(cfg)[-1]
-        m_specs, m_fps = method_datasets(cfg, specs, fingerprints)
+        m_specs, m_fps = method_datasets(module, cfg, specs, fingerprints)
         for seed in seeds:
             planned = plan_stages([eval_stage(final, evaluation)], seed, m_fps, train)
             extra = None

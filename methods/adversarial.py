@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from methods.base import Stage, param, reads
+from methods.base import Method, Stage, param, reads
 from methods.source_only import segmentation_ce
 
 VERSION = "1"
@@ -225,3 +225,6 @@ def train_feature_warmup(p: dict, ctx) -> dict:
     ctx.copy_model_spec("init")
     return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
             "iterations": fit["iterations"]}
+
+
+METHOD = Method("adaptsegnet", Config, stages)

@@ -18,11 +18,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
 
 from methods.adversarial import output_space_losses, upsampled_softmax
-from methods.base import Stage, param
+from methods.base import Method, Stage, param
 from methods.pixintrada.config import InterConfig
 from methods.pixintrada.inter import ground_truth_lookup, inter_stages, subset, target_probabilities, to_native
 
@@ -202,3 +203,6 @@ def stages(cfg: Config) -> list[Stage]:
         upstream["init"] = inter
     return out + [rank, Stage("intrada.train", "train", train_intrada, params, upstream=upstream,
                               datasets=("target_train",), version=VERSION)]
+
+
+METHOD = Method("intrada", Config, stages, eval_protocol=attrgetter("eval_protocol"))

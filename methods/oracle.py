@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from methods import source_only
-from methods.base import param
+from methods.base import Method, param
 
 
 @dataclass
@@ -15,3 +15,6 @@ class Config(source_only.Config):
 
 
 stages = source_only.stages
+
+
+METHOD = Method("oracle", Config, stages)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE
-from methods.base import Stage, param, reads
+from methods.base import Method, Stage, param, reads
 
 
 @dataclass
@@ -101,3 +101,6 @@ def train_stage(cfg: Config, source_tree: Stage | None = None) -> Stage:
 
 def stages(cfg: Config) -> list[Stage]:
     return [train_stage(cfg)]
+
+
+METHOD = Method("source_only", Config, stages)

@@ -11,16 +11,22 @@ from bench.data.labels import IGNORE
 from bench.pipeline import plan_stages
 from bench.suite_runner import run_suite
 from methods import source_only
-from methods.base import METHODS, closure, make_config
+from methods.base import closure, make_config
 from methods.bismap import augment as aug
 from methods.bismap import stages as pipe
 from methods.bismap import train as bt
+from methods.bismap.config import STUDIES, TABLES
 
 DS = {d: {"spec": {}, "fingerprint": "x"} for d in ("source", "target_train", "target_val")}
 SMALL = {"model": "small", "model_options": {}, "gmm_feature": "decoder"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+TABLE3, TABLE4 = ({label: over for label, over in TABLES[t].rows.values()} for t in ("t3", "t4"))
+TABLE5 = {f"{name} {v:g}": {**STUDIES[name].fixed, STUDIES[name].param: v}  # the Table 5 studies' points
+          for name in ("bismap_delta", "bismap_cas_delta_d") for v in STUDIES[name].values}
 
 
 def cfg(**kw):
@@ -78,30 +84,30 @@ def test_source_only_key_unchanged_and_warmup_differs():
 
 def test_variants_share_the_warmup_and_only_change_what_they_feed():
     base = keys(cfg())
-    for name, over in {**pipe.TABLE3, **pipe.TABLE4, **pipe.TABLE5}.items():
+    for name, over in {**TABLE3, **TABLE4, **TABLE5}.items():
         k = keys(cfg(**over))
         assert k["bismap.warmup:source_tree"] == base["bismap.warmup:source_tree"], name
         if "bismap.maps:model,source_tree" in k:
             assert k["bismap.maps:model,source_tree"] == base["bismap.maps:model,source_tree"], name
     # Table 3: one STM for the three PLAs (e_c from the MAPs labels); their label stages differ
-    t3 = {n: keys(cfg(**o)) for n, o in pipe.TABLE3.items()}
+    t3 = {n: keys(cfg(**o)) for n, o in TABLE3.items()}
     assert len({k["bismap.stm:labels,source_tree,warmup"] for k in t3.values()}) == 1
     assert "bismap.label_ias:model" in t3["IAS-PLA"]  # IAS reads the warm-up's softmax only
     assert t3["CAs-PLA"]["bismap.label:maps,model"] == t3["MAPs-PLA"]["bismap.label:maps,model"]  # the STM's labels
     # Table 4: the baseline is the warm-up model itself; +STM trains the source only
-    baseline = pipe.stages(cfg(**pipe.TABLE4["baseline"]))[-1]
+    baseline = pipe.stages(cfg(**TABLE4["baseline"]))[-1]
     assert baseline.name == "bismap.warmup"
-    plus_stm = pipe.stages(cfg(**pipe.TABLE4["+STM"]))[-1]
+    plus_stm = pipe.stages(cfg(**TABLE4["+STM"]))[-1]
     assert plus_stm.name == "bismap.self_train" and set(plus_stm.upstream) == {"source_tree", "stm"}
     # "+STM" is the baseline's recipe plus the STM: no other setting differs
     diff = {k for k in baseline.params.keys() | plus_stm.params.keys()
             if baseline.params.get(k) != plus_stm.params.get(k)}
     assert diff == {"mode"}, diff
-    no_stm = pipe.stages(cfg(**pipe.TABLE4["+MAPs-PLA"]))
+    no_stm = pipe.stages(cfg(**TABLE4["+MAPs-PLA"]))
     assert "bismap.stm" not in [s.name for s in no_stm] and "stm" not in no_stm[-1].upstream
     # a term's settings enter the key only when the term is on
-    off = cfg(**pipe.TABLE4["+STM +MAPs-PLA"])
-    assert keys(off) == keys(make_config(pipe.Config, {**SMALL, **pipe.TABLE4["+STM +MAPs-PLA"],
+    off = cfg(**TABLE4["+STM +MAPs-PLA"])
+    assert keys(off) == keys(make_config(pipe.Config, {**SMALL, **TABLE4["+STM +MAPs-PLA"],
                                                        "consistency_weight": 30.0}))
     assert keys(cfg(consistency_weight=30.0))["bismap.self_train:labels,source_tree,stm"] != \
         base["bismap.self_train:labels,source_tree,stm"]
@@ -224,8 +230,7 @@ def tiny_suite(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_bismap_runs_on_tiny_minicity(tiny_suite, monkeypatch):
-    monkeypatch.setitem(METHODS, "bismap", "methods.bismap.stages")
+def test_bismap_runs_on_tiny_minicity(tiny_suite):
     path, results = tiny_suite
     out = run_suite(str(path), results_root=results, executor="local")
     assert {o.status for o in out["outcomes"].values()} == {"done"}

@@ -11,6 +11,7 @@ from methods import source_only
 from methods.base import closure, make_config
 from methods.cag_uda import equations as cag_mod
 from methods.cag_uda import stages as pipe
+from methods.cag_uda.config import TABLES
 
 DS = {d: {"spec": {}, "fingerprint": "x"} for d in ("source", "target_train", "target_val")}
 SUPERVISED = {"model": "small", "model_options": {}, "iters": 10, "horizon": None, "batch_size": 2, "lr": 0.01,
@@ -44,9 +45,9 @@ def test_source_only_stage_is_shared_with_the_source_only_method():
 
 
 def test_ablation_rows_and_switches():
-    no_warm = pipe.stages(cag(**cag_mod.ABLATIONS["no warm-up"]))
+    no_warm = pipe.stages(cag(warmup=False))
     assert "adversarial.feature_warmup" not in [s.name for s in no_warm]
-    row = pipe.stages(cag(**cag_mod.ABLATIONS["+L^t_CE"]))
+    row = pipe.stages(cag(**TABLES["t4"].variants()["t_ce"]))
     assert [s.name for s in row][-1] == "cag_uda.train" and row[-1].params["terms"] == ["ce_s", "ce_t"]
     assert len([s for s in row if s.name == "cag_uda.train"]) == 1
     # Δd is read by the label stages only: the anchors keep their keys, labels and training do not.

@@ -10,7 +10,7 @@ from fixtures import tiny_minicity_suite, write_suite
 
 from bench.pipeline import plan_stages
 from methods import adversarial, intrada
-from methods.base import METHODS, make_config
+from methods.base import make_config
 from methods.pixintrada import equations as px
 from methods.pixintrada import stages as pp
 from methods.pixintrada.inter import adaptsegnet_config
@@ -227,12 +227,10 @@ def tiny_suite(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_pixintrada_and_intrada_run_on_tiny_minicity(tiny_suite, monkeypatch):
+def test_pixintrada_and_intrada_run_on_tiny_minicity(tiny_suite):
     """Two rounds of PixIntraDA (CTS, KLD in round 2; random scale 0.5–1 pads the crops) and IntraDA, in-process."""
     from bench.suite_runner import run_suite
 
-    monkeypatch.setitem(METHODS, "pixintrada", "methods.pixintrada.stages")
-    monkeypatch.setitem(METHODS, "intrada", "methods.intrada")
     path, results = tiny_suite
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the test machine's cores are shared: one thread avoids oversubscription stalls

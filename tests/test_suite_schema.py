@@ -33,10 +33,12 @@ def test_unknown_override_keys_fail_with_valid_keys_and_a_suggestion(override, p
 
 def test_valid_deep_overrides_still_apply():
     s = load_suite("minicity", ["methods.cag_uda.pretrain.iters=3", "evaluation.input_size=[64,32]",
-                                "datasets.source.options.flip=false", "methods.cag_uda.variants.stage1.delta_d=1.5"])
+                                "datasets.source.options.flip=false", "methods.cag_uda.tables.t4=[stage1]"])
     assert s["methods"]["cag_uda"]["pretrain"]["iters"] == 3 and s["evaluation"]["input_size"] == [64, 32]
     assert s["datasets"]["source"]["options"]["flip"] is False
-    assert s["methods"]["cag_uda"]["variants"]["stage1"]["delta_d"] == 1.5
+    assert s["methods"]["cag_uda"]["tables"]["t4"] == ["stage1"]
+    with pytest.raises(SuiteError, match=r"t5.*valid: \['t4'\]"):  # a method's table names are its own
+        load_suite("minicity", ["methods.cag_uda.tables.t5=[stage1]"])
 
 
 def test_a_typo_in_a_suite_file_names_the_file(tmp_path):

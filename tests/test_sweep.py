@@ -129,8 +129,10 @@ def test_label_share_studies_meet_the_papers_rows_at_their_pl_ratio():
     (value scale 0.01), and a value between rows gets no paper cell."""
     import pandas as pd
 
-    from bench.sweep import STUDIES
+    from bench.sweep import all_studies
     from bench.sweep_report import paper_points, sweep_markdown
+
+    STUDIES = all_studies()
 
     maps, cas = paper_points(STUDIES["bismap_ratio"]), paper_points(STUDIES["bismap_cas_ratio"])
     assert list(maps.index) == list(STUDIES["bismap_ratio"].values) and maps.loc[0.613, "mIoU"] == 57.3
@@ -154,10 +156,10 @@ def test_perf_sweep_independent_pipeline_is_the_same_trial(name):
     from bench.perf_sweep import independent_overrides
     from bench.plan import dataset_specs, plan_suite
     from bench.suite_runner import load_suite
-    from bench.sweep import STUDIES
+    from bench.sweep import all_studies
     from bench.sweep_trials import plan_trials
 
-    study = STUDIES[name]
+    study = all_studies()[name]
     value = study.values[1]
     suite = load_suite("minicity", independent_overrides(study, value, 0))
     fps = {d: {"spec": {}, "fingerprint": "x" + d, "images": 1} for d in suite["datasets"]}

@@ -271,33 +271,37 @@ def test_terminal_and_write_tables(tmp_path):
 
 
 def test_a_method_with_two_paper_ablation_tables(tmp_path):
-    """BiSMAP-style: Table 4 (gains from the baseline variant) and Table 3 (three PLA rows only), each written to
-    its own files with only the rows it maps, the paper's values from results/paper/, and a bad row named."""
+    """BiSMAP: Table 4 (gains from the baseline variant) and Table 3 (three PLA rows only), as its config declares
+    them, each written to its own files with only the rows it maps, the paper's values from results/paper/; a
+    printed row that is not in the transcription, or a base that is not a row, is named."""
     from bench.ablations import ablation_specs, ablation_tables
+    from methods.base import Method, PaperTable, get_method, register, unregister
 
     results = make_results(methods=("bismap",), variants=("", "baseline", "stm", "stm_maps", "cas", "ias"))
     results += make_results(seed=1, methods=("source_only",))
     ours = per_class_frame(results)
-    t4 = {"paper": "bismap", "table": 4, "base": "baseline",
-          "rows": {"baseline": "baseline", "stm": "+STM", "stm_maps": "+STM +MAPs-PLA",
-                   "": "+STM +MAPs-PLA +consistency +distillation"}}
-    t3 = {"paper": "bismap", "table": 3, "name": "pla", "base": "stm_maps",
-          "rows": {"cas": "CAs-PLA", "ias": "IAS-PLA", "stm_maps": "MAPs-PLA", "source_only:": "IAS-PLA"}}
-    suite = {"paper": {"ablations": {"bismap": [t4, t3]}}}
+    suite = {"methods": {"bismap": {"tables": ["t4", "t3"]}}}
     (tmp_path / "tables").mkdir()
     md = "\n".join(ablation_tables(suite, ours, "19", tmp_path, "GTA5"))
     a4 = pd.read_csv(tmp_path / "tables" / "ablation_bismap_t4_19.csv", index_col=0)
     a3 = pd.read_csv(tmp_path / "tables" / "ablation_bismap_pla_19.csv", index_col=0)
     assert list(a4.index) == ["bismap (baseline)", "bismap (stm)", "bismap (stm_maps)", "bismap"]
-    assert list(a3.index) == ["bismap (cas)", "bismap (ias)", "bismap (stm_maps)", "source_only"]
+    assert list(a3.index) == ["bismap (cas)", "bismap (ias)", "bismap (stm_maps)"]
     mean = {v: 100 * np.mean([r["miou_19"] for r in results if r.get("variant", "") == v and r["method"] == "bismap"])
             for v in ("baseline", "stm", "cas", "stm_maps")}
     assert a4.loc["bismap (stm)", "gain"] == pytest.approx(mean["stm"] - mean["baseline"])
     assert a3.loc["bismap (cas)", "gain"] == pytest.approx(mean["cas"] - mean["stm_maps"])
-    assert list(a4["paper mIoU"]) == [46.3, 48.2, 57.3, 61.2] and list(a3["paper mIoU"]) == [54.9, 55.4, 57.3, 55.4]
+    assert list(a4["paper mIoU"]) == [46.3, 48.2, 57.3, 61.2] and list(a3["paper mIoU"]) == [54.9, 55.4, 57.3]
     assert "| +STM | 48.2 | +1.9 |" in md and "| CAs-PLA | 54.9 | -2.4 |" in md and "BiSMAP, Table 3" in md
+    assert "gta5_cityscapes" in md  # the printed values' benchmark, from the table
     assert [t.stem for t in ablation_specs(suite, "bismap")] == ["ablation_bismap_t4", "ablation_bismap_pla"]
-    with pytest.raises(KeyError, match=r"table 3.*'MAPs'.*valid"):
-        ablation_specs({"paper": {"ablations": {"bismap": [t4, {**t3, "rows": {"cas": "MAPs"}}]}}}, "bismap")
+    bismap = get_method("bismap")
+    bad = PaperTable("bismap", 3, {"cas": ("MAPs", {"pla": "cas"}), "": ("MAPs-PLA", {})})
+    register(Method("bismap_typo", bismap.Config, bismap.stages, tables={"t3": bad}))
+    try:
+        with pytest.raises(KeyError, match=r"table t3.*'MAPs'.*valid"):
+            ablation_specs({"methods": {"bismap_typo": {"tables": ["t3"]}}}, "bismap_typo")
+    finally:
+        unregister("bismap_typo")
     with pytest.raises(KeyError, match="base 'nope'"):
-        ablation_specs({"paper": {"ablations": {"bismap": [{**t4, "base": "nope"}]}}}, "bismap")
+        Method("bismap_typo", bismap.Config, bismap.stages, tables={"t3": PaperTable("bismap", 3, {}, base="nope")})

@@ -12,9 +12,11 @@ Stage functions: ``methods.bismap.labels`` / ``bismap_stm`` / ``bismap_train``; 
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 from methods import source_only
-from methods.base import Stage, make_config
-from methods.bismap.config import Config  # noqa: F401 - the registry's Config
+from methods.base import Method, Paper, Stage, make_config
+from methods.bismap.config import STUDIES, TABLES, Config
 from methods.bismap.labels import distill_labels, fit_maps, label_target
 from methods.bismap.stm import build_stm
 from methods.bismap.train import train_bismap
@@ -202,3 +204,7 @@ def stages(cfg: Config) -> list[Stage]:
                       version=VERSION)
         out += [dl, model]
     return out
+
+
+METHOD = Method("bismap", Config, stages, paper=Paper("bismap", "BiSMAP"), tables=TABLES, studies=STUDIES,
+                input_normalize=attrgetter("normalize"), eval_protocol=attrgetter("eval_protocol"))

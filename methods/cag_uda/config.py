@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import param
+from methods.base import PaperTable, Study, param
 
 VARIANTS = ("paper", "code")
 TERMS = ("ce_s", "dis_s", "dis_t", "ce_t", "ce_tp")  # Eq. 12: L^s_CE, L^s_dis, L^t_dis, L^t_CE, L^tP_CE
@@ -118,9 +118,11 @@ class Config:
             raise ValueError(f"need delta_d ≥ 0, 0 ≤ p0 < 1, num_stages ≥ 0; got {self.delta_d}, {self.p0}, "
                              f"{self.num_stages}")
 
-    def dataset_normalize(self) -> str | None:
-        """The planner's hook (bench.plan.method_datasets): the inputs this variant's network expects."""
-        return "unit" if self.variant == "code" else self.normalize
+
+
+def input_normalize(cfg: Config) -> str | None:
+    """The method's ``input_normalize`` hook: the inputs this variant's network expects."""
+    return "unit" if cfg.variant == "code" else cfg.normalize
 
 
 _CODE_VALUES = ("model", "feature_layer", "bn_mode", "stage_iters", "batch_size", "crop", "resize_scale", "lr",
@@ -143,19 +145,26 @@ def effective(cfg: Config) -> dict:
     return out
 
 
-# Table 4 rows (labels as in results/paper/cag_uda_t4_ablation.csv) → Config overrides; "no warm-up" is §4.3.
-# Every row keeps L^s_CE (inferred: "combining L^t_CE with different losses" reads as a typo for L^s_CE). For
-# L^sP_dis we read the source active set as GT pixels whose predicted max probability > P0 (the paper is silent).
-ABLATIONS: dict[str, dict] = {
-    "Warm-up": {"num_stages": 0},
-    "+L^tP_CE": {"num_stages": 1, "terms": ("ce_s", "ce_tp")},
-    "+L^t_CE": {"num_stages": 1, "terms": ("ce_s", "ce_t")},
-    "+L^sP_dis + L^tP_dis": {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t"), "dis_labels": "prob"},
-    "+L^s_dis + L^t_dis": {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t")},
-    "+L^s_dis + L^t_dis + L^t_CE": {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t", "ce_t")},
-    "+L^t_CE + L^tP_CE": {"num_stages": 1, "terms": ("ce_s", "ce_t", "ce_tp")},
-    "CAG-UDA (Stage 1)": {"num_stages": 1},
-    "CAG-UDA (Stage 2)": {"num_stages": 2},
-    "CAG-UDA (Stage 3)": {"num_stages": 3},
-    "no warm-up": {"warmup": False},
+# Table 4 (results/paper/cag_uda_t4_ablation.csv): our variant → (printed row, Config overrides). Every row keeps
+# L^s_CE (inferred: "combining L^t_CE with different losses" reads as a typo for L^s_CE). For L^sP_dis we read the
+# source active set as GT pixels whose predicted max probability > P0 (the paper is silent).
+TABLES = {
+    "t4": PaperTable("cag_uda", 4, {
+        "warmup_only": ("Warm-up", {"num_stages": 0}),
+        "tp_ce": ("+L^tP_CE", {"num_stages": 1, "terms": ("ce_s", "ce_tp")}),
+        "t_ce": ("+L^t_CE", {"num_stages": 1, "terms": ("ce_s", "ce_t")}),
+        "p_dis": ("+L^sP_dis + L^tP_dis", {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t"), "dis_labels": "prob"}),
+        "dis": ("+L^s_dis + L^t_dis", {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t")}),
+        "dis_t_ce": ("+L^s_dis + L^t_dis + L^t_CE", {"num_stages": 1, "terms": ("ce_s", "dis_s", "dis_t", "ce_t")}),
+        "t_ce_tp_ce": ("+L^t_CE + L^tP_CE", {"num_stages": 1, "terms": ("ce_s", "ce_t", "ce_tp")}),
+        "stage1": ("CAG-UDA (Stage 1)", {"num_stages": 1}),
+        "stage2": ("CAG-UDA (Stage 2)", {"num_stages": 2}),
+        "": ("CAG-UDA (Stage 3)", {}),
+    }, benchmark="gta5_cityscapes", baseline=("source_only", "Source only")),
+}
+
+STUDIES = {
+    "cag_delta_d": Study("cag_uda", "delta_d", (0.5, 1.0, 1.5, 2.0, 2.5), {"num_stages": 1}, "cag_uda.label",
+                         ("bismap", 5, "CAs-PLA", "threshold", "PL ratio", 1.0),
+                         "stage 1 after the warm-up; paper points: BiSMAP's re-run of CAs-PLA on its features"),
 }

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
 from methods.cag_uda.config import (  # noqa: F401 - re-exported: the config lives beside
-    ABLATIONS,
     DIS_LABELS,
     TERMS,
     VARIANTS,

@@ -14,6 +14,8 @@ grid; target CE at that grid; SmoothL1 class-mean distance loss. Its label stage
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,9 +23,9 @@ import torch.nn.functional as F
 from bench.data.labels import IGNORE, NUM_CLASSES
 from methods import source_only
 from methods.adversarial import train_feature_warmup
-from methods.base import Stage, make_config
+from methods.base import Method, Paper, Stage, make_config
 from methods.cag_uda import equations as cag
-from methods.cag_uda.equations import Config  # noqa: F401 - the registry's Config
+from methods.cag_uda.config import STUDIES, TABLES, Config, input_normalize
 
 VERSION = "1"
 
@@ -316,3 +318,7 @@ def stages(cfg: cag.Config) -> list[Stage]:
                       datasets=("source", "target_train"), version=VERSION)
         out += [labels, model]
     return out
+
+
+METHOD = Method("cag_uda", Config, stages, paper=Paper("cag_uda", "CAG-UDA"), tables=TABLES, studies=STUDIES,
+                input_normalize=input_normalize, eval_protocol=attrgetter("eval_protocol"))

@@ -12,15 +12,17 @@ replaces the fit stage and Eq. 2–3 by IAST's per-image selector (``methods.ias
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 import torch
 
 from bench.data.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
 from methods import ias
 from methods.adversarial import upsampled_softmax
-from methods.base import Stage
+from methods.base import Method, Paper, Stage
 from methods.pixintrada import equations as px
-from methods.pixintrada.equations import Config  # noqa: F401 - the registry's Config
+from methods.pixintrada.config import STUDIES, TABLES, Config
 from methods.pixintrada.inter import ground_truth_lookup, inter_stages, target_probabilities, to_native
 
 VERSION = "1"
@@ -234,3 +236,7 @@ def stages(cfg: Config) -> list[Stage]:
         out += _round(cfg, model, inter, init, iters, kld)
         model = out[-1]
     return out
+
+
+METHOD = Method("pixintrada", Config, stages, paper=Paper("pixintrada", "PixIntraDA"), tables=TABLES,
+                studies=STUDIES, eval_protocol=attrgetter("eval_protocol"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import param
+from methods.base import PaperTable, Study, param
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -32,11 +32,17 @@ ABLATIONS: dict[str, Variant] = {
     "fixed_rho": Variant("ssd", False, "fixed", False),  # Fig. 4: "our SS-D" with ρ fixed at ρ_upper
 }
 
-# Table 4's printed rows (results/paper/ssf_dan_t4_ablation.csv) → the variant or method reproducing them.
-TABLE4_ROWS = {
-    "without adaptation": "source_only", "global": "global", '"soft" class-wise': "soft",
-    '"soft" class-wise + global': "soft_global", "SS-D†": "ssd_dagger", "SS-D† + global": "ssd_dagger_global",
-    "SS-D": "ssd", "SS-D + CA-R": "ssd_car",
+# Table 4 (results/paper/ssf_dan_t4_ablation.csv) in printed order: our variant → (printed row, overrides).
+TABLES = {
+    "t4": PaperTable("ssf_dan", 4, {
+        "global": ("global", {"ablation": "global"}),
+        "soft": ('"soft" class-wise', {"ablation": "soft"}),
+        "soft_global": ('"soft" class-wise + global', {"ablation": "soft_global"}),
+        "ssd_dagger": ("SS-D†", {"ablation": "ssd_dagger"}),
+        "ssd_dagger_global": ("SS-D† + global", {"ablation": "ssd_dagger_global"}),
+        "ssd": ("SS-D", {"ablation": "ssd"}),
+        "": ("SS-D + CA-R", {}),
+    }, benchmark="gta5_cityscapes", baseline=("source_only", "without adaptation")),
 }
 
 
@@ -106,3 +112,11 @@ class Config:
 def variant(cfg: Config) -> Variant:
     """The components the config's ``ablation`` switches on."""
     return ABLATIONS[cfg.ablation]
+
+
+STUDIES = {
+    "ssf_rho_upper": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), note="SSF-DAN Fig. 4 (progressive)"),
+    "ssf_fixed_rho": Study("ssf_dan", "rho_upper", (0.2, 0.4, 0.6, 0.8, 1.0), {"ablation": "fixed_rho"},
+                           note="SSF-DAN Fig. 4 (ρ fixed at the value throughout)"),
+    "ssf_delta": Study("ssf_dan", "delta", (0.0002, 0.0005, 0.001, 0.002, 0.005), note="SSF-DAN's adversarial weight"),
+}

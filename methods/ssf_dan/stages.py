@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import NUM_CLASSES
-from methods.base import Stage, reads
+from methods.base import Method, Paper, Stage, reads
 from methods.source_only import segmentation_ce
 from methods.ssf_dan import equations as ssf
-from methods.ssf_dan.config import Config  # noqa: F401 - the registry's Config
+from methods.ssf_dan.config import STUDIES, TABLES, Config
 from methods.ssf_dan.discriminator import SeparableDiscriminator
 
 VERSION = "1"
@@ -138,3 +138,6 @@ def stages(cfg: ssf.Config) -> list[Stage]:
     fields = [f for f in ssf.Config.__dataclass_fields__ if f != "d_fast"]  # d_fast: same numbers either way
     return [Stage("ssf_dan.train", "train", train_ssf_dan, reads(cfg, *fields), datasets=("source", "target_train"),
                   version=VERSION)]
+
+
+METHOD = Method("ssf_dan", Config, stages, paper=Paper("ssf_dan", "SSF-DAN"), tables=TABLES, studies=STUDIES)
