@@ -377,13 +377,15 @@ def add_sweep_parser(sub, suite_opts) -> None:
     sw.set_defaults(func=cmd_sweep)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation",
-                                epilog="`bench COMMAND --help` for each command; `bench run --help` lists the suites.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    sub = p.add_subparsers(dest="command", required=True)
+def add_suite_options(q) -> None:
+    """The options every suite command shares: the suite and its overrides, the results root, MLflow."""
+    q.add_argument("args", nargs="*", help="suite name, then dotted overrides such as seeds=[0] train.device=cpu")
+    q.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
+    q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
 
+
+def add_data_parsers(sub) -> None:
+    """``bench data check|minicity``."""
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     c = data.add_parser("check", help="validate a dataset tree and print its summary and fingerprint")
     c.add_argument("dataset", choices=["gta5", "cityscapes", "synthia", "crosscity"],
@@ -402,33 +404,34 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")
     m.set_defaults(func=cmd_data_minicity)
 
-    def suite_opts(q):
-        q.add_argument("args", nargs="*", help="suite name, then dotted overrides such as seeds=[0] train.device=cpu")
-        q.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
-        q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
 
+def add_suite_parsers(sub) -> None:
+    """The commands that take a suite: ``bench run|rehearse|sweep|table``."""
     r = sub.add_parser("run", help="run a suite: bench run [SUITE] [key=value ...] (default SUITE: minicity)",
                        description="Run a suite end to end: data checks, planning, the stages on Ray, MLflow, tables, "
                        "plots and report.md under <results>/<suite>/.", epilog=suites_epilog(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    suite_opts(r)
+    add_suite_options(r)
     r.add_argument("--executor", choices=["ray", "local"], default="ray",
                    help="ray (default; local cluster or RAY_ADDRESS) or local (in-process, one stage at a time)")
     r.add_argument("--retries", type=int, default=1, help="retries of a failed stage, from its last checkpoint")
     r.set_defaults(func=cmd_run)
     rh = sub.add_parser("rehearse", help="every stage of a real suite for --iters iterations on stand-in data at "
                         "native resolution, with s/it, memory and the projected wall time of the full recipe")
-    suite_opts(rh)
+    add_suite_options(rh)
     rh.add_argument("--iters", type=int, default=2, help="iterations per train stage (default 2)")
     rh.add_argument("--model", choices=["small"], help="the small CPU network instead of the suite's")
     rh.add_argument("--executor", choices=["ray", "local"], default="ray")
     rh.set_defaults(func=cmd_rehearse)
-    add_sweep_parser(sub, suite_opts)
+    add_sweep_parser(sub, add_suite_options)
     tb = sub.add_parser("table", help="re-render a suite's tables, plots and report from MLflow (no training)")
-    suite_opts(tb)
+    add_suite_options(tb)
     tb.add_argument("--invocation", help="MLflow run id of the invocation (default: the latest)")
     tb.set_defaults(func=cmd_table)
 
+
+def add_cache_parsers(sub) -> None:
+    """``bench cache ls|verify|clear``."""
     cache = sub.add_parser("cache", help="the stage cache").add_subparsers(dest="cache_command", required=True)
     for cname, chelp in (("ls", "list cached stages (done, partial or corrupt) and their sizes"),
                          ("verify", "hash every file of the done stages against their DONE record; move corrupt "
@@ -440,12 +443,16 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=cmd_cache, keys=[])
         if cname == "verify":
             c.add_argument("keys", nargs="*", help="only these keys (default: every done stage)")
+    # the loop's last parser is clear's: what to delete
     c.add_argument("keys", nargs="*", help="keys as `bench cache ls` prints them, or a key's stage part "
                    "(source_only-train: every entry of that stage)")
     c.add_argument("--stage", help="delete every entry of this stage name (e.g. source_only.train)")
     c.add_argument("--partial", action="store_true", help="only unfinished stages")
     c.add_argument("--all", action="store_true", help="everything")
 
+
+def add_ui_parser(sub) -> None:
+    """``bench ui``."""
     u = sub.add_parser("ui", help="the MLflow UI (one worker, no job runner: fits a small machine)",
                        description="Serve the MLflow UI for a results folder. The command becomes the server "
                        "process, so Ctrl-C or SIGTERM stops the server.")
@@ -456,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--tracking-uri", help="serve this tracking URI instead (default: sqlite:///<results>/mlflow.db)")
     u.set_defaults(func=cmd_ui)
 
+
+def add_perf_parsers(sub) -> None:
+    """``bench perf eval|train|ssd|gmm|sweep``."""
     perf = sub.add_parser("perf", help="benchmarks").add_subparsers(dest="perf_command", required=True)
     e = perf.add_parser("eval", help="evaluator throughput vs a numpy bincount-per-image baseline")
     e.add_argument("--images", type=int, default=20)
@@ -500,6 +510,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--independent", type=int, default=1, help="how many independent pipelines to time")
     w.add_argument("--executor", default="ray", choices=["ray", "local"])
     w.set_defaults(func=cmd_perf_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bench`` command line: one group of subcommands per ``add_*`` function."""
+    p = argparse.ArgumentParser(prog="bench", description="uda-bench: reproducible UDA for semantic segmentation",
+                                epilog="`bench COMMAND --help` for each command; `bench run --help` lists the suites.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_data_parsers, add_suite_parsers, add_cache_parsers, add_ui_parser, add_perf_parsers):
+        add(sub)
     return p
 
 

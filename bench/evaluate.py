@@ -6,8 +6,21 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from bench.metrics import PER_IMAGE_FILE, ConfusionMatrix, save_per_image
+from bench.data.labels import NUM_CLASSES
+from bench.metrics import PER_IMAGE_FILE, ConfusionMatrix, EvaluationError, save_per_image
 from bench.protocols import get_protocol
+
+
+def label_classes(dataset) -> int:
+    """How many classes ``dataset``'s labels index: its ``num_classes``, else the 19 Cityscapes train classes (every
+    loader of ``bench.data`` maps its labels to those trainIds; SYNTHIA's 16 and 13 are subsets of them)."""
+    return int(getattr(dataset, "num_classes", NUM_CLASSES))
+
+
+def _check_classes(logits: torch.Tensor, num_classes: int) -> None:
+    """A network with another number of outputs would predict ids of another label space: stop, do not score."""
+    if logits.shape[1] != num_classes:
+        raise EvaluationError(f"the network predicts {logits.shape[1]} classes; the labels have {num_classes}")
 
 
 @torch.no_grad()
@@ -17,12 +30,13 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
     plus ``confusion`` (``[C, C]``), ``confusion_per_image`` (``[N, C, C]``) and ``image_names`` (arrays, not
     metrics: a caller stores them; ``per_image=False`` leaves the last two out).
 
-    Batching is only possible when all items share one size. ``progress(done, total)`` is optional.
+    The matrix spans the dataset's classes (``label_classes``); ``subsets`` name classes of it. Batching is only
+    possible when all items share one size. ``progress(done, total)`` is optional.
     """
     predict = get_protocol(protocol, **settings)
     was_training = model.training
     model.eval()
-    cm = ConfusionMatrix(19, device=device, per_image=per_image)
+    cm = ConfusionMatrix(label_classes(dataset), device=device, per_image=per_image)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     done = 0
     try:
@@ -32,6 +46,7 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
             with torch.autocast(device_type=torch.device(device).type, dtype=amp_dtype,
                                 enabled=amp_dtype is not None):
                 logits = predict(model, x, tuple(label.shape[-2:]))
+            _check_classes(logits, cm.num_classes)
             cm.update(logits.argmax(1), label, name=list(batch["name"]))
             done += x.shape[0]
             if progress:
@@ -93,3 +108,11 @@ def eval_stage(model_stage, evaluation: dict, domain: str = "target_val"):
         params["domain"] = domain
     return Stage("eval", "eval", run_eval, params, upstream={"model": model_stage}, datasets=(domain,),
                  version="1", gpu=model_stage.gpu)
+
+
+def eval_elsewhere(planned_eval, domain: str):
+    """The evaluation ``planned_eval`` (a planned eval stage) makes — same model, protocol, subsets and settings —
+    on another labelled ``domain``, e.g. a sweep's held-out part of target train."""
+    p = planned_eval.stage.params
+    evaluation = {"protocol": p["protocol"], "subsets": list(p["subsets"]), **p["settings"]}
+    return eval_stage(planned_eval.stage.upstream["model"], evaluation, domain)

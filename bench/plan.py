@@ -168,3 +168,13 @@ def plan_suite(suite: dict, fingerprints: dict | None = None) -> tuple[list[Expe
                     specs_by_key.setdefault(ps.key, m_specs)
                 experiments.append(Experiment(mname, variant, target, seed, cfg, planned))
     return experiments, unique, specs_by_key
+
+
+def plan_extra_stages(experiment: Experiment, finals: list, specs: dict, fingerprints: dict,
+                      train: dict) -> tuple[list[PlannedStage], dict]:
+    """Stages beyond an experiment's own (a sweep's held-out evaluation and label-free criteria), planned on the
+    same terms as ``plan_suite`` planned the experiment: its method's dataset view (``method_datasets``), its seed
+    and the suite's ``train`` settings. ``specs``/``fingerprints`` may hold domains the suite has not (a held-out
+    part of target train). → (planned stages, upstream first; the dataset specs they read)."""
+    m_specs, m_fps = method_datasets(get_method(experiment.method), experiment.config, specs, fingerprints)
+    return plan_stages(finals, experiment.seed, m_fps, train), m_specs

@@ -16,8 +16,8 @@ STATUS_OK = ("done", "cached")
 REFERENCE_METHOD = "source_only"  # every results table's differences are taken from this row
 
 
-def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
-    """The published rows the suite puts beside ours for ``target`` → (frame or None, note)."""
+def published_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
+    """The papers' published rows the suite puts beside ours for ``target`` → (frame or None, note)."""
     from bench.paper_rows import load_paper_rows
 
     spec = suite.get("paper") or {}
@@ -39,11 +39,43 @@ def paper_rows(suite: dict, target: str) -> tuple[pd.DataFrame | None, str]:
     return rows, note
 
 
-def table_title(suite: dict, target: str, subset: str) -> str:
+def recorded_protocols(results: list[dict], experiments) -> dict[str, str]:
+    """Row name → the evaluation protocol its numbers were computed under: the one the experiment run recorded
+    (MLflow tag ``protocol``, the eval stage's ``params["protocol"]``); a record from before the tag falls back to
+    the planned eval stage of the same method, variant, target and seed. Not the suite's ``evaluation``: a method
+    may state its own protocol (``eval_protocol``)."""
+    from bench.tables import row_name
+
+    planned = {(e.method, e.variant or "", e.target or "", e.seed): e.eval.stage.params["protocol"]
+               for e in experiments}
+    out: dict[str, str] = {}
+    for r in results:
+        where = (r["method"], r.get("variant") or "", r.get("target") or "", int(r["seed"]))
+        protocol = r.get("protocol") or planned.get(where)
+        if protocol:
+            out.setdefault(row_name(r["method"], r.get("variant")), protocol)
+    return out
+
+
+def protocol_words(protocols: dict[str, str], fallback: str = "B") -> str:
+    """``B`` when every row shares one protocol; else the most common one, then each other with its rows:
+    ``B; ms for cag_uda (ms)``. ``fallback`` when nothing was recorded."""
+    rows_of: dict[str, list[str]] = {}
+    for row, protocol in protocols.items():
+        rows_of.setdefault(protocol, []).append(row)
+    if not rows_of:
+        return fallback
+    main, *others = sorted(rows_of, key=lambda p: -len(rows_of[p]))  # stable: ties keep the first seen
+    return "; ".join([main] + [f"{p} for {', '.join(rows_of[p])}" for p in others])
+
+
+def table_title(suite: dict, target: str, subset: str, protocols: dict[str, str]) -> str:
+    """A results table's caption; ``protocols`` (row → protocol, ``recorded_protocols``) names what it shows."""
     ev = suite.get("evaluation") or {}
     where = f" ({target})" if target else ""
     star = "; mIoU* = 13-class mean of the same confusion matrix" if subset == "16" else ""
-    return (f"{suite['name']}{where}: per-class IoU (%), {subset} classes, protocol {ev.get('protocol', 'B')}, "
+    return (f"{suite['name']}{where}: per-class IoU (%), {subset} classes, protocol "
+            f"{protocol_words(protocols, ev.get('protocol', 'B'))}, "
             f"final iterate; ours = mean±std over seeds {suite['seeds']}{star}")
 
 
@@ -165,8 +197,10 @@ def _code(text: str) -> str:
 
 
 def ledger_rows(experiments) -> list[tuple[str, list[tuple]]]:
-    """Per method (variant), once: ``(name, [(setting, value, source, default or None, default source, note)])``."""
-    import dataclasses
+    """Per method (variant), once: ``(name, [(setting, value, source, default or None, note)])``, from
+    ``methods.base.provenance``; an overridden setting shows its default and that default's source (the
+    provenance of the method's default Config)."""
+    from methods.base import provenance
 
     out, seen = [], set()
     for e in experiments:
@@ -174,12 +208,11 @@ def ledger_rows(experiments) -> list[tuple[str, list[tuple]]]:
         if name in seen:
             continue
         seen.add(name)
+        defaults = provenance(type(e.config)())  # every Config field has a default (the paper's)
         rows = []
-        for f in dataclasses.fields(e.config):
-            value = getattr(e.config, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            src, note = f.metadata.get("source", "harness"), f.metadata.get("note", "")
-            rows.append((f.name, value, src, None if value == default else default, note))
+        for setting, (value, src, note) in provenance(e.config).items():
+            default, default_src, _ = defaults[setting]
+            rows.append((setting, value, default_src, default if src == "override" else None, note))
         out.append((name, rows))
     return out
 
@@ -206,9 +239,6 @@ def ledger_lines(experiments) -> list[str]:
 def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, env, summary, wall_seconds,
                   tracker=None, cache_root: Path | None = None) -> dict:
     """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts."""
-    from bench.plan import dataset_specs
-    from bench.plots import per_class_heatmap, training_curves
-    from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, write_tables
     from bench.tracking import load_results
 
     out_dir = Path(out_dir)
@@ -216,43 +246,83 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     results, _ = load_results(uri, suite["name"], invocation)
-    ev = suite.get("evaluation") or {}
     md = [f"# {suite['name']}", "", suite.get("description", ""), ""]
     md += ["## Results", ""]
     for target in list(suite.get("targets") or {"": {}}):
-        rs = [r for r in results if r["target"] == target and f"miou_{ev.get('subsets', ['19'])[0]}" in r]
-        if not rs:
-            md += [f"No finished experiment for {target or 'this suite'}.", ""]
-            continue
-        per_image = per_image_lookup(rs, experiments, cache_root)
-        for subset in ev.get("subsets", ["19"]):
-            ours = per_class_frame(rs, subset)
-            paper, note = paper_rows(suite, target)
-            classes = [CLASS_NAMES[c] for c in SUBSETS[subset]]
-            extra = ("mIoU", "mIoU*") if subset == "16" else ("mIoU",)
-            frame = comparison_frame(ours, paper, classes, extra)
-            diffs = None
-            plain = ours["variant"].fillna("") == "" if "variant" in ours.columns else True
-            if ((ours["method"] == REFERENCE_METHOD) & plain).any():
-                diffs = row_differences(ours, per_image, REFERENCE_METHOD, classes=subset)
-                frame = add_differences(frame, diffs, REFERENCE_METHOD)
-            stem = f"per_class_{subset}" + (f"_{target}" if target else "")
-            title = table_title(suite, target, subset)
-            paths = write_tables(frame, out_dir / "tables", stem, title)
-            print(paths["txt"].read_text())
-            seeds = sorted(int(x) for x in ours["seed"].unique())
-            bars = per_class_heatmap(frame, classes, out_dir / "plots" / f"{stem}.png", extra=extra,
-                                     title=f"{suite['name']} {target}: IoU (%), {subset} classes; ours: mean over "
-                                     f"seeds {seeds}")
-            md += [paths["md"].read_text(), ""]
-            if diffs is not None:
-                md += difference_lines(diffs, REFERENCE_METHOD)
-            if note:
-                md += [f"Paper rows: {note}.", ""]
-            md += [f"![per-class IoU](plots/{bars.name})", "",
-                   f"Files: `tables/{stem}.tex` (booktabs), `.md`, `.csv`.", ""]
-            if "variant" in ours.columns:
-                md += ablation_tables(suite, ours, subset, out_dir, note, per_image=per_image)
+        md += target_results(suite, target, results, experiments, out_dir, cache_root)
+    md += figure_sections(suite, experiments, outcomes, out_dir, cache_root)
+    if tracker is None:  # bench table: the timings the run recorded, not this re-render's
+        outcomes, summary, wall_seconds = recorded_timings(uri, invocation, outcomes, summary, wall_seconds)
+    else:
+        write_timings(out_dir / TIMINGS, outcomes, summary, wall_seconds)
+    md += protocol_lines(suite, recorded_protocols(results, experiments))
+    md += timing_lines(experiments, outcomes, summary, wall_seconds)
+    md += ["## Fidelity ledger", ""] + ledger_lines(experiments)
+    md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
+    md += [f"MLflow: `{uri}`, invocation run `{invocation}` (`bench ui` to browse).", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(md))
+    if tracker is not None:
+        log_per_image(tracker, results, experiments, cache_root)
+        log_outputs(tracker, invocation, out_dir)
+    return {"results": results, "path": report}
+
+
+def target_results(suite, target: str, results: list[dict], experiments, out_dir: Path, cache_root: Path) -> list[str]:
+    """The report's results for one target: a table (and its plot, differences, ablations) per class subset."""
+    subsets = (suite.get("evaluation") or {}).get("subsets", ["19"])
+    rs = [r for r in results if r["target"] == target and f"miou_{subsets[0]}" in r]
+    if not rs:
+        return [f"No finished experiment for {target or 'this suite'}.", ""]
+    per_image = per_image_lookup(rs, experiments, cache_root)
+    protocols = recorded_protocols(rs, experiments)
+    md: list[str] = []
+    for subset in subsets:
+        md += subset_results(suite, target, subset, rs, per_image, protocols, out_dir)
+    return md
+
+
+def subset_results(suite, target: str, subset: str, rs: list[dict], per_image: dict, protocols: dict,
+                   out_dir: Path) -> list[str]:
+    """One results table (ours beside the papers', differences from the reference row), its files and plot."""
+    from bench.plots import per_class_heatmap
+    from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, write_tables
+
+    ours = per_class_frame(rs, subset)
+    paper, note = published_rows(suite, target)
+    classes = [CLASS_NAMES[c] for c in SUBSETS[subset]]
+    extra = ("mIoU", "mIoU*") if subset == "16" else ("mIoU",)
+    frame = comparison_frame(ours, paper, classes, extra)
+    diffs = None
+    plain = ours["variant"].fillna("") == "" if "variant" in ours.columns else True
+    if ((ours["method"] == REFERENCE_METHOD) & plain).any():
+        diffs = row_differences(ours, per_image, REFERENCE_METHOD, classes=subset)
+        frame = add_differences(frame, diffs, REFERENCE_METHOD)
+    stem = f"per_class_{subset}" + (f"_{target}" if target else "")
+    paths = write_tables(frame, out_dir / "tables", stem, table_title(suite, target, subset, protocols))
+    print(paths["txt"].read_text())
+    seeds = sorted(int(x) for x in ours["seed"].unique())
+    bars = per_class_heatmap(frame, classes, out_dir / "plots" / f"{stem}.png", extra=extra,
+                             title=f"{suite['name']} {target}: IoU (%), {subset} classes; ours: mean over "
+                             f"seeds {seeds}")
+    md = [paths["md"].read_text(), ""]
+    if diffs is not None:
+        md += difference_lines(diffs, REFERENCE_METHOD)
+    if note:
+        md += [f"Paper rows: {note}.", ""]
+    md += [f"![per-class IoU](plots/{bars.name})", "",
+           f"Files: `tables/{stem}.tex` (booktabs), `.md`, `.csv`.", ""]
+    if "variant" in ours.columns:
+        md += ablation_tables(suite, ours, subset, out_dir, note, per_image=per_image)
+    return md
+
+
+def figure_sections(suite, experiments, outcomes, out_dir: Path, cache_root: Path) -> list[str]:
+    """The training curves and the qualitative figures (a failed figure is a line in the report, not an error)."""
+    from bench.plan import dataset_specs
+    from bench.plots import training_curves
+
+    md: list[str] = []
     curves = _curves(experiments, outcomes, cache_root)
     if curves:
         p = training_curves(curves, out_dir / "plots" / "training_curves.png", "segmenter loss (seed "
@@ -265,29 +335,30 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
         qs, md = [], md + [f"(qualitative figure failed: {err})", ""]
     if qs:
         md += ["## Qualitative (target val)", "", *[f"![qualitative](plots/{q.name})" for q in qs], ""]
-    timings = out_dir / TIMINGS
-    if tracker is None:  # bench table: the timings the run recorded, not this re-render's
-        outcomes, summary, wall_seconds = recorded_timings(uri, invocation, outcomes, summary, wall_seconds)
-    else:
-        timings.write_text(json.dumps({"wall_seconds": wall_seconds, "summary": list(summary), "stages": {
-            k: [o.status, o.seconds] for k, o in outcomes.items()}}, indent=1))
-    md += protocol_lines(suite) + timing_lines(experiments, outcomes, summary, wall_seconds)
-    md += ["## Fidelity ledger", ""] + ledger_lines(experiments)
-    md += ["## Environment", ""] + [f"- {k}: {v}" for k, v in env.items()] + [""]
-    md += [f"MLflow: `{uri}`, invocation run `{invocation}` (`bench ui` to browse).", ""]
-    report = out_dir / "report.md"
-    report.write_text("\n".join(md))
-    if tracker is not None:
-        log_per_image(tracker, results, experiments, cache_root)
-        for p in [report, timings, *sorted((out_dir / "tables").iterdir()), *sorted((out_dir / "plots").iterdir())]:
-            tracker.log_artifact(invocation, p, None if p.parent == out_dir else p.parent.name)
-    return {"results": results, "path": report}
+    return md
 
 
-def protocol_lines(suite) -> list[str]:
+def write_timings(path: Path, outcomes, summary, wall_seconds) -> None:
+    """The invocation's timings (each stage's status and seconds), for ``bench table`` to show them later."""
+    path.write_text(json.dumps({"wall_seconds": wall_seconds, "summary": list(summary), "stages": {
+        k: [o.status, o.seconds] for k, o in outcomes.items()}}, indent=1))
+
+
+def log_outputs(tracker, invocation: str, out_dir: Path) -> None:
+    """The report, timings, tables and plots as the invocation run's artifacts."""
+    files = [out_dir / "report.md", out_dir / TIMINGS, *sorted((out_dir / "tables").iterdir()),
+             *sorted((out_dir / "plots").iterdir())]
+    for p in files:
+        tracker.log_artifact(invocation, p, None if p.parent == out_dir else p.parent.name)
+
+
+def protocol_lines(suite, protocols: dict[str, str] | None = None) -> list[str]:
+    """The report's protocol section; the evaluation protocol as recorded with the numbers (``protocols``: row →
+    protocol, ``recorded_protocols``), the suite's when nothing was recorded."""
     ev = suite.get("evaluation") or {}
     return ["## Protocol", "",
-            f"- evaluation protocol {ev.get('protocol', 'B')} (see bench/protocols.py), subsets {ev.get('subsets')}",
+            f"- evaluation protocol {protocol_words(protocols or {}, ev.get('protocol', 'B'))} (see "
+            f"bench/protocols.py), subsets {ev.get('subsets')}",
             "- model selection: final iterate (never the best checkpoint on target val)",
             f"- seeds: {suite['seeds']}",
             "- datasets: " + "; ".join(f"{d}: {s['name']} {s.get('split', '')} at {s['root']}"

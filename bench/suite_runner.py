@@ -149,50 +149,73 @@ def ensure_minicity_pretraining(spec: dict) -> None:
 def ensure_data(suite: dict) -> dict:
     """Generate MiniCity when the suite embeds it, then fingerprint every dataset of every target.
     A missing or malformed tree stops here, before any training, with the ``bench data check`` command."""
-    from bench.data import DataError
-    from bench.paths import resolve_root
-    from bench.plan import dataset_specs, fingerprint_datasets
-
     if "minicity" in suite:
-        from bench.data.minicity import ensure_minicity
+        ensure_minicity_data(suite["minicity"])
+    check_paper_specs(suite)
+    check_weights(suite)
+    return fingerprint_targets(suite)
 
-        mc = suite["minicity"]
-        extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
-        root = resolve_root(mc["root"])
-        from bench.fsio import file_lock
 
-        # two runs starting together on a fresh checkout must not generate (and rename) the same tree at once
-        with file_lock(root.parent / f".{root.name}.lock"):
-            st = ensure_minicity(root, seed=mc.get("seed", 0), **extra)
-        if st.get("regenerated"):
-            print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
-                  f"{st['seconds']:.0f} s")
-        if mc.get("pretrain"):
-            ensure_minicity_pretraining(mc["pretrain"])
+def ensure_minicity_data(mc: dict) -> None:
+    """The suite's ``minicity`` section: generate the tree (once per content) and its generic pretraining."""
+    from bench.data.minicity import ensure_minicity
+    from bench.fsio import file_lock
+    from bench.paths import resolve_root
+
+    extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
+    root = resolve_root(mc["root"])
+    # two runs starting together on a fresh checkout must not generate (and rename) the same tree at once
+    with file_lock(root.parent / f".{root.name}.lock"):
+        st = ensure_minicity(root, seed=mc.get("seed", 0), **extra)
+    if st.get("regenerated"):
+        print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
+              f"{st['seconds']:.0f} s")
+    if mc.get("pretrain"):
+        ensure_minicity_pretraining(mc["pretrain"])
+
+
+def check_paper_specs(suite: dict) -> None:
+    """A typo in ``paper.rows`` or a method's ``tables`` fails now, not after training."""
     from bench.ablations import ablation_specs
-    from bench.report import paper_rows
+    from bench.report import published_rows
 
-    try:  # a typo in paper.rows / a method's tables fails now, not after training
+    try:
         for target in list(suite.get("targets") or {"": {}}):
-            paper_rows(suite, target)
+            published_rows(suite, target)
         for method in suite.get("methods") or {}:
             ablation_specs(suite, method)
     except (KeyError, ValueError) as e:
         raise SuiteError(f"suite {suite['name']}: {e.args[0]}") from e
+
+
+def check_weights(suite: dict) -> None:
+    """Every weights file a method (or one of its variants) names in its declared ``weight_fields``, checked now, not
+    when its stage comes."""
+    from bench.paths import resolve_root
+    from methods.base import get_method
+
     for mname, values in (suite.get("methods") or {}).items():
         if suite.get("only") is not None and mname not in suite["only"]:
             continue
-        # every weights file a method (or one of its variants) names, checked now, not when its stage comes
+        fields = get_method(mname).weight_fields
         entries = [("", values or {})] + [(f"variants.{v}.", o or {}) for v, o in
                                            ((values or {}).get("variants") or {}).items()]
         for where, vals in entries:
             for key, weights in vals.items():
-                if not (key.endswith("weights") and isinstance(weights, str)) or resolve_root(weights).is_file():
+                if key not in fields or not isinstance(weights, str) or resolve_root(weights).is_file():
                     continue
                 raise SuiteDataError(
                     f"suite {suite['name']}: methods.{mname}.{where}{key} {weights} does not exist "
                     f"({resolve_root(weights)}). uda-bench never downloads weights: see datasets/README.md "
                     f"(Initial weights) for where to get the file, or set methods.{mname}.{where}{key}=PATH")
+
+
+def fingerprint_targets(suite: dict) -> dict:
+    """target → domain → fingerprint (``bench.plan.fingerprint_datasets``), every evaluation file decoded; a bad
+    tree raises ``SuiteDataError`` with the ``bench data check`` command for it."""
+    from bench.data import DataError
+    from bench.plan import dataset_specs, fingerprint_datasets
+
     out = {}
     for target in list(suite.get("targets") or {"": {}}):
         specs = dataset_specs(suite, target)

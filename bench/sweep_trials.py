@@ -25,34 +25,45 @@ class Trial:
 
 def plan_trials(suite: dict, study, values, seeds, specs: dict, fingerprints: dict,
                 holdout: bool) -> list[Trial]:
-    """Every (value, seed) trial's planned stages (keys as in ``bench run``: the cache is shared with it)."""
-    from bench.evaluate import eval_stage
-    from bench.pipeline import plan_stages
-    from bench.plan import method_datasets
+    """Every (value, seed) trial's planned stages. Each value is planned by ``bench.plan.plan_suite`` as a suite of
+    its own (``value_suite``), so its stages, protocol and keys are those ``bench run`` gives that config (the
+    cache is shared with it); the held-out evaluation and the criteria go on its model (``plan_extra_stages``).
+    ``specs``/``fingerprints``: the suite's one target's, plus ``target_holdout`` when ``holdout``."""
+    from bench.evaluate import eval_elsewhere
+    from bench.plan import plan_extra_stages, plan_suite
     from bench.select_stage import select_stage
-    from methods.base import get_method, make_config
 
-    if study.method not in suite["methods"]:
-        raise SuiteError(f"suite {suite['name']} has no method {study.method!r}; it has {sorted(suite['methods'])}")
-    module = get_method(study.method)
-    base = {k: v for k, v in (suite["methods"][study.method] or {}).items() if k not in ("variants", "tables")}
-    if study.param not in module.Config.__dataclass_fields__:
-        raise SuiteError(f"{study.method} has no config key {study.param!r}; valid: "
-                         f"{sorted(module.Config.__dataclass_fields__)}")
-    evaluation = dict(suite.get("evaluation") or {})
+    check_study(suite, study)
+    target = next(iter(suite.get("targets") or {"": {}}))
     train = dict(suite.get("train") or {})
     trials = []
     for value in values:
-        cfg = make_config(module.Config, {**base, **study.fixed, study.param: value})
-        if module.eval_protocol(cfg):
-            evaluation = {**evaluation, "protocol": module.eval_protocol(cfg)}
-        final = module.stages(cfg)[-1]
-        m_specs, m_fps = method_datasets(module, cfg, specs, fingerprints)
-        for seed in seeds:
-            planned = plan_stages([eval_stage(final, evaluation)], seed, m_fps, train)
+        experiments, _, _ = plan_suite(value_suite(suite, study, value, seeds), {target: fingerprints})
+        for e in experiments:
+            model = e.eval.stage.upstream["model"]
+            (*_, select), m_specs = plan_extra_stages(e, [select_stage(model)], specs, fingerprints, train)
             extra = None
             if holdout:
-                extra = plan_stages([eval_stage(final, evaluation, "target_holdout")], seed, m_fps, train)[-1]
-            select = plan_stages([select_stage(final)], seed, m_fps, train)[-1]
-            trials.append(Trial(len(trials), value, seed, planned, extra, m_specs, select))
+                extra = plan_extra_stages(e, [eval_elsewhere(e.eval, "target_holdout")], specs, fingerprints,
+                                          train)[0][-1]
+            trials.append(Trial(len(trials), value, e.seed, e.stages, extra, m_specs, select))
     return trials
+
+
+def check_study(suite: dict, study) -> None:
+    """The study's method is one of the suite's and has the swept key (a ``SuiteError`` naming the valid ones)."""
+    from methods.base import get_method
+
+    if study.method not in suite["methods"]:
+        raise SuiteError(f"suite {suite['name']} has no method {study.method!r}; it has {sorted(suite['methods'])}")
+    fields = get_method(study.method).Config.__dataclass_fields__
+    if study.param not in fields:
+        raise SuiteError(f"{study.method} has no config key {study.param!r}; valid: {sorted(fields)}")
+
+
+def value_suite(suite: dict, study, value, seeds) -> dict:
+    """The suite one swept value runs as: the study's method alone (its suite settings, the study's fixed ones and
+    the value; no variants) over ``seeds``; evaluation, datasets and train settings as the suite's."""
+    base = {k: v for k, v in (suite["methods"][study.method] or {}).items() if k not in ("variants", "tables")}
+    return {**suite, "methods": {study.method: {**base, **study.fixed, study.param: value}}, "seeds": list(seeds),
+            "only": None, "ablations": False}

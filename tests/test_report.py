@@ -56,3 +56,48 @@ def test_one_training_curve_per_unique_stage_named_apart():
     labels = curve_labels(exps)
     assert labels["k3"] == "cag_uda.train #1 [cag_uda (lr)]" and labels["k1"] == "cag_uda.train #1 [cag_uda]"
     assert len(set(labels.values())) == len(labels)
+
+
+@dataclasses.dataclass
+class Small:
+    lr: float = dataclasses.field(default=0.1, metadata={"source": "paper", "note": "Eq. 3"})
+    mode: str = dataclasses.field(default="a", metadata={"source": "code"})
+    steps: tuple = (1, 2)
+
+
+def test_ledger_reads_provenance_and_keeps_each_defaults_source(monkeypatch):
+    exps = [SimpleNamespace(method="m", variant="v", config=Small(lr=0.5, steps=(3,)))]
+    expected = ["### m (v)", "", "| setting | value | source | method default (its source) | note |",
+                "|---|---|---|---|---|", "| lr | `0.5` | suite override | `0.1` (paper) | Eq. 3 |",
+                '| mode | `"a"` | code |  |  |', "| steps | `[3]` | suite override | `[1, 2]` (harness) |  |", ""]
+    assert ledger_lines(exps) == expected
+    import methods.base
+
+    seen = []
+    real = methods.base.provenance
+    monkeypatch.setattr(methods.base, "provenance", lambda cfg: seen.append(cfg) or real(cfg))
+    assert ledger_lines(exps) == expected
+    assert exps[0].config in seen  # the ledger is the method contract's provenance, not a copy of it
+
+
+def test_captions_name_the_protocol_recorded_with_the_numbers():
+    from bench.report import protocol_lines, recorded_protocols, table_title
+
+    suite = {"name": "s", "seeds": [0], "evaluation": {"protocol": "A", "subsets": ["19"]},
+             "datasets": {"target_val": {"name": "cityscapes", "split": "val", "root": "r"}}}
+
+    def exp(method, variant, protocol, seed=0):
+        ev = SimpleNamespace(stage=SimpleNamespace(params={"protocol": protocol}))
+        return SimpleNamespace(method=method, variant=variant, target="", seed=seed, eval=ev)
+
+    exps = [exp("adaptsegnet", "", "A"), exp("cag_uda", "ms", "ms"), exp("ssf_dan", "", "A")]
+    results = [{"method": "adaptsegnet", "variant": "", "target": "", "seed": 0, "protocol": "A"},
+               {"method": "cag_uda", "variant": "ms", "target": "", "seed": 0, "protocol": "ms"},
+               {"method": "ssf_dan", "variant": "", "target": "", "seed": 0, "protocol": ""}]  # before the tag
+    protocols = recorded_protocols(results, exps)
+    assert protocols == {"adaptsegnet": "A", "cag_uda (ms)": "ms", "ssf_dan": "A"}
+    assert "protocol A; ms for cag_uda (ms), final iterate" in table_title(suite, "", "19", protocols)
+    only_ms = recorded_protocols(results[1:2], exps)
+    assert "protocol ms, final iterate" in table_title(suite, "", "19", only_ms)  # not the suite's A
+    assert "- evaluation protocol A; ms for cag_uda (ms) (see" in "\n".join(protocol_lines(suite, protocols))
+    assert "- evaluation protocol A (see" in "\n".join(protocol_lines(suite, {}))  # nothing recorded: the suite's

@@ -74,11 +74,11 @@ def test_unknown_top_level_key_is_refused():
 @pytest.mark.parametrize("name", ["minicity", "minicity_ablations", "minicity_delta_d", "gta5_cityscapes",
                                   "synthia_cityscapes", "cityscapes_crosscity"])
 def test_suites_paper_rows_resolve(name):
-    from bench.report import paper_rows
+    from bench.report import published_rows
 
     s = load_suite(name)
     for target in s.get("targets") or [""]:
-        rows, _ = paper_rows(s, target)
+        rows, _ = published_rows(s, target)
         if rows is not None:
             assert len(rows) == len(s["paper"]["rows"]) and rows["mIoU"].notna().any()
 

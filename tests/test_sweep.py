@@ -167,3 +167,27 @@ def test_perf_sweep_independent_pipeline_is_the_same_trial(name):
     (trial,) = plan_trials(load_suite("minicity"), study, [value], [0], dataset_specs(load_suite("minicity"), ""),
                            fps, False)
     assert [ps.key for ps in exp.stages] == [ps.key for ps in trial.stages]
+
+
+def test_a_values_protocol_override_does_not_carry_over_to_the_next():
+    """Each swept value is planned as `bench run` plans it: a value that states its own evaluation protocol (ms)
+    leaves the next value, which does not, on the suite's protocol — val and held-out evaluation alike."""
+    from bench.plan import dataset_specs, plan_suite
+    from bench.suite_runner import load_suite
+    from bench.sweep import HOLDOUT, Study
+    from bench.sweep_trials import plan_trials
+
+    suite = load_suite("minicity")
+    specs = dataset_specs(suite, "")
+    fps = {d: {"spec": {}, "fingerprint": "x" + d, "images": 1} for d in suite["datasets"]}
+    specs["target_holdout"] = {**specs["target_train"], "labels": True, "holdout": HOLDOUT}
+    fps["target_holdout"] = {"spec": {"holdout": HOLDOUT}, "fingerprint": "h"}
+    study = Study("cag_uda", "eval_protocol", ("ms", None), {"num_stages": 1})
+    ms, plain = plan_trials(suite, study, ["ms", None], [0], specs, fps, True)
+    suite_protocol = suite["evaluation"]["protocol"]
+    assert suite_protocol != "ms"
+    assert ms.stages[-1].stage.params["protocol"] == ms.holdout_eval.stage.params["protocol"] == "ms"
+    assert plain.stages[-1].stage.params["protocol"] == plain.holdout_eval.stage.params["protocol"] == suite_protocol
+    run = load_suite("minicity", ["only=[cag_uda]", "seeds=[0]", "ablations=false", "methods.cag_uda.num_stages=1"])
+    (exp,) = plan_suite(run, {"": fps})[0]
+    assert [ps.key for ps in plain.stages] == [ps.key for ps in exp.stages]  # the same stages as `bench run`'s
