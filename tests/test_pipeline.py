@@ -85,6 +85,7 @@ def test_cag_uda_chain_on_tiny_minicity_shares_source_only(tiny_suite):
             "methods.cag_uda.warmup_iters=2", "methods.cag_uda.stage_iters=2", "methods.cag_uda.batch_size=2",
             "methods.cag_uda.warmup_batch_size=2", "methods.cag_uda.num_stages=2", "methods.cag_uda.delta_d=0.0",
             # the official code's recipe on the small net: online labels, code anchors, class-mean SmoothL1
+            "methods.cag_uda.tables=[]",
             "methods.cag_uda.variants={code: {variant: code, model_code: small, feature_layer_code: decoder, "
             "stage_iters_code: 2, batch_size_code: 2, crop_code: null, resize_scale_code: null, "
             "anchor_min_pixels_code: 1, dis_min_pixels_code: 1}}"]
