@@ -10,11 +10,17 @@ iteration being computed (the first call gets 0; metrics of that iteration are r
 optimiser's terms are summed and back-propagated into *that optimiser's parameters only*
 (``torch.autograd.backward(..., inputs=...)``), so e.g. a generator's adversarial term never leaks gradients
 into the discriminator and methods need not toggle ``requires_grad``. An optimiser missing from the output
-is not stepped that iteration. The trainer owns AMP, poly LR, clipping, checkpoints, resume and progress.
+is not stepped that iteration. The trainer owns seeding, AMP, poly LR, clipping, checkpoints, resume and progress.
+
+The trainer seeds every RNG in :meth:`Trainer._setup`, the train stages' one seeding. A stage builds its networks
+from the seeded RNGs too (random layers, discriminators): it hands :meth:`Trainer.deferred` a ``build() -> Recipe``
+that runs right after the seeding; the RNGs are then put back to the freshly seeded state, so training draws the
+same numbers whatever ``build`` drew — as if the RNGs were seeded once before the build and again before training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -91,6 +97,19 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: deterministic must be True, False or 'warn', got {self.deterministic!r}")
 
 
+@dataclass
+class Recipe:
+    """What a train stage optimises (the trainer decides how): its modules, one optimiser spec per optimiser, the
+    ``losses`` callable, its named map-style datasets and an optional ``after_step(it)`` hook run under no_grad
+    after the optimiser steps (e.g. an EMA teacher update)."""
+
+    modules: Mapping[str, nn.Module]
+    optimizers: Mapping[str, OptimizerSpec]
+    losses: LossFn
+    datasets: Mapping[str, Dataset]
+    after_step: Callable[[int], None] | None = None
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python ``random``, NumPy's global RNG and torch (CPU and every CUDA device)."""
     random.seed(seed)
@@ -156,16 +175,33 @@ class Trainer:
         callbacks: Iterable[Any] = (),
         after_step: Callable[[int], None] | None = None,
     ) -> None:
-        if set(config.batch_sizes) != set(datasets):
-            raise ValueError(f"batch_sizes names {sorted(config.batch_sizes)} but the datasets are {sorted(datasets)}")
-        for name, spec in optimizers.items():
-            for m in spec.module_names:
-                if m not in modules:
-                    raise KeyError(f"optimiser {name!r} names module {m!r}; the modules are {sorted(modules)}")
-        self.modules, self.specs, self.losses = dict(modules), dict(optimizers), losses
-        self.datasets, self.config = dict(datasets), config
+        self._configure(config, out_dir, eval_fn, callbacks)
+        self._build: Callable[[], Recipe] | None = None
+        self._adopt(Recipe(modules, optimizers, losses, datasets, after_step))
+
+    @classmethod
+    def deferred(
+        cls,
+        build: Callable[[], Recipe],
+        config: TrainConfig,
+        out_dir: str | Path | None = None,
+        eval_fn: EvalFn | None = None,
+        callbacks: Iterable[Any] = (),
+    ) -> Trainer:
+        """A trainer whose recipe ``build()`` makes at the start of :meth:`fit`, right after seeding: the initial
+        weights come from the seeded RNGs, and training starts from the freshly seeded state whatever ``build``
+        drew. ``modules`` and the rest exist once ``fit`` has begun (``build`` runs once per trainer)."""
+        trainer = cls.__new__(cls)
+        trainer._configure(config, out_dir, eval_fn, callbacks)
+        trainer._build = build
+        trainer.modules, trainer.specs, trainer.datasets = {}, {}, {}
+        return trainer
+
+    def _configure(self, config: TrainConfig, out_dir, eval_fn, callbacks) -> None:
+        """The run settings: device, AMP, horizon, output directory, evaluation and callbacks."""
+        self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.eval_fn, self.after_step = eval_fn, after_step
+        self.eval_fn = eval_fn
         self.callbacks = [_as_callback(cb) for cb in callbacks]
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
@@ -180,10 +216,26 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self._last_ckpt: int | None = None
 
+    def _adopt(self, recipe: Recipe) -> None:
+        """Take a stage's recipe, checked against the config: a batch size per dataset, known module names."""
+        batch_sizes = self.config.batch_sizes
+        if set(batch_sizes) != set(recipe.datasets):
+            raise ValueError(f"batch_sizes names {sorted(batch_sizes)} but the datasets are {sorted(recipe.datasets)}")
+        for name, spec in recipe.optimizers.items():
+            for m in spec.module_names:
+                if m not in recipe.modules:
+                    raise KeyError(f"optimiser {name!r} names module {m!r}; the modules are {sorted(recipe.modules)}")
+        self.modules, self.specs, self.losses = dict(recipe.modules), dict(recipe.optimizers), recipe.losses
+        self.datasets, self.after_step = dict(recipe.datasets), recipe.after_step
+
     # ----------------------------------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.config
-        seed_everything(cfg.seed)
+        seed_everything(cfg.seed)  # the train stages' one seeding: their builds and their training start here
+        if self._build is not None:
+            with preserved_rng():  # back to the freshly seeded state: training ignores what the build drew
+                self._adopt(self._build())
+            self._build = None
         for m in self.modules.values():
             if self.channels_last:
                 m.to(device=self.device, memory_format=torch.channels_last)
@@ -334,67 +386,18 @@ class Trainer:
 
         ``stop_at=k`` stops after iteration k with a checkpoint, as if the job were killed there. The
         summary holds the last ``metrics``, total ``iterations``, ``iterations_run`` in this call,
-        ``seconds`` (wall time of the call), ``seconds_per_iteration`` (training steps only),
-        ``resumed_from`` and ``finished``.
+        ``seconds`` (wall time of the call, a deferred build included), ``seconds_per_iteration`` (training
+        steps only), ``resumed_from`` and ``finished``.
         """
         cfg, t0 = self.config, time.perf_counter()
-        prev = (
-            torch.are_deterministic_algorithms_enabled(),
-            torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.backends.cudnn.benchmark,
-            torch.backends.cudnn.deterministic,
-        )
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at first use
-            torch.use_deterministic_algorithms(True, warn_only=cfg.deterministic == "warn")
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-        progress, iters, train_seconds, start = None, {}, 0.0, 0
-        try:
+        with determinism(cfg.deterministic):
             self._setup()
-            resumed = self._resume()
+            resumed = self._last_ckpt = self._resume()
             start = self.iteration
-            self._last_ckpt = resumed
-            end = min(cfg.max_iters, stop_at) if stop_at is not None else cfg.max_iters
-            if start < end:
-                for name, ds in self.datasets.items():
-                    loader = DataLoader(
-                        ds,
-                        batch_sampler=self.samplers[name],
-                        num_workers=cfg.num_workers,
-                        pin_memory=self.device.type == "cuda",
-                        # its own generator: creating the iterator must not draw from the global torch RNG
-                        generator=torch.Generator().manual_seed(derive_seed("loader", cfg.seed, name)),
-                    )
-                    iters[name] = iter(loader)
-                trained = {m for s in self.specs.values() for m in s.module_names}
-                for n in trained:
-                    self.modules[n].train()
-                progress = TrainProgress(cfg.max_iters, start, cfg.log_every, cfg.progress)
-            for it in range(start, end):
-                t_step = time.perf_counter()
-                self._train_step(iters, it)
-                train_seconds += time.perf_counter() - t_step
-                self.iteration = step = it + 1
-                last = step == cfg.max_iters
-                if self.eval_fn is not None and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
-                    ev = self._evaluate(step)
-                    self.metrics.update(ev)
-                    progress.message(f"eval it {step}: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()))
-                for cb in self.callbacks:
-                    cb(step, dict(self.metrics))
-                progress.update(step, self.metrics)
-                periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
-                if periodic or last or step == stop_at:
-                    self._save_checkpoint()
-                    self._last_ckpt = step
+            end = cfg.max_iters if stop_at is None else min(cfg.max_iters, stop_at)
+            train_seconds = self._run(start, end, stop_at) if start < end else 0.0
             if self.iteration >= cfg.max_iters and self.out_dir is not None:
                 atomic_save({n: m.state_dict() for n, m in self.modules.items()}, self.out_dir / MODEL_FILE)
-        finally:
-            if progress is not None:
-                progress.close()
-            iters.clear()  # shuts down DataLoader workers
-            torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
-            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]
         run = self.iteration - start
         return {
             "metrics": dict(self.metrics),
@@ -405,3 +408,76 @@ class Trainer:
             "resumed_from": resumed,
             "finished": self.iteration >= cfg.max_iters,
         }
+
+    def _run(self, start: int, end: int, stop_at: int | None) -> float:
+        """Iterations ``start`` .. ``end - 1``; returns the seconds spent in training steps."""
+        cfg = self.config
+        iters: dict[str, Any] = {}
+        progress, seconds = None, 0.0
+        try:
+            iters.update(self._loaders())
+            for n in {m for s in self.specs.values() for m in s.module_names}:
+                self.modules[n].train()
+            progress = TrainProgress(cfg.max_iters, start, cfg.log_every, cfg.progress)
+            for it in range(start, end):
+                t_step = time.perf_counter()
+                self._train_step(iters, it)
+                seconds += time.perf_counter() - t_step
+                self._end_iteration(it + 1, stop_at, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+            iters.clear()  # shuts down DataLoader workers
+        return seconds
+
+    def _loaders(self) -> dict[str, Any]:
+        """One endless iterator per dataset, batched by its sampler (so a resume continues where it stopped)."""
+        cfg, out = self.config, {}
+        for name, ds in self.datasets.items():
+            loader = DataLoader(
+                ds,
+                batch_sampler=self.samplers[name],
+                num_workers=cfg.num_workers,
+                pin_memory=self.device.type == "cuda",
+                # its own generator: creating the iterator must not draw from the global torch RNG
+                generator=torch.Generator().manual_seed(derive_seed("loader", cfg.seed, name)),
+            )
+            out[name] = iter(loader)
+        return out
+
+    def _end_iteration(self, step: int, stop_at: int | None, progress: TrainProgress) -> None:
+        """After step ``step``: evaluation when due, callbacks, progress, and a checkpoint when due."""
+        cfg = self.config
+        self.iteration = step
+        last = step == cfg.max_iters
+        if self.eval_fn is not None and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+            ev = self._evaluate(step)
+            self.metrics.update(ev)
+            progress.message(f"eval it {step}: " + " ".join(f"{k}={v:.4g}" for k, v in ev.items()))
+        for cb in self.callbacks:
+            cb(step, dict(self.metrics))
+        progress.update(step, self.metrics)
+        periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
+        if periodic or last or step == stop_at:
+            self._save_checkpoint()
+            self._last_ckpt = step
+
+
+@contextlib.contextmanager
+def determinism(mode: bool | str):
+    """Run the block under ``TrainConfig.deterministic``'s torch settings, restoring the caller's afterwards."""
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    if mode:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS reads it at first use
+        torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = prev[2], prev[3]

@@ -15,25 +15,20 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from bench.data.labels import NUM_CLASSES
 from methods.base import Method, Stage, param, reads
-from methods.source_only import segmentation_ce
+from methods.source_only import AdaptSegNetSchedule, segmentation_ce
+from methods.training import DOMAINS, Parts, discriminator_spec, stage_result, train_segmenter
 
 VERSION = "1"
 SOURCE_LABEL, TARGET_LABEL = 0.0, 1.0  # AdaptSegNet's domain labels
 
 
 @dataclass
-class Config:
+class Config(AdaptSegNetSchedule):
     model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 with the layer3 aux head (DeeplabMulti)")
     model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "code")
     init_weights: str | None = param(None, "harness", "local DeepLab init (ImageNet/COCO); training starts from it")
-    iters: int = param(150_000, "code", "AdaptSegNet stops at 150k")
-    horizon: int | None = param(250_000, "code", "poly decays over 250k iterations")
-    batch_size: int = param(1, "code", "1 source + 1 target image")
-    lr: float = param(2.5e-4, "paper")
-    momentum: float = param(0.9, "paper")
-    weight_decay: float = param(5e-4, "code")
-    power: float = param(0.9, "paper")
     aux_weight: float = param(0.1, "paper", "λ_seg for the layer3 head")
     lambda_adv_main: float = param(0.001, "paper", "λ_adv for the main output")
     lambda_adv_aux: float = param(0.0002, "paper", "λ_adv for the aux output")
@@ -96,38 +91,34 @@ def output_space_losses(model, discriminators: dict, weights: dict, aux_weight: 
     return losses
 
 
+def level_weights(p: dict, main: str, aux: str) -> dict:
+    """λ per output level: ``p[main]`` for the main output, and ``p[aux]`` for the layer3 head when the model has
+    one (multi-level adaptation)."""
+    return {"main": p[main], **({"aux": p[aux]} if p["model_options"].get("aux") else {})}
+
+
+def output_space_discriminators(p: dict, levels) -> tuple[dict, dict, dict]:
+    """One AdaptSegNet discriminator per output level (widths ``p["d_channels"]``): ``{level: module}``, and the
+    trainer's modules ``{"d_<level>": module}`` and optimisers ``{"discriminator": Adam over them}``."""
+    from bench.models import build_discriminator
+
+    by_level = {lv: build_discriminator("output_space", NUM_CLASSES, channels=tuple(p["d_channels"])) for lv in levels}
+    modules = {f"d_{lv}": d for lv, d in by_level.items()}
+    return by_level, modules, {"discriminator": discriminator_spec(list(modules), p)}
+
+
 def train_adaptsegnet(p: dict, ctx) -> dict:
     """Stage ``adaptsegnet.train``: segmenter and discriminators trained jointly from the initial weights."""
-    from bench.models import build_discriminator, build_model
-    from bench.paths import resolve_root
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
+    levels = level_weights(p, "lambda_adv_main", "lambda_adv_aux")
 
-    seed_everything(ctx.seed)
-    init = p["init_weights"] and resolve_root(p["init_weights"])
-    model = build_model(p["model"], init_weights=init, **p["model_options"])
-    levels = {"main": p["lambda_adv_main"]}
-    if p["model_options"].get("aux"):  # multi-level: a second discriminator on the aux head
-        levels["aux"] = p["lambda_adv_aux"]
-    modules = {"segmenter": model}
-    for lv in levels:
-        modules[f"d_{lv}"] = build_discriminator("output_space", 19, channels=tuple(p["d_channels"]))
-    specs = {
-        "segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                                   weight_decay=p["weight_decay"], power=p["power"]),
-        "discriminator": OptimizerSpec([f"d_{lv}" for lv in levels], kind="adam", lr=p["d_lr"], betas=(0.9, 0.99),
-                                       power=p["power"]),
-    }
-    losses = output_space_losses(model, {lv: modules[f"d_{lv}"] for lv in levels}, levels, p["aux_weight"], p["gan"])
-    datasets = {"source": ctx.dataset("source", root=source_images_root(p, ctx)),
-                "target_train": ctx.dataset("target_train", labels=False)}
-    trainer = Trainer(modules, specs, losses, datasets,
-                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"]}
+    def parts(model):
+        discs, modules, optimizers = output_space_discriminators(p, levels)
+        datasets = {"source": ctx.dataset("source", root=source_images_root(p, ctx)),
+                    "target_train": ctx.dataset("target_train", labels=False)}
+        return Parts(output_space_losses(model, discs, levels, p["aux_weight"], p["gan"]), datasets, modules,
+                     optimizers)
+
+    return stage_result(train_segmenter(p, ctx, parts, dict.fromkeys(DOMAINS, p["batch_size"])))
 
 
 def source_images_root(p: dict, ctx):
@@ -204,27 +195,16 @@ def train_feature_warmup(p: dict, ctx) -> dict:
     iters, horizon, batch_size, lr, momentum, weight_decay, power, d_lr; optional gan (default vanilla) and
     head_lr_mult (default: the model's own head multiplier), absent when default so older keys stay valid)."""
     from bench.models import build_discriminator
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
 
-    seed_everything(ctx.seed)
-    model = ctx.load_model("init")
-    disc = build_discriminator("feature", feature_channels(model, p["feature"]), channels=tuple(p["d_channels"]),
-                               all_leaky=p["d_all_leaky"])
-    specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                                        weight_decay=p["weight_decay"], power=p["power"],
-                                        head_lr_mult=p.get("head_lr_mult")),
-             "discriminator": OptimizerSpec("discriminator", kind="adam", lr=p["d_lr"], betas=(0.9, 0.99),
-                                            power=p["power"])}
-    losses = feature_adversarial_losses(model, disc, p["feature"], p["adv_weight"], p.get("gan", "vanilla"))
-    datasets = {"source": ctx.dataset("source"), "target_train": ctx.dataset("target_train", labels=False)}
-    trainer = Trainer({"segmenter": model, "discriminator": disc}, specs, losses, datasets,
-                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.copy_model_spec("init")
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"]}
+    def parts(model):
+        disc = build_discriminator("feature", feature_channels(model, p["feature"]), channels=tuple(p["d_channels"]),
+                                   all_leaky=p["d_all_leaky"])
+        losses = feature_adversarial_losses(model, disc, p["feature"], p["adv_weight"], p.get("gan", "vanilla"))
+        datasets = {"source": ctx.dataset("source"), "target_train": ctx.dataset("target_train", labels=False)}
+        return Parts(losses, datasets, {"discriminator": disc},
+                     {"discriminator": discriminator_spec("discriminator", p)})
+
+    return stage_result(train_segmenter(p, ctx, parts, dict.fromkeys(DOMAINS, p["batch_size"])))
 
 
 METHOD = Method("adaptsegnet", Config, stages)

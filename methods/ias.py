@@ -20,9 +20,20 @@ from __future__ import annotations
 import torch
 
 from bench.data.labels import IGNORE
+from methods.fields import field_group
 
 # IAST's released values (configs sl_*.yaml α, γ; default.py β; θ_0; the cap), read by every method's config
 DEFAULTS = {"alpha": 0.2, "beta": 0.9, "gamma": 8.0, "init": 0.9, "cap": 0.999}
+NOTES = {"alpha": "IAST configs sl_*.yaml PSEUDO_PL_ALPHA",
+         "beta": "IAST default.py PSEUDO_PL_BETA (threshold momentum)", "gamma": "IAST configs PSEUDO_PL_GAMMA",
+         "init": "IAST starts every class threshold at 0.9", "cap": "IAST replaces a threshold >= 1 by 0.999"}
+
+
+def config_fields(source: str, note: str = "") -> type:
+    """A Config mixin with the selector's settings ``ias_alpha`` … ``ias_cap`` at IAST's values, from ``source``
+    (``note`` prefixes where each value is in IAST's code)."""
+    return field_group(dict.fromkeys(DEFAULTS, float), "ias_", source=source,
+                       notes={k: note + v for k, v in NOTES.items()}, **DEFAULTS)
 
 
 def linear_percentile(values: torch.Tensor, q: float) -> torch.Tensor:

@@ -22,35 +22,39 @@ from operator import attrgetter
 
 import torch
 
-from methods.adversarial import output_space_losses, upsampled_softmax
+from methods.adversarial import level_weights, output_space_discriminators, output_space_losses, upsampled_softmax
 from methods.base import Method, Stage, param
-from methods.pixintrada.config import InterConfig
-from methods.pixintrada.inter import ground_truth_lookup, inter_stages, subset, target_probabilities, to_native
+from methods.pixintrada.config import InterConfig, intra_init_fields
+from methods.pixintrada.inter import (
+    ground_truth_lookup,
+    inter_stages,
+    start_from,
+    subset,
+    target_probabilities,
+    to_native,
+)
+from methods.training import ADAPTSEGNET, Parts, schedule, schedule_params, stage_result, train_segmenter
 
 VERSION = "1"
 # entropy.py's rare trainIds: wall, fence, pole, light, sign, terrain, rider, truck, bus, train, motorcycle
 RARE_CLASSES = (3, 4, 5, 6, 7, 9, 12, 14, 15, 16, 17)
 
 
+# ADVENT's schedule (intrada.yml and ADVENT's defaults): AdaptSegNet's, stopped at 120k
+IntraDASchedule = schedule(**{**ADAPTSEGNET, "iters": 120_000}, source="code", note="ADVENT",
+                           notes={"iters": "ADVENT's EARLY_STOP", "horizon": "ADVENT's MAX_ITERS: the poly horizon "
+                                                                            "(None = iters)",
+                                  "batch_size": "1 easy + 1 hard image (ADVENT's batch sizes)"})
+
+
 @dataclass
-class Config(InterConfig):
+class Config(InterConfig, IntraDASchedule, intra_init_fields("code", "intrada.yml RESTORE_FROM")):
     easy_fraction: float = param(0.67, "paper", "λ, the fraction of target images ranked easy (IntraDA; PixIntraDA "
                                                 "Table 5 sets λ = Prop.); 0 = no intra stage (INTER)")
     normalize: bool = param(False, "code", "entropy.py --normalize (rare-class normaliser), default off; its argparse "
                                            "type=bool turns the README's '--normalize False' on")
     split_size: tuple | None = param(None, "code", "W×H of G_inter's maps for the ranking and pseudo-labels (1024×512 "
                                                    "in entropy.py); None = G_inter's input, the suite's target resize")
-    intra_init: str = param("imagenet", "code", "G's init: imagenet (intrada.yml RESTORE_FROM) | inter (G_inter)")
-    intra_init_weights: str | None = param(None, "harness",
-                                           "G's init file for intra_init=imagenet; None = init_weights (IntraDA: "
-                                           "DeepLab_resnet_pretrained_imagenet.pth)")
-    iters: int = param(120_000, "code", "ADVENT's EARLY_STOP")
-    horizon: int | None = param(250_000, "code", "ADVENT's MAX_ITERS: the poly horizon (None = iters)")
-    batch_size: int = param(1, "code", "1 easy + 1 hard image (ADVENT's batch sizes)")
-    lr: float = param(2.5e-4, "code", "ADVENT")
-    momentum: float = param(0.9, "code", "ADVENT")
-    weight_decay: float = param(5e-4, "code", "ADVENT")
-    power: float = param(0.9, "code", "ADVENT")
     aux_weight: float = param(0.1, "code", "LAMBDA_SEG_AUX (ADVENT)")
     lambda_adv_main: float = param(0.001, "code", "intrada.yml LAMBDA_ADV_MAIN")
     lambda_adv_aux: float = param(0.0002, "code", "intrada.yml LAMBDA_ADV_AUX")
@@ -131,45 +135,31 @@ def rank_target(p: dict, ctx) -> dict:
 def train_intrada(p: dict, ctx) -> dict:
     """Stage ``intrada.train``: the easy split (pseudo-labelled) against the hard split with AdvEnt; with no hard
     image (λ = 1, the Prop. = 1 end) plain self-training on every image."""
-    from bench.models import build_discriminator
     from bench.pseudo import with_pseudo_labels
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
     from methods.source_only import supervised_losses
 
-    seed_everything(ctx.seed)
     ranking = json.loads((ctx.inputs["ranking"] / "ranking.json").read_text())
     easy = entropy_ranking(torch.tensor(ranking["scores"], dtype=torch.float64), p["easy_fraction"])
     easy_idx, hard_idx = easy.nonzero()[:, 0].tolist(), (~easy).nonzero()[:, 0].tolist()
     if not easy_idx:
         raise ValueError(f"easy_fraction={p['easy_fraction']} ranks none of {len(easy)} target images easy")
-    model = ctx.start_model(p)
-    aug = {k: v for k, v in (("scale", p["train_scale_range"]), ("crop", p["train_size"])) if v}
-    target = ctx.dataset("target_train", labels=False, options=aug)
-    datasets = {"easy": subset(with_pseudo_labels(target, ctx.inputs["ranking"] / "labels"), easy_idx)}
-    modules = {"segmenter": model}
-    specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                                        weight_decay=p["weight_decay"], power=p["power"])}
-    if hard_idx:
+
+    def parts(model):
+        aug = {k: v for k, v in (("scale", p["train_scale_range"]), ("crop", p["train_size"])) if v}
+        target = ctx.dataset("target_train", labels=False, options=aug)
+        datasets = {"easy": subset(with_pseudo_labels(target, ctx.inputs["ranking"] / "labels"), easy_idx)}
+        if not hard_idx:
+            return Parts(supervised_losses(model, "easy", p["aux_weight"]), datasets)
         datasets["hard"] = subset(target, hard_idx)
-        weights = {"main": p["lambda_adv_main"]}
-        if p["model_options"].get("aux"):
-            weights["aux"] = p["lambda_adv_aux"]
-        for lv in weights:
-            modules[f"d_{lv}"] = build_discriminator("output_space", 19, channels=tuple(p["d_channels"]))
-        specs["discriminator"] = OptimizerSpec([f"d_{lv}" for lv in weights], kind="adam", lr=p["d_lr"],
-                                               betas=(0.9, 0.99), power=p["power"])
-        losses = output_space_losses(model, {lv: modules[f"d_{lv}"] for lv in weights}, weights, p["aux_weight"],
-                                     source="easy", target="hard", d_input=entropy_input, d_upsample=p["d_upsample"])
-    else:
-        losses = supervised_losses(model, "easy", p["aux_weight"])
-    trainer = Trainer(modules, specs, losses, datasets,
-                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.record_model(p)
-    out = {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-           "iterations": fit["iterations"], "easy_images": len(easy_idx), "hard_images": len(hard_idx)}
+        weights = level_weights(p, "lambda_adv_main", "lambda_adv_aux")
+        discs, modules, optimizers = output_space_discriminators(p, weights)
+        losses = output_space_losses(model, discs, weights, p["aux_weight"], source="easy", target="hard",
+                                     d_input=entropy_input, d_upsample=p["d_upsample"])
+        return Parts(losses, datasets, modules, optimizers)
+
+    splits = ["easy"] + (["hard"] if hard_idx else [])
+    fit = train_segmenter(p, ctx, parts, dict.fromkeys(splits, p["batch_size"]))
+    out = {**stage_result(fit), "easy_images": len(easy_idx), "hard_images": len(hard_idx)}
     hits = [ranking["hits"][i] for i in easy_idx]
     if all(h is not None for h in hits):  # diagnostics only: the easy split's pseudo-label precision
         out["pl_precision"] = sum(hits) / sum(ranking["pixels"][i] for i in easy_idx)
@@ -189,18 +179,15 @@ def stages(cfg: Config) -> list[Stage]:
     split = list(cfg.split_size) if cfg.split_size else None
     rank = Stage("intrada.rank", "label", rank_target, {"split_size": split, "normalize": cfg.normalize},
                  upstream={"model": inter}, datasets=("target_train",), version=VERSION, seeded=False)
-    params = {"easy_fraction": cfg.easy_fraction, "iters": cfg.iters, "horizon": cfg.horizon,
-              "batch_size": cfg.batch_size, "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-              "power": cfg.power, "aux_weight": cfg.aux_weight, "lambda_adv_main": cfg.lambda_adv_main,
-              "lambda_adv_aux": cfg.lambda_adv_aux, "d_lr": cfg.d_lr, "d_channels": list(cfg.d_channels),
+    params = {"easy_fraction": cfg.easy_fraction, **schedule_params(cfg), "aux_weight": cfg.aux_weight,
+              "lambda_adv_main": cfg.lambda_adv_main, "lambda_adv_aux": cfg.lambda_adv_aux, "d_lr": cfg.d_lr,
+              "d_channels": list(cfg.d_channels),
               "d_upsample": cfg.d_upsample, "model_options": dict(cfg.model_options),
               "train_size": list(cfg.train_size) if cfg.train_size else None,
               "train_scale_range": list(cfg.train_scale_range) if cfg.train_scale_range else None}
-    upstream = {"ranking": rank}
-    if cfg.intra_init == "imagenet":
-        params.update(model=cfg.model, init_weights=cfg.intra_init_weights or cfg.init_weights)
-    else:
-        upstream["init"] = inter
+    start, init = start_from(cfg, cfg.intra_init, {"inter": inter})
+    params.update(start)
+    upstream = {"ranking": rank, **init}
     return out + [rank, Stage("intrada.train", "train", train_intrada, params, upstream=upstream,
                               datasets=("target_train",), version=VERSION)]
 

@@ -12,22 +12,20 @@ import torch.nn.functional as F
 
 from bench.data.labels import IGNORE
 from methods.base import Method, Stage, param, reads
+from methods.training import ADAPTSEGNET, ADAPTSEGNET_NOTES, SCHEDULE, Parts, schedule, stage_result, train_segmenter
+
+# AdaptSegNet's schedule as AdaptSegNet states it (its paper, else its code); adversarial.Config has it too
+AdaptSegNetSchedule = schedule(**ADAPTSEGNET, source="code", notes=ADAPTSEGNET_NOTES,
+                               sources=dict.fromkeys(("lr", "momentum", "power"), "paper"))
 
 
 @dataclass
-class Config:
+class Config(AdaptSegNetSchedule):
     train_domain: str = param("source", "harness", "which labelled dataset to train on: source | target_train")
     model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 as AdaptSegNet/ADVENT")
     model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "code",
                                 "AdaptSegNet: affine-frozen BN with batch statistics; layer3 aux head")
     init_weights: str | None = param(None, "harness", "local path to the DeepLab init (ImageNet/COCO)")
-    iters: int = param(150_000, "code", "AdaptSegNet stops at 150k")
-    horizon: int | None = param(250_000, "code", "AdaptSegNet's poly decays over 250k iterations")
-    batch_size: int = param(1, "code")
-    lr: float = param(2.5e-4, "paper")
-    momentum: float = param(0.9, "paper")
-    weight_decay: float = param(5e-4, "code")
-    power: float = param(0.9, "paper")
     aux_weight: float = param(0.1, "code", "λ_seg of the layer3 head (AdaptSegNet multi-level)")
 
 
@@ -56,33 +54,20 @@ def supervised_losses(model, domain: str, aux_weight: float):
 
 
 VERSION = "1"
-TRAIN_FIELDS = ("train_domain", "model", "model_options", "init_weights", "iters", "horizon", "batch_size", "lr",
-                "momentum", "weight_decay", "power", "aux_weight")
+TRAIN_FIELDS = ("train_domain", "model", "model_options", "init_weights", *SCHEDULE, "aux_weight")
 
 
 def train_supervised(p: dict, ctx) -> dict:
     """Stage ``source_only.train``: supervised training on ``ctx.dataset(p["train_domain"])`` — read from the
     upstream ``source_tree``'s ``tree/`` mirror when the stage has one (e.g. GPA-stylised source)."""
-    from bench.models import build_model
-    from bench.paths import resolve_root
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
-
-    seed_everything(ctx.seed)  # the initial weights depend on the seed too
-    init = p["init_weights"] and resolve_root(p["init_weights"])  # suites give repo-relative paths
-    model = build_model(p["model"], init_weights=init, **p["model_options"])
-    spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                         weight_decay=p["weight_decay"], power=p["power"])
     domain = p["train_domain"]
     root = ctx.inputs["source_tree"] / "tree" if "source_tree" in ctx.inputs else None
-    trainer = Trainer({"segmenter": model}, {"segmenter": spec},
-                      supervised_losses(model, domain, p["aux_weight"]), {domain: ctx.dataset(domain, root=root)},
-                      ctx.train_config(p["iters"], p["horizon"], {domain: p["batch_size"]}),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"], "resumed_from": fit["resumed_from"]}
+
+    def parts(model):
+        return Parts(supervised_losses(model, domain, p["aux_weight"]), {domain: ctx.dataset(domain, root=root)})
+
+    fit = train_segmenter(p, ctx, parts, {domain: p["batch_size"]})
+    return {**stage_result(fit), "resumed_from": fit["resumed_from"]}
 
 
 def train_stage(cfg: Config, source_tree: Stage | None = None) -> Stage:

@@ -221,11 +221,17 @@ def test_pseudo_label_ce_is_mean_over_active_pixels():
 
 def test_cag_objective_eq12_weights_and_ablation():
     t = {k: torch.tensor(v) for k, v in zip(cag.TERMS, [1.0, 2.0, 3.0, 4.0, 5.0])}
+
+    def total(terms, l1, l2):
+        return sum(cag.cag_objective(terms, l1, l2).values()).item()
+
     # paper: 1 + 0.3·(2+3) + 0.7·(4+5) = 1 + 1.5 + 6.3 = 8.8;  code: 1 + 0.7·5 + 0.5·9 = 9.0
-    assert cag.cag_objective(t, 0.3, 0.7).item() == pytest.approx(8.8)
-    assert cag.cag_objective(t, 0.7, 0.5).item() == pytest.approx(9.0)
+    assert total(t, 0.3, 0.7) == pytest.approx(8.8)
+    assert total(t, 0.7, 0.5) == pytest.approx(9.0)
+    weighted = cag.cag_objective(t, 0.3, 0.7)  # one weighted term per name, in TERMS order, for the trainer's log
+    assert list(weighted) == list(cag.TERMS) and weighted["dis_t"].item() == pytest.approx(0.9)
     # Table 4 "+L^t_CE": 1 + 0.7·4 = 3.8
-    assert cag.cag_objective({"ce_s": t["ce_s"], "ce_t": t["ce_t"]}, 0.3, 0.7).item() == pytest.approx(3.8)
+    assert total({"ce_s": t["ce_s"], "ce_t": t["ce_t"]}, 0.3, 0.7) == pytest.approx(3.8)
     with pytest.raises(ValueError, match="keys"):
         cag.cag_objective({"ce_s": t["ce_s"], "ce_x": t["ce_t"]}, 0.3, 0.7)
     with pytest.raises(ValueError, match="scalar"):

@@ -160,3 +160,16 @@ def test_every_config_field_reaches_a_stage_or_is_doc_only(method, extra):
     unread = sorted(f.name for f in dataclasses.fields(cls) if f.name not in reached | HARNESS_READ
                     and not f.metadata.get("doc_only"))
     assert not unread, f"{method}.Config fields no stage reads (mark doc_only or wire them): {unread}"
+
+
+def test_prefixed_schedules_read_their_own_fields_then_the_shared_ones():
+    """A warm-up schedule declares only what differs (CAG-UDA: iters, batch, lr); momentum, weight decay and power
+    are the stages'; a config without a horizon gives None (= iters)."""
+    from methods.training import schedule_params
+
+    cfg = make_config(cag_uda_pipeline.Config, {"warmup_lr": 1e-3, "momentum": 0.8})
+    p = schedule_params(cfg, "warmup_")
+    assert p == {"iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size, "lr": 1e-3,
+                 "momentum": 0.8, "weight_decay": cfg.weight_decay, "power": cfg.power}
+    with pytest.raises(KeyError, match="stage_lr"):
+        schedule_params({"iters": 1}, "stage_", ("lr",))

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from bench.checkpoint import list_checkpoints
 from bench.progress import TrainProgress
 from bench.schedule import OptimizerSpec, apply_lr, build_optimizer, poly_lr
-from bench.train import NonFiniteLossError, TrainConfig, Trainer
+from bench.train import NonFiniteLossError, Recipe, TrainConfig, Trainer
 
 # ------------------------------------------------------------------------------------------- fixtures
 
@@ -383,3 +383,39 @@ def test_bf16_autocast_runs_on_cpu():
     trainer, rec = make_trainer(max_iters=2, amp="bf16")
     trainer.fit()
     assert all(math.isfinite(v) for v in rec.steps[2].values())
+
+
+# ------------------------------------------------------------------------------------------ deferred build
+def _recipe(seg: nn.Module, disc: nn.Module) -> Recipe:
+    return Recipe({"segmenter": seg, "discriminator": disc},
+                  {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=0.01),
+                   "discriminator": OptimizerSpec("discriminator", kind="adam", lr=1e-3)},
+                  adversarial_losses(seg, disc), {"source": ToyDataset(10, 1), "target": ToyDataset(7, 2, shift=0.3)})
+
+
+def test_deferred_build_is_seeded_and_training_starts_from_the_fresh_seed():
+    """A deferred build draws its initial weights from the seeded RNGs, and training then runs exactly as when a
+    stage seeds, builds and hands the trainer its modules (which seeds again): the one seeding replaces both."""
+    cfg = TrainConfig(max_iters=5, batch_sizes={"source": 4, "target": 3}, seed=3, log_every=0, device="cpu")
+    torch.manual_seed(cfg.seed)
+    eager = Trainer(*astuple_recipe(_recipe(TinySeg(), tiny_disc())), cfg)
+    eager_fit = eager.fit()
+
+    def build():
+        recipe = _recipe(TinySeg(), tiny_disc())
+        torch.rand(7)  # whatever else the build draws or seeds must not move the training streams
+        torch.manual_seed(99)
+        random.seed(99)
+        return recipe
+
+    torch.manual_seed(12345)  # no effect: the trainer seeds before it builds
+    deferred = Trainer.deferred(build, cfg)
+    assert deferred.modules == {}
+    fit = deferred.fit()
+    assert fit["metrics"] == eager_fit["metrics"]
+    for name in ("segmenter", "discriminator"):
+        assert_same(deferred.modules[name].state_dict(), eager.modules[name].state_dict())
+
+
+def astuple_recipe(r: Recipe) -> tuple:
+    return r.modules, r.optimizers, r.losses, r.datasets

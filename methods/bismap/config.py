@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from methods import ias
 from methods.base import PaperTable, Study, param
-from methods.ias import DEFAULTS as IAS
+from methods.training import schedule
 
 _GTA5_ENTROPY_CODE = (0.1502, 0.2935, 0.1362, 0.4436, 0.4393, 0.2795, 0.3139, 0.3106, 0.1068, 0.3195, 0.0719,
                       0.2364, 0.4754, 0.0986, 0.3673, 0.4127, 0.4826, 0.5645, 0.6694)
@@ -16,8 +17,19 @@ _GTA5_SAMPLE_RATES_CODE = (0.002, 0.01, 0.003, 0.1, 0.1, 0.1, 1.0, 1.0, 0.01, 0.
                            1.0, 1.0, 1.0)
 
 
+# the paper's one optimiser setting (SGD, poly 0.9), for every train stage; the stages' lengths and batches below
+Optimiser = schedule(lr=5e-4, momentum=0.9, weight_decay=5e-4, power=0.9)
+# stage W, the warm-up: its own batch, lr and length
+WarmupSchedule = schedule("warmup_", iters=90_000, batch_size=8, lr=5e-4, notes={
+    "batch_size": "no warm-up code released; the checkpoint is. Table 4's '+STM' row trains with W's batch, lr and "
+                  "iterations (it has no target term), so it differs from the baseline by the STM alone; rows with a "
+                  "target term use st_batch_*",
+    "lr": "SGD 5e-4, poly 0.9 (the paper's one optimiser setting), head_lr_mult as self-training; W uses the "
+          "self-training's scale, crop, flip and colour jitter (inferred: the paper states one augmentation, no code)"})
+
+
 @dataclass
-class Config:
+class Config(ias.config_fields("code"), Optimiser, WarmupSchedule):  # ias_*: IAS-PLA (Table 3) as IAST's code
     # -- variants (Tables 3-5)
     pla: str = param("maps", "paper", "pseudo-label assignment: maps | cas (CAG anchors) | ias (IAST selector) | "
                      "none (no target labels: Table 4's baseline and +STM rows); Table 3 compares the first three "
@@ -30,15 +42,10 @@ class Config:
     cas_anchor_pixels: str = param("correct", "inferred", "CAs anchors = class means of the MAPs feature pool "
                                    "(GT = prediction, after the code's subsampling), so only the density model "
                                    "differs from MAPs-PLA | all (CAG paper Eq. 4: every GT pixel)")
-    ias_alpha: float = param(IAS["alpha"], "code", "IAST configs sl_*.yaml PSEUDO_PL_ALPHA")
-    ias_beta: float = param(IAS["beta"], "code", "IAST default.py PSEUDO_PL_BETA (threshold momentum)")
-    ias_gamma: float = param(IAS["gamma"], "code", "IAST configs PSEUDO_PL_GAMMA")
-    ias_init: float = param(IAS["init"], "code", "IAST starts every class threshold at 0.9")
-    ias_cap: float = param(IAS["cap"], "code", "IAST replaces a threshold >= 1 by 0.999")
     pl_ratio_target: float | None = param(None, "harness", "MAPs/CAs only: set δ (Δd) so that this fraction of "
                                           "target-train pixels is labelled (a label-free quantile of the scores; "
                                           "e.g. 0.613, the ratio of the paper's δ = 100); None = the fixed value")
-    # -- network and GPA warm-up (stage W)
+    # -- network and GPA warm-up (stage W; its schedule: WarmupSchedule)
     model: str = param("deeplabv3plus_r101", "paper", "DeepLab-v3+ R101 (OS16), ImageNet init; code agrees")
     normalize: str | None = param("imagenet", "code", "RGB/255 with ImageNet mean/std, for every stage and the "
                                   "evaluation (overrides the suite's, e.g. Caffe for DeepLab-v2); None = the suite's")
@@ -51,13 +58,6 @@ class Config:
     gpa_pair_seed: int | None = param(None, "harness", "seed of the random source→target pairing "
                                       "(methods.gpa.pair_targets): None = the run's seed (one GPA tree per seed); "
                                       "an int fixes the pairing and shares one tree across seeds")
-    warmup_iters: int = param(90_000, "paper")
-    warmup_batch_size: int = param(8, "paper", "no warm-up code released; the checkpoint is. Table 4's '+STM' row "
-                                   "trains with W's batch, lr and iterations (it has no target term), so it differs "
-                                   "from the baseline by the STM alone; rows with a target term use st_batch_*")
-    warmup_lr: float = param(5e-4, "paper", "SGD 5e-4, poly 0.9 (the paper's one optimiser setting), head_lr_mult "
-                             "as self-training; W uses the self-training's scale, crop, flip and colour jitter "
-                             "(inferred: the paper states one augmentation, no code)")
     native_resolution: bool = param(True, "code", "labelling, STM and every train stage (warm-up included) read "
                                     "source and target at their native size (GTA5 1914x1052, Cityscapes 2048x1024; "
                                     "SYNTHIA resized to synthia_resize), not the suite's resize")
@@ -111,16 +111,12 @@ class Config:
     st_iters: int = param(90_000, "paper")
     st_batch_source: int = param(4, "paper")
     st_batch_target: int = param(4, "paper")
-    lr: float = param(5e-4, "paper")
     head_lr_mult: float = param(1.0, "paper", "every train stage (warm-up, self-training, distillation); the paper "
                                 "states one lr; code: 10 (head_10x_lr)")
     lr_warmup_iters: int = param(0, "paper", "code: 400 linear warm-up iterations (from 0)")
     eta_min: float = param(0.0, "paper", "code: poly decays to 1e-7; the harness's poly ends at 0, so only 0 is "
                            "accepted")
     hflip: bool = param(True, "code", "random horizontal flip (p 0.5) of source and target crops")
-    momentum: float = param(0.9, "paper")
-    weight_decay: float = param(5e-4, "paper")
-    power: float = param(0.9, "paper")
     crop: tuple = param((896, 512), "paper", "W×H random crop")
     scale_range: tuple = param((0.5, 1.5), "paper", "random rescale; code draws the width from U(0.5,1.5)·2200 "
                                "(source) / ·2048 (target)")

@@ -129,6 +129,60 @@ def fit_class_gmms(features: torch.Tensor, labels: torch.Tensor, num_classes: in
     their class mean first (EM is translation-equivariant) so float32's expanded distances stay accurate.
     Returns a ClassGMMs with weights [C,K], means [C,K,D], variances [C,K,D] in that dtype.
     """
+    _check_gmm_inputs(features, labels, num_classes, n_components, max_samples, init)
+    dt = dtype or (torch.float64 if features.dtype == torch.float64 else torch.float32)
+    dev, d, k = features.device, features.shape[1], n_components
+    min_samples = 10 * k if min_samples is None else max(int(min_samples), k)
+    explicit = hasattr(init, "means")
+    if explicit:
+        _check_explicit_init(init, num_classes, k, d)
+    nan = float("nan")
+    out_w = torch.full((num_classes, k), nan, dtype=dt, device=dev)
+    out_mu = torch.full((num_classes, k, d), nan, dtype=dt, device=dev)
+    out_var = torch.full((num_classes, k, d), nan, dtype=dt, device=dev)
+    n_used = torch.zeros(num_classes, dtype=torch.long)
+    n_iter = torch.zeros(num_classes, dtype=torch.long)
+    converged = torch.zeros(num_classes, dtype=torch.bool)
+    bound = torch.full((num_classes,), nan, dtype=torch.float64)
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().squeeze(1)
+        if idx.numel() < min_samples or (explicit and bool(torch.isnan(init.means[c]).any())):
+            continue
+        gen = _class_generator(seed, c)
+        if idx.numel() > max_samples:
+            idx = idx[torch.randperm(idx.numel(), generator=gen)[:max_samples].to(idx.device)]
+        x = features[idx].to(dt)
+        centre = x.mean(0)
+        x = x - centre
+        xx = torch.cat([x, x * x], 1)
+        if explicit:
+            start = (init.weights[c].to(dev, dt), init.means[c].to(dev, dt) - centre, init.variances[c].to(dev, dt))
+        else:
+            start = _estimate(xx, _kmeans_resp(x, k, init, gen, kmeans_iters), reg_covar)
+        (w, mu, var), n_iter[c], bound[c], converged[c] = _em(xx, start, max_iter, tol, reg_covar)
+        out_w[c], out_mu[c], out_var[c], n_used[c] = w, mu + centre, var, x.shape[0]
+    return ClassGMMs(out_w, out_mu, out_var, n_used, n_iter, converged, bound)
+
+
+def _em(xx: torch.Tensor, params: tuple, max_iter: int, tol: float, reg: float):
+    """scikit-learn's diag EM from ``params`` = (π, μ, σ²) on xx = [x, x²]: E-step (its mean log-likelihood is
+    the lower bound), M-step, stop once the bound moves less than ``tol``. → ((π, μ, σ²), iterations run, the
+    last lower bound (NaN when ``max_iter`` is 0), converged)."""
+    w, mu, var = params
+    lb = -math.inf
+    for it in range(1, max_iter + 1):
+        prev = lb
+        log_prob = _log_gauss(xx, mu, var) + torch.log(w)
+        log_norm = torch.logsumexp(log_prob, 1, keepdim=True)
+        lb = float(log_norm.mean())
+        w, mu, var = _estimate(xx, torch.exp(log_prob - log_norm), reg)
+        if abs(lb - prev) < tol:
+            return (w, mu, var), it, lb, True
+    return (w, mu, var), max_iter, lb if max_iter else float("nan"), False
+
+
+def _check_gmm_inputs(features, labels, num_classes: int, n_components: int, max_samples: int, init) -> None:
+    """fit_class_gmms' argument checks: one clear error per bad input."""
     if features.ndim != 2 or labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ValueError(f"features/labels: expected [N, D] and [N], got {tuple(features.shape)} and "
                          f"{tuple(labels.shape)}")
@@ -146,55 +200,15 @@ def fit_class_gmms(features: torch.Tensor, labels: torch.Tensor, num_classes: in
         raise ValueError("features: NaN or infinite entries")
     if init not in ("kmeans", "random") and not hasattr(init, "means"):
         raise ValueError(f"init: expected 'kmeans', 'random' or an object with weights/means/variances, got {init!r}")
-    dt = dtype or (torch.float64 if features.dtype == torch.float64 else torch.float32)
-    dev, d, k = features.device, features.shape[1], n_components
-    min_samples = 10 * k if min_samples is None else max(int(min_samples), k)
-    if hasattr(init, "means"):
-        shapes = (tuple(init.weights.shape), tuple(init.means.shape), tuple(init.variances.shape))
-        if shapes != ((num_classes, k), (num_classes, k, d), (num_classes, k, d)):
-            raise ValueError(f"init: expected weights [{num_classes},{k}], means/variances [{num_classes},{k},{d}],"
-                             f" got {shapes}")
-        if (init.variances <= 0).any() or (init.weights < 0).any():
-            raise ValueError("init: variances must be > 0 and weights >= 0 (NaN rows mark classes to skip)")
-    nan = float("nan")
-    out_w = torch.full((num_classes, k), nan, dtype=dt, device=dev)
-    out_mu = torch.full((num_classes, k, d), nan, dtype=dt, device=dev)
-    out_var = torch.full((num_classes, k, d), nan, dtype=dt, device=dev)
-    n_used = torch.zeros(num_classes, dtype=torch.long)
-    n_iter = torch.zeros(num_classes, dtype=torch.long)
-    converged = torch.zeros(num_classes, dtype=torch.bool)
-    bound = torch.full((num_classes,), nan, dtype=torch.float64)
-    for c in range(num_classes):
-        idx = (labels == c).nonzero().squeeze(1)
-        explicit = hasattr(init, "means")
-        if idx.numel() < min_samples or (explicit and bool(torch.isnan(init.means[c]).any())):
-            continue
-        gen = _class_generator(seed, c)
-        if idx.numel() > max_samples:
-            idx = idx[torch.randperm(idx.numel(), generator=gen)[:max_samples].to(idx.device)]
-        x = features[idx].to(dt)
-        centre = x.mean(0)
-        x = x - centre
-        xx = torch.cat([x, x * x], 1)
-        if explicit:
-            w = init.weights[c].to(dev, dt)
-            mu = init.means[c].to(dev, dt) - centre
-            var = init.variances[c].to(dev, dt)
-        else:
-            w, mu, var = _estimate(xx, _kmeans_resp(x, k, init, gen, kmeans_iters), reg_covar)
-        lb = -math.inf
-        for it in range(1, max_iter + 1):
-            prev = lb
-            log_prob = _log_gauss(xx, mu, var) + torch.log(w)
-            log_norm = torch.logsumexp(log_prob, 1, keepdim=True)
-            lb = float(log_norm.mean())
-            w, mu, var = _estimate(xx, torch.exp(log_prob - log_norm), reg_covar)
-            n_iter[c], bound[c] = it, lb
-            if abs(lb - prev) < tol:
-                converged[c] = True
-                break
-        out_w[c], out_mu[c], out_var[c], n_used[c] = w, mu + centre, var, x.shape[0]
-    return ClassGMMs(out_w, out_mu, out_var, n_used, n_iter, converged, bound)
+
+
+def _check_explicit_init(init, num_classes: int, k: int, d: int) -> None:
+    shapes = (tuple(init.weights.shape), tuple(init.means.shape), tuple(init.variances.shape))
+    if shapes != ((num_classes, k), (num_classes, k, d), (num_classes, k, d)):
+        raise ValueError(f"init: expected weights [{num_classes},{k}], means/variances [{num_classes},{k},{d}],"
+                         f" got {shapes}")
+    if (init.variances <= 0).any() or (init.weights < 0).any():
+        raise ValueError("init: variances must be > 0 and weights >= 0 (NaN rows mark classes to skip)")
 
 
 def log_density(gmms, features: torch.Tensor, chunk_size: int = 65_536) -> torch.Tensor:

@@ -176,44 +176,63 @@ def label_target(p: dict, ctx) -> dict:
                 f, logits = _feature_and_logits(model, x, p["feature"], p["flip"])
             yield i, f, logits, tuple(x.shape[-2:])
 
-    threshold = selector = None
     if p["pla"] in ("maps", "cas") and p["ratio_target"] is not None:
-        threshold = ratio_threshold(p, images(), gmms, anchors, ctx.seed)
         result["pl_ratio_target"] = p["ratio_target"]
-    elif p["pla"] == "maps":
-        threshold = delta_for_source(p, ctx)
-    elif p["pla"] == "cas":
-        threshold = float(p["delta_d"])
-    else:
-        selector = ias.IASSelector(NUM_CLASSES, p["ias_alpha"], p["ias_beta"], p["ias_gamma"], p["ias_init"],
-                                   p["ias_cap"])
+    threshold, selector = _rule(p, ctx, images, gmms, anchors)
     gt = ctx.ground_truth("target_train")
     gt_index = {s.name: j for j, s in enumerate(gt.samples)} if gt is not None else {}
-    stats = LabelStats()
-    ent_sum = torch.zeros(NUM_CLASSES, dtype=torch.float64)
-    ent_n = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+    stats, entropy = LabelStats(), ClassEntropy()
     for i, f, logits, size in images():
         probs = torch.softmax(upsample(logits, size), 1)
         if p["pla"] == "ias":
             lab = selector(probs[0])
         else:
             lab = pseudo_labels(p, f, size, gmms, anchors, threshold)
-        flat = lab.reshape(-1)
-        mean = bm.mean_class_entropy(probs[0].reshape(NUM_CLASSES, -1).T, flat, NUM_CLASSES).cpu()
-        n = torch.bincount(flat[flat != IGNORE].cpu(), minlength=NUM_CLASSES).double()
-        ent_sum += torch.nan_to_num(mean) * n
-        ent_n += n
+        entropy.update(probs[0], lab)
         arr = lab.cpu().numpy().astype(np.uint8)
         save_label(ctx.out_dir / LABEL_DIR, i, arr)
         name = ds.samples[i].name
         stats.update(arr, gt.raw(gt_index[name])[1] if name in gt_index else None)
-    entropy = torch.where(ent_n > 0, ent_sum / ent_n.clamp_min(1), torch.full_like(ent_sum, float("nan")))
+    entropy = entropy.means()
     torch.save(entropy, ctx.out_dir / "class_entropy.pt")
     if threshold is not None:
         result["threshold"] = threshold
     if p["pla"] == "ias":
         result["ias_final_thresholds"] = selector.theta.tolist()
     return {**result, **stats.summary("pl_"), "class_entropy": entropy.tolist()}
+
+
+def _rule(p: dict, ctx, images, gmms, anchors):
+    """(threshold, selector) of ``p["pla"]``: MAPs' δ and CAs' Δd, fixed or chosen for ``p["ratio_target"]``
+    over ``images()``; or IAST's selector (no threshold)."""
+    if p["pla"] in ("maps", "cas") and p["ratio_target"] is not None:
+        return ratio_threshold(p, images(), gmms, anchors, ctx.seed), None
+    if p["pla"] == "maps":
+        return delta_for_source(p, ctx), None
+    if p["pla"] == "cas":
+        return float(p["delta_d"]), None
+    return None, ias.IASSelector(NUM_CLASSES, p["ias_alpha"], p["ias_beta"], p["ias_gamma"], p["ias_init"],
+                                 p["ias_cap"])
+
+
+class ClassEntropy:
+    """e_c (Eq. 8's input): the mean prediction entropy of the pixels pseudo-labelled c, over every image."""
+
+    def __init__(self) -> None:
+        self.sum = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+        self.n = torch.zeros(NUM_CLASSES, dtype=torch.float64)
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        """probs ``[C, H, W]`` softmax, labels ``[H, W]`` (IGNORE = unlabelled) of one image."""
+        flat = labels.reshape(-1)
+        mean = bm.mean_class_entropy(probs.reshape(NUM_CLASSES, -1).T, flat, NUM_CLASSES).cpu()
+        n = torch.bincount(flat[flat != IGNORE].cpu(), minlength=NUM_CLASSES).double()
+        self.sum += torch.nan_to_num(mean) * n
+        self.n += n
+
+    def means(self) -> torch.Tensor:
+        """float64 ``[C]``; NaN for a class no pixel was labelled with."""
+        return torch.where(self.n > 0, self.sum / self.n.clamp_min(1), torch.full_like(self.sum, float("nan")))
 
 
 def ratio_threshold(p: dict, images, gmms, anchors, seed: int) -> float:

@@ -20,6 +20,7 @@ from methods.bismap.config import STUDIES, TABLES, Config
 from methods.bismap.labels import distill_labels, fit_maps, label_target
 from methods.bismap.stm import build_stm
 from methods.bismap.train import train_bismap
+from methods.training import schedule_params
 
 VERSION = "1"
 CHOICES = {"pla": ("maps", "cas", "ias", "none"), "kd": ("paper", "code"), "consistency_views": ("paper", "code"),
@@ -63,8 +64,7 @@ def warmup_config(cfg: Config) -> source_only.Config:
     BiSMAP's warm-up (``warmup_stage``); kept for comparisons with the older wiring."""
     return make_config(source_only.Config, {
         "model": cfg.model, "model_options": dict(cfg.model_options), "init_weights": cfg.init_weights,
-        "iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size, "lr": cfg.warmup_lr,
-        "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "power": cfg.power, "aux_weight": 0.0})
+        **schedule_params(cfg, "warmup_"), "aux_weight": 0.0})
 
 
 def warmup_stage(cfg: Config, gpa: Stage | None) -> Stage:
@@ -103,14 +103,13 @@ def train_params(cfg: Config, mode: str, consistency: bool, labels: bool) -> dic
     if distill:  # SimCLRv2 R101 is a local file or nothing: without it, the ImageNet init (recorded)
         init = "warmup" if cfg.distill_student_init == "warmup" else "imagenet"
     simclr = distill and cfg.distill_student_init == "simclrv2_r101"
+    prefix = "distill_" if distill else "warmup_" if source_only_recipe else "st_"  # iters (and W's lr) by stage
     p = {"mode": mode, "model": cfg.model, "model_options": dict(cfg.model_options), "init": init,
          "init_weights": cfg.init_weights, "student_weights": cfg.distill_student_weights if simclr else None,
-         "iters": cfg.distill_iters if distill else cfg.warmup_iters if source_only_recipe else cfg.st_iters,
+         **schedule_params(cfg, prefix, ("iters", "lr", "momentum", "weight_decay", "power")),
          "batch_source": cfg.warmup_batch_size if source_only_recipe else cfg.st_batch_source,
-         "batch_target": cfg.st_batch_target, "lr": cfg.warmup_lr if source_only_recipe else cfg.lr,
-         "head_lr_mult": cfg.head_lr_mult,
-         "lr_warmup_iters": cfg.lr_warmup_iters, "eta_min": cfg.eta_min, "momentum": cfg.momentum,
-         "weight_decay": cfg.weight_decay, "power": cfg.power, "crop": _list(cfg.crop),
+         "batch_target": cfg.st_batch_target, "head_lr_mult": cfg.head_lr_mult,
+         "lr_warmup_iters": cfg.lr_warmup_iters, "eta_min": cfg.eta_min, "crop": _list(cfg.crop),
          "scale_range": _list(cfg.scale_range), "hflip": cfg.hflip, "native_resolution": cfg.native_resolution,
          "synthia_resize": _list(cfg.synthia_resize), "jitter_source": _list(cfg.jitter_source),
          "jitter_target": _list(cfg.jitter_target), "consistency": consistency}
@@ -140,58 +139,40 @@ def _list(v):
     return list(v) if isinstance(v, (tuple, list)) else v
 
 
-def stages(cfg: Config) -> list[Stage]:
-    """Every stage of one BiSMAP configuration, upstream first; the last is the model the harness evaluates."""
-    from methods.gpa import gpa_stage
+def maps_stage(cfg: Config, warm: Stage, src: dict) -> Stage:
+    """Stage P2: the class GMMs (MAPs) of the warm-up's source features."""
+    fit = {"feature": cfg.gmm_feature, "components": cfg.gmm_components, "max_samples": cfg.gmm_max_samples,
+           "max_iter": cfg.gmm_max_iter, "tol": cfg.gmm_tol, "reg_covar": cfg.gmm_reg_covar,
+           "init": cfg.gmm_init, "min_samples": cfg.gmm_min_samples, "sample_rates": list(cfg.gmm_sample_rates),
+           "pool_cap": cfg.gmm_pool_cap, "native_resolution": cfg.native_resolution,
+           "synthia_resize": _list(cfg.synthia_resize)}
+    return Stage("bismap.maps", "fit", fit_maps, fit, upstream={"model": warm, **src}, datasets=("source",),
+                 version=VERSION)
 
-    check(cfg)
-    out: list[Stage] = []
-    gpa = gpa_stage(cfg.gpa_gamma, cfg.gpa_pair_seed) if cfg.gpa else None
-    src = {"source_tree": gpa} if gpa else {}
-    warm = warmup_stage(cfg, gpa)
-    out += [s for s in (gpa, warm) if s is not None]
-    stm_labels = cfg.use_stm and cfg.stm_entropy == "pseudo_labels"  # e_c needs the MAPs pseudo-labels
-    maps = maps_labels = labels = stm = None
-    if cfg.pla in ("maps", "cas") or stm_labels:
-        fit = {"feature": cfg.gmm_feature, "components": cfg.gmm_components, "max_samples": cfg.gmm_max_samples,
-               "max_iter": cfg.gmm_max_iter, "tol": cfg.gmm_tol, "reg_covar": cfg.gmm_reg_covar,
-               "init": cfg.gmm_init, "min_samples": cfg.gmm_min_samples, "sample_rates": list(cfg.gmm_sample_rates),
-               "pool_cap": cfg.gmm_pool_cap, "native_resolution": cfg.native_resolution,
-               "synthia_resize": _list(cfg.synthia_resize)}
-        maps = Stage("bismap.maps", "fit", fit_maps, fit, upstream={"model": warm, **src}, datasets=("source",),
-                     version=VERSION)
-        out.append(maps)
-    if cfg.pla == "maps" or stm_labels:
-        maps_labels = label_stage(cfg, "maps", warm, maps)
-        out.append(maps_labels)
-    if cfg.pla != "none":
-        labels = maps_labels if cfg.pla == "maps" else label_stage(cfg, cfg.pla, warm, maps)
-        if labels is not maps_labels:
-            out.append(labels)
-    if cfg.use_stm:  # one STM per warm-up: e_c from the MAPs labels whatever the PLA (Table 3 shares it)
-        sp = {"encoders": list(cfg.stm_encoders), "encoder_weights": stm_encoder_weights(cfg),
-              "input_size": list(cfg.stm_input_size), "grid": list(cfg.stm_grid), "clusters": cfg.stm_clusters,
-              "kmeans_samples": cfg.stm_kmeans_samples, "kmeans_seed": cfg.stm_kmeans_seed, "d_mean": cfg.stm_d_mean,
-              "entropy": cfg.stm_entropy}
-        if "backbone" in cfg.stm_encoders:  # only then, so the other suites' keys stay as they were
-            sp.update(model=cfg.model)
-        up = {"warmup": warm, **src}
-        if cfg.stm_entropy == "pseudo_labels":
-            up["labels"] = maps_labels
-        else:
-            sp.update(entropy_gta5_code=list(cfg.stm_entropy_gta5_code),
-                      entropy_synthia_code=list(cfg.stm_entropy_synthia_code))
-        stm = Stage("bismap.stm", "fit", build_stm, sp, upstream=up, datasets=("source", "target_train"),
-                    version=VERSION)
-        out.append(stm)
-    model = warm
-    if labels is not None or cfg.use_stm or cfg.use_consistency:
-        up = {**src, **({"labels": labels} if labels else {}), **({"stm": stm} if stm else {}),
-              **({"init": warm} if cfg.st_init == "warmup" else {})}
-        model = Stage("bismap.self_train", "train", train_bismap,
-                      train_params(cfg, "self_train", cfg.use_consistency, labels is not None), upstream=up,
-                      datasets=("source", "target_train"), version=VERSION)
-        out.append(model)
+
+def stm_stage(cfg: Config, warm: Stage, src: dict, maps_labels: Stage | None) -> Stage:
+    """Stage P1: the source transferability map; one per warm-up, e_c from the MAPs labels whatever the PLA (so
+    Table 3's rows share it) or the code's constants."""
+    sp = {"encoders": list(cfg.stm_encoders), "encoder_weights": stm_encoder_weights(cfg),
+          "input_size": list(cfg.stm_input_size), "grid": list(cfg.stm_grid), "clusters": cfg.stm_clusters,
+          "kmeans_samples": cfg.stm_kmeans_samples, "kmeans_seed": cfg.stm_kmeans_seed, "d_mean": cfg.stm_d_mean,
+          "entropy": cfg.stm_entropy}
+    if "backbone" in cfg.stm_encoders:  # only then, so the other suites' keys stay as they were
+        sp.update(model=cfg.model)
+    up = {"warmup": warm, **src}
+    if cfg.stm_entropy == "pseudo_labels":
+        up["labels"] = maps_labels
+    else:
+        sp.update(entropy_gta5_code=list(cfg.stm_entropy_gta5_code),
+                  entropy_synthia_code=list(cfg.stm_entropy_synthia_code))
+    return Stage("bismap.stm", "fit", build_stm, sp, upstream=up, datasets=("source", "target_train"),
+                 version=VERSION)
+
+
+def distill_stages(cfg: Config, model: Stage, warm: Stage, src: dict, stm: Stage | None) -> list[Stage]:
+    """Stage D, ``distill_rounds`` times: the previous model's multi-scale labels, then a student trained on them
+    with the KD term against that model."""
+    out = []
     for _ in range(cfg.distill_rounds):
         dl = Stage("bismap.distill_label", "label", distill_labels,
                    {"scales": list(cfg.distill_pl_scales), "threshold": cfg.distill_pl_threshold,
@@ -204,6 +185,41 @@ def stages(cfg: Config) -> list[Stage]:
                       version=VERSION)
         out += [dl, model]
     return out
+
+
+def stages(cfg: Config) -> list[Stage]:
+    """Every stage of one BiSMAP configuration, upstream first; the last is the model the harness evaluates."""
+    from methods.gpa import gpa_stage
+
+    check(cfg)
+    gpa = gpa_stage(cfg.gpa_gamma, cfg.gpa_pair_seed) if cfg.gpa else None
+    src = {"source_tree": gpa} if gpa else {}
+    warm = warmup_stage(cfg, gpa)
+    out: list[Stage] = [s for s in (gpa, warm) if s is not None]
+    stm_labels = cfg.use_stm and cfg.stm_entropy == "pseudo_labels"  # e_c needs the MAPs pseudo-labels
+    maps = maps_labels = labels = stm = None
+    if cfg.pla in ("maps", "cas") or stm_labels:
+        maps = maps_stage(cfg, warm, src)
+        out.append(maps)
+    if cfg.pla == "maps" or stm_labels:
+        maps_labels = label_stage(cfg, "maps", warm, maps)
+        out.append(maps_labels)
+    if cfg.pla != "none":
+        labels = maps_labels if cfg.pla == "maps" else label_stage(cfg, cfg.pla, warm, maps)
+        if labels is not maps_labels:
+            out.append(labels)
+    if cfg.use_stm:
+        stm = stm_stage(cfg, warm, src, maps_labels)
+        out.append(stm)
+    model = warm
+    if labels is not None or cfg.use_stm or cfg.use_consistency:
+        up = {**src, **({"labels": labels} if labels else {}), **({"stm": stm} if stm else {}),
+              **({"init": warm} if cfg.st_init == "warmup" else {})}
+        model = Stage("bismap.self_train", "train", train_bismap,
+                      train_params(cfg, "self_train", cfg.use_consistency, labels is not None), upstream=up,
+                      datasets=("source", "target_train"), version=VERSION)
+        out.append(model)
+    return out + distill_stages(cfg, model, warm, src, stm)
 
 
 METHOD = Method("bismap", Config, stages, paper=Paper("bismap", "BiSMAP"), tables=TABLES, studies=STUDIES,

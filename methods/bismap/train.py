@@ -17,6 +17,7 @@ from methods.bismap import augment as aug
 from methods.bismap import equations as bm
 from methods.bismap.labels import native_for, source_tree
 from methods.source_only import segmentation_ce
+from methods.training import Parts, stage_result, train_segmenter
 
 
 @torch.no_grad()
@@ -92,16 +93,6 @@ def bismap_losses(model, p: dict, seed: int, norm: str, teacher=None, kd_teacher
     return losses
 
 
-def _initial_model(p: dict, ctx, weights: str | None):
-    from bench.models import build_model
-    from bench.paths import resolve_root
-
-    if p["init"] == "warmup":
-        return ctx.load_model("init"), "warmup"
-    path = weights and resolve_root(weights)
-    return build_model(p["model"], init_weights=path, **p["model_options"]), str(weights or "random")
-
-
 def train_options(p: dict, dataset: str, domain: str) -> dict:
     """The transform overrides of a BiSMAP train stage for ``domain`` (a ``dataset`` name): native resolution
     (SYNTHIA source: ``synthia_resize``), the random scale, the crop and the flip."""
@@ -113,44 +104,40 @@ def train_bismap(p: dict, ctx) -> dict:
     """Stages ``bismap.self_train`` and ``bismap.distill`` (``p["mode"]``): the model from ``p["init"]``
     (ImageNet weights, or the warm-up model), the GPA source (with STM weights when the stage reads an STM), the
     target with the upstream label stage's pseudo-labels, and the terms of :func:`bismap_losses`."""
-    from bench.pseudo import LABEL_DIR, with_pseudo_labels
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
-    from methods.bismap.stm import WEIGHT_DIR, Weighted
-
     if p["eta_min"] != 0:
         raise ValueError(f"eta_min: {p['eta_min']}; the harness's poly schedule decays to 0 (bench.schedule has no "
                          "floor), so only 0 is accepted")
-    seed_everything(ctx.seed)
-    distill = p["mode"] == "distill"
-    model, init_name = _initial_model(p, ctx, p["student_weights"] or p["init_weights"])
+    sizes = {"source": p["batch_source"]}
+    if "labels" in ctx.inputs or p["consistency"]:
+        sizes["target_train"] = p["batch_target"]
+    weights = p["student_weights"] or p["init_weights"]
+    fit = train_segmenter(p, ctx, lambda model: _parts(p, ctx, model, "target_train" in sizes), sizes,
+                          init_weights=weights)
+    return {**stage_result(fit), "init": "warmup" if p["init"] == "warmup" else str(weights or "random"),
+            "stm": "stm" in ctx.inputs,
+            "terms": sorted(k.split("/")[-1] for k in fit["metrics"] if k.startswith("loss/segmenter/"))}
+
+
+def _parts(p: dict, ctx, model, target: bool) -> Parts:
+    """Around the segmenter: the (STM-weighted) GPA source, the (pseudo-labelled) target when ``target``, the EMA
+    teacher (consistency) and the frozen KD teacher (distillation)."""
+    from bench.pseudo import LABEL_DIR, with_pseudo_labels
+    from methods.bismap.stm import WEIGHT_DIR, Weighted
+
     src = ctx.dataset("source", root=source_tree(ctx),
                       options=train_options(p, ctx.dataset_specs["source"]["name"], "source"))
     datasets = {"source": Weighted(src, ctx.inputs["stm"] / WEIGHT_DIR) if "stm" in ctx.inputs else src}
-    sizes = {"source": p["batch_source"]}
-    if "labels" in ctx.inputs or p["consistency"]:
+    if target:
         tgt = ctx.dataset("target_train", labels=False,
                           options=train_options(p, ctx.dataset_specs["target_train"]["name"], "target_train"))
         datasets["target_train"] = with_pseudo_labels(tgt, ctx.inputs["labels"] / LABEL_DIR) \
             if "labels" in ctx.inputs else tgt
-        sizes["target_train"] = p["batch_target"]
-    modules = {"segmenter": model}
-    teacher = kd_teacher = None
+    modules, teacher, kd_teacher = {}, None, None
     if p["consistency"]:
         teacher = modules["ema_teacher"] = make_teacher(model)
-    if distill:  # frozen, outside the trainer's modules: it is rebuilt from its stage, not checkpointed
+    if p["mode"] == "distill":  # frozen, outside the trainer's modules: it is rebuilt from its stage, not checkpointed
         kd_teacher = ctx.load_model("teacher").to(ctx.device).eval().requires_grad_(False)
-    spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"],
-                         power=p["power"], head_lr_mult=p["head_lr_mult"], warmup_iters=p["lr_warmup_iters"],
-                         warmup_ratio=0.0)
-    norm = src.transform.normalize
     p_loss = {**p, "pseudo_labels": "labels" in ctx.inputs}
-    trainer = Trainer(modules, {"segmenter": spec}, bismap_losses(model, p_loss, ctx.seed, norm, teacher, kd_teacher),
-                      datasets, ctx.train_config(p["iters"], None, sizes), out_dir=ctx.out_dir,
-                      callbacks=ctx.callbacks(p["iters"]),
-                      after_step=(lambda it: ema_update(teacher, model, p["ema_momentum"])) if teacher else None)
-    fit = trainer.fit()
-    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"], "init": init_name, "stm": "stm" in ctx.inputs,
-            "terms": sorted(k.split("/")[-1] for k in fit["metrics"] if k.startswith("loss/segmenter/"))}
+    losses = bismap_losses(model, p_loss, ctx.seed, src.transform.normalize, teacher, kd_teacher)
+    after = (lambda it: ema_update(teacher, model, p["ema_momentum"])) if teacher else None
+    return Parts(losses, datasets, modules, after_step=after)

@@ -7,14 +7,28 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from methods.base import PaperTable, Study, param
+from methods.training import schedule
 
 VARIANTS = ("paper", "code")
 TERMS = ("ce_s", "dis_s", "dis_t", "ce_t", "ce_tp")  # Eq. 12: L^s_CE, L^s_dis, L^t_dis, L^t_CE, L^tP_CE
 DIS_LABELS = ("anchor", "prob")
 
 
+# stages 1..K (§4.1); their momentum, weight decay and poly power serve the warm-up too
+StageSchedule = schedule(batch_size=1, lr=2.5e-4, momentum=0.9, weight_decay=1e-4, power=0.9, notes={
+    "batch_size": "§4.1; one source + one target image per iteration", "momentum": "code: 0.9 too",
+    "power": "poly; code: 0.9 over its 90k iterations"})
+# stage 0b: the warm-up (no code released, issue #9)
+WarmupSchedule = schedule("warmup_", iters=59_500, batch_size=1, lr=2.5e-4, source="inferred",
+                          sources={"batch_size": "paper"}, notes={
+                              "iters": "'20 epochs' read as 20 × 2,975 Cityscapes train images at batch 1 (20 GTA5 "
+                                       "epochs would be 499,320)",
+                              "batch_size": "§4.1 batch 1 (one source + one target image)",
+                              "lr": "paper gives the lr for the stages only"})
+
+
 @dataclass
-class Config:
+class Config(StageSchedule, WarmupSchedule):
     variant: str = param("paper", "harness", "paper | code: code uses every *_code value and the code's rules "
                          "(class-mean SmoothL1 distance, anchors from correct predictions, online labels)")
     # network
@@ -34,29 +48,24 @@ class Config:
     pretrain: dict = param({}, "inferred", "Alg. 1 step 1 'according to [4]', no schedule given: overrides of "
                            "methods.source_only.Config (model/bn_mode/init from this config); equal values share "
                            "the stage with the source_only method")
-    # stage 0b: warm-up (no code released, issue #9)
+    # stage 0b: warm-up (its schedule: WarmupSchedule)
     warmup: bool = param(True, "paper", "Alg. 1 step 2; §4.3: without it −6.3 mIoU")
     warmup_discriminator: str = param("feature", "paper", "§4.1: 5 convs 3×3 stride 2, [64,128,256,512,1], ReLU "
                                       "after the first three, LeakyReLU(0.2) after the 4th; on f_D features. Only "
                                       "'feature' is implemented (checked)", doc_only=True)
     warmup_adv_weight: float = param(1e-2, "paper", "§4.1; CE + adversarial on source and target (Alg. 1 omits X_t:"
                                      " a typo per the author, #11)")
-    warmup_iters: int = param(59_500, "inferred", "'20 epochs' read as 20 × 2,975 Cityscapes train images at batch 1"
-                              " (20 GTA5 epochs would be 499,320)")
-    warmup_lr: float = param(2.5e-4, "inferred", "paper gives the lr for the stages only")
     warmup_d_lr: float = param(1e-4, "inferred", "AdaptSegNet's discriminator: Adam, betas (0.9, 0.99), poly 0.9")
     warmup_gan: str = param("vanilla", "inferred", "BCE with logits; target features labelled as source for G "
                             "(vanilla | ls)")
     warmup_head_lr_mult: float | None = param(None, "inferred", "no warm-up code: None keeps the model's own head "
                                               "multiplier (DeepLab-v2's 10× ASPP classifier, as AdaptSegNet trains "
                                               "it); 1.0 = one lr for all, as the code's stages")
-    warmup_batch_size: int = param(1, "paper", "§4.1 batch 1 (one source + one target image)")
     warmup_d_channels: tuple = param((64, 128, 256, 512), "paper", "§4.1 discriminator widths")
-    # stages 1..K
+    # stages 1..K (their schedule: StageSchedule, the code's below)
     num_stages: int = param(3, "paper", "K = 3; a 4th stage saturates at 50.2 (§4.2)")
     stage_iters: int = param(59_500, "inferred", "'20 epochs' per stage, read as for the warm-up")
     stage_iters_code: int = param(90_000, "code", "configs/adaptation_from_gta_to_city.yml train_iters")
-    batch_size: int = param(1, "paper", "§4.1; one source + one target image per iteration")
     batch_size_code: int = param(4, "code", "4 source + 4 target; author: 4 'for quick convergence' (#4)")
     crop: tuple = param((1280, 640), "paper", "W×H random crop after the random resize")
     crop_code: tuple = param((896, 512), "code", "rcrop; the code's 1/4-res label path hard-codes it")
@@ -69,12 +78,8 @@ class Config:
                                     "the suite's resize; the code resizes GTA5 to 1914×1052 (native) too. False = "
                                     "the suite's resize (crops then pad: a 1024×512 target under a 1280×640 crop)")
     hflip: float = param(0.5, "code", "paper silent")
-    lr: float = param(2.5e-4, "paper")
     lr_code: float = param(1e-4, "code")
-    momentum: float = param(0.9, "paper", "code: 0.9 too")
-    weight_decay: float = param(1e-4, "paper")
     weight_decay_code: float = param(2e-4, "code")
-    power: float = param(0.9, "paper", "poly; code: 0.9 over its 90k iterations")
     head_lr_mult: float = param(1.0, "code", "paper silent; the code uses one lr for all parameters "
                                 "(get_10x_lr_params is unused). MiniCity: 10× lost the warm-up's gain on held-out "
                                 "target train (stage 1 19.9 vs warm-up 20.9 mIoU), 1× kept it (21.6)")

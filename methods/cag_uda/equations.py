@@ -241,8 +241,9 @@ def pseudo_label_ce(logits: torch.Tensor, pseudo_labels: torch.Tensor) -> torch.
     return segmentation_ce(logits, pseudo_labels.long())
 
 
-def cag_objective(terms: dict[str, torch.Tensor], lambda1: float, lambda2: float) -> torch.Tensor:
-    """Eq. 12 of CAG-UDA: L = L^s_CE + λ1·(L^s_dis + L^t_dis) + λ2·(L^t_CE + L^tP_CE).
+def cag_objective(terms: dict[str, torch.Tensor], lambda1: float, lambda2: float) -> dict[str, torch.Tensor]:
+    """Eq. 12 of CAG-UDA: L = L^s_CE + λ1·(L^s_dis + L^t_dis) + λ2·(L^t_CE + L^tP_CE), as its weighted terms
+    ``{name: weight·term}`` (in ``TERMS`` order) whose sum is L: the trainer sums them and logs each.
 
     ``terms`` maps names in ``TERMS`` (``ce_s``, ``dis_s``, ``dis_t``, ``ce_t``, ``ce_tp``) to scalar tensors; a
     missing name is a switched-off term (Table 4's ablations). The code variant is the same sum with its weights
@@ -255,7 +256,7 @@ def cag_objective(terms: dict[str, torch.Tensor], lambda1: float, lambda2: float
         if not isinstance(v, torch.Tensor) or v.numel() != 1:
             raise ValueError(f"terms[{k!r}]: expected a scalar tensor, got {getattr(v, 'shape', type(v))}")
     weight = {"ce_s": 1.0, "dis_s": lambda1, "dis_t": lambda1, "ce_t": lambda2, "ce_tp": lambda2}
-    return sum(weight[k] * terms[k].reshape(()) for k in TERMS if k in terms)
+    return {k: weight[k] * terms[k].reshape(()) for k in TERMS if k in terms}
 
 
 # ------------------------------------------------------------------------------------------ code variant

@@ -26,6 +26,7 @@ from methods.adversarial import train_feature_warmup
 from methods.base import Method, Paper, Stage, make_config
 from methods.cag_uda import equations as cag
 from methods.cag_uda.config import STUDIES, TABLES, Config, input_normalize
+from methods.training import DOMAINS, SCHEDULE, Parts, schedule_params, stage_result, train_segmenter
 
 VERSION = "1"
 
@@ -138,7 +139,8 @@ class TwoLabels(torch.utils.data.Dataset):
 
 
 def cag_losses(model, p: dict, anchors: torch.Tensor):
-    """Eq. 12 with the terms in ``p["terms"]``: L^s_CE + λ1·(L^s_dis + L^t_dis) + λ2·(L^t_CE + L^tP_CE)."""
+    """Eq. 12 (``cag.cag_objective``) with the terms in ``p["terms"]``: L^s_CE + λ1·(L^s_dis + L^t_dis) +
+    λ2·(L^t_CE + L^tP_CE), the target CEs on the stored pseudo-labels (Eq. 9, 11: ``cag.pseudo_label_ce``)."""
     anchors = anchors.float()
 
     def losses(batch, it):
@@ -163,11 +165,10 @@ def cag_losses(model, p: dict, anchors: torch.Tensor):
             parts["dis_t"] = cag.anchor_distance_loss(f, cag.labels_to_feature_grid(lab, tuple(f.shape[-2:])),
                                                       anchors.to(f.device))
         if "ce_t" in terms:
-            parts["ce_t"] = source_only.segmentation_ce(out_t.logits, tgt["label"])
+            parts["ce_t"] = cag.pseudo_label_ce(out_t.logits, tgt["label"])
         if "ce_tp" in terms:
-            parts["ce_tp"] = source_only.segmentation_ce(out_t.logits, tgt["label_prob"])
-        lam = {"ce_s": 1.0, "dis_s": p["lambda1"], "dis_t": p["lambda1"], "ce_t": p["lambda2"], "ce_tp": p["lambda2"]}
-        return {"segmenter": {k: lam[k] * v for k, v in parts.items()}}
+            parts["ce_tp"] = cag.pseudo_label_ce(out_t.logits, tgt["label_prob"])
+        return {"segmenter": cag.cag_objective(parts, p["lambda1"], p["lambda2"])}
 
     return losses
 
@@ -187,8 +188,9 @@ def online_pseudo_labels(labeller, images: torch.Tensor, p: dict, anchors: torch
 
 
 def code_losses(model, labeller, p: dict, anchors: torch.Tensor):
-    """The official code's objective with the terms in ``p["terms"]``: CE_s + λ2·(CE_t + CE_tP) at the feature
-    grid + λ1·(SmoothL1 class-mean distance on source and target); λ1 = 0.7, λ2 = 0.5 in the code."""
+    """The official code's objective with the terms in ``p["terms"]``: Eq. 12's sum (``cag.cag_objective``) of
+    CE_s + λ2·(CE_t + CE_tP) at the feature grid + λ1·(SmoothL1 class-mean distance on source and target);
+    λ1 = 0.7, λ2 = 0.5 in the code."""
     anchors = anchors.float()
     dist = {"min_pixels": p["dis_min_pixels"], "clamp": p["dis_clamp"], "scale": p["dis_scale"],
             "grad_rescale": p["dis_grad_rescale"]}
@@ -212,11 +214,10 @@ def code_losses(model, labeller, p: dict, anchors: torch.Tensor):
             parts["dis_t"] = cag.code_distance_loss(f_t, lab, _grid_argmax(out_t.logits, f_t), anchors.to(f_t.device),
                                                     **dist)
         if "ce_t" in terms:
-            parts["ce_t"] = source_only.segmentation_ce(out_t.logits, pa)
+            parts["ce_t"] = cag.pseudo_label_ce(out_t.logits, pa)
         if "ce_tp" in terms:
-            parts["ce_tp"] = source_only.segmentation_ce(out_t.logits, pp)
-        lam = {"ce_s": 1.0, "dis_s": p["lambda1"], "dis_t": p["lambda1"], "ce_t": p["lambda2"], "ce_tp": p["lambda2"]}
-        return {"segmenter": {k: lam[k] * v for k, v in parts.items()}}
+            parts["ce_tp"] = cag.pseudo_label_ce(out_t.logits, pp)
+        return {"segmenter": cag.cag_objective(parts, p["lambda1"], p["lambda2"])}
 
     return losses
 
@@ -225,33 +226,22 @@ def train_adaptation(p: dict, ctx) -> dict:
     """Stage ``cag_uda.train``: M_k from M_{k-1} — with the stored target pseudo-labels and Eq. 12 (paper), or
     with labels recomputed online by a frozen copy of M_{k-1} and the code's objective (``p["online"]``)."""
     from bench.pseudo import with_pseudo_labels
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
 
-    seed_everything(ctx.seed)
-    model = ctx.load_model("init")
-    anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True)
-    aug = train_options(p)
-    target = ctx.dataset("target_train", labels=False, options=aug)
-    datasets = {"source": ctx.dataset("source", options=aug)}
-    if p["online"]:
-        labeller = ctx.load_model("init").to(ctx.device).eval().requires_grad_(False)
-        datasets["target_train"] = target
-        losses = code_losses(model, labeller, p, anchors)
-    else:
+    def parts(model):
+        anchors = torch.load(ctx.inputs["anchors"] / "anchors.pt", weights_only=True)
+        aug = train_options(p)
+        target = ctx.dataset("target_train", labels=False, options=aug)
+        datasets = {"source": ctx.dataset("source", options=aug)}
+        if p["online"]:
+            labeller = ctx.load_model("init").to(ctx.device).eval().requires_grad_(False)
+            datasets["target_train"] = target
+            return Parts(code_losses(model, labeller, p, anchors), datasets)
         labels = ctx.inputs["labels"]
         datasets["target_train"] = TwoLabels(with_pseudo_labels(target, labels / "labels_anchor"),
                                              with_pseudo_labels(target, labels / "labels_prob"))
-        losses = cag_losses(model, p, anchors)
-    spec = OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                         weight_decay=p["weight_decay"], power=p["power"], head_lr_mult=p["head_lr_mult"])
-    trainer = Trainer({"segmenter": model}, {"segmenter": spec}, losses, datasets,
-                      ctx.train_config(p["iters"], None, dict.fromkeys(datasets, p["batch_size"])),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.copy_model_spec("init")
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"]}
+        return Parts(cag_losses(model, p, anchors), datasets)
+
+    return stage_result(train_segmenter(p, ctx, parts, dict.fromkeys(DOMAINS, p["batch_size"])))
 
 
 # -------------------------------------------------------------------------------------------- stages
@@ -279,9 +269,8 @@ def stages(cfg: cag.Config) -> list[Stage]:
     feature = eff["feature_layer"]
     if cfg.warmup:
         warm = {"feature": feature, "adv_weight": cfg.warmup_adv_weight, "d_channels": list(cfg.warmup_d_channels),
-                "d_all_leaky": False, "iters": cfg.warmup_iters, "horizon": None, "batch_size": cfg.warmup_batch_size,
-                "lr": cfg.warmup_lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,  # no code warm-up
-                "power": cfg.power, "d_lr": cfg.warmup_d_lr}
+                "d_all_leaky": False, **schedule_params(cfg, "warmup_"),  # the paper's values: no code warm-up
+                "d_lr": cfg.warmup_d_lr}
         if cfg.warmup_gan != "vanilla":  # absent = vanilla, so older cache keys stay valid
             warm["gan"] = cfg.warmup_gan
         if cfg.warmup_head_lr_mult is not None:
@@ -290,6 +279,8 @@ def stages(cfg: cag.Config) -> list[Stage]:
                       datasets=("source", "target_train"), version=VERSION)
         out.append(model)
     online = eff["online_labels"]
+    # the variant's values; no horizon (the poly decays over the stage; older keys have none)
+    stage_schedule = schedule_params({**vars(cfg), **eff}, "stage_", [n for n in SCHEDULE if n != "horizon"])
     anchors = None
     for _ in range(cfg.num_stages):
         if anchors is None or eff["anchors_per_stage"]:
@@ -301,9 +292,8 @@ def stages(cfg: cag.Config) -> list[Stage]:
         labels = Stage("cag_uda.label", "label", label_target, rule,
                        upstream={"model": model, "anchors": anchors}, datasets=("target_train",), version=VERSION)
         train = {**rule, "terms": list(cfg.terms), "dis_labels": cfg.dis_labels, "online": online,
-                 "lambda1": eff["lambda1"], "lambda2": eff["lambda2"], "iters": eff["stage_iters"],
-                 "batch_size": eff["batch_size"], "lr": eff["lr"], "momentum": cfg.momentum,
-                 "weight_decay": eff["weight_decay"], "power": cfg.power, "head_lr_mult": cfg.head_lr_mult,
+                 "lambda1": eff["lambda1"], "lambda2": eff["lambda2"], **stage_schedule,
+                 "head_lr_mult": cfg.head_lr_mult,
                  "crop": list(eff["crop"]) if eff["crop"] else None,
                  "resize_scale": list(eff["resize_scale"]) if eff["resize_scale"] else None, "hflip": cfg.hflip}
         if eff["scale_base"] and eff["resize_scale"]:

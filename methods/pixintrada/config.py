@@ -7,16 +7,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from methods import ias
 from methods.base import PaperTable, Study, param
-from methods.ias import DEFAULTS as IAS
+from methods.fields import field_group
+from methods.training import ADAPTSEGNET, ADAPTSEGNET_NOTES, schedule
 
 # Paper Tables 5 and 8: the α that gave the best PLA+CTS per source (Prop. 0.67 GTA5, 0.66 SYNTHIA).
 ALPHA_BY_SOURCE = {"gta5": 0.85, "synthia": 0.79}
 TRANSLATIONS = ("gpa", "none", "user_tree")
 
 
+# Stage I adopts AdaptSegNet [32] (§5.3): its paper's optimiser; its code's length and batch, PixIntraDA being silent
+InterSchedule = schedule("inter_", **ADAPTSEGNET, note="AdaptSegNet [32]",
+                         sources=dict.fromkeys(("iters", "horizon", "batch_size"), "inferred"),
+                         notes={**ADAPTSEGNET_NOTES, "lr": "AdaptSegNet [32] paper, adopted by reference (§5.3)"})
+# Stage II (§5.3); the length is unstated
+IntraSchedule = schedule(**{**ADAPTSEGNET, "iters": 120_000, "batch_size": 4, "lr": 2.4e-4}, note="§5.3",
+                         sources=dict.fromkeys(("iters", "horizon"), "inferred"),
+                         notes={"iters": "unstated; IntraDA/ADVENT stop at 120k",
+                                "horizon": "poly horizon as AdaptSegNet/ADVENT (None = iters)"})
+
+
+def intra_init_fields(source: str, where: str) -> type:
+    """Where Stage II's model G starts (PixIntraDA's, and IntraDA's intra stage): ``intra_init`` imagenet — the
+    file ``intra_init_weights``, None = init_weights — or inter (G_inter). ``where``: the source's own words."""
+    return field_group({"init": str, "init_weights": str | None}, "intra_", init="imagenet", init_weights=None,
+                       source=source, sources={"init_weights": "harness"}, notes={
+                           "init": f"G's init: imagenet ({where}) | inter (G_inter)",
+                           "init_weights": "G's init file for intra_init=imagenet; None = init_weights (ADVENT/IntraDA:"
+                                           " DeepLab_resnet_pretrained_imagenet.pth)"})
+
+
 @dataclass
-class InterConfig:
+class InterConfig(InterSchedule):
     """Stage I, the inter-domain model G_inter: AdaptSegNet [32] multi-level output-space adversarial training on a
     style-translated source (§5.3). PixIntraDA and IntraDA both read these fields, so equal values give one stage."""
 
@@ -36,13 +59,6 @@ class InterConfig:
                                 "AdaptSegNet's DeeplabMulti: affine-frozen BN, layer3 aux head (§5.1: aux classifier "
                                 "as [26, 32])")
     init_weights: str | None = param(None, "harness", "local path to the ImageNet DeepLab init")
-    inter_iters: int = param(150_000, "inferred", "AdaptSegNet's code stops at 150k; PixIntraDA is silent")
-    inter_horizon: int | None = param(250_000, "inferred", "AdaptSegNet's poly decays over 250k")
-    inter_batch_size: int = param(1, "inferred", "AdaptSegNet: 1 source + 1 target")
-    inter_lr: float = param(2.5e-4, "paper", "AdaptSegNet [32] paper, adopted by reference (§5.3)")
-    inter_momentum: float = param(0.9, "paper", "AdaptSegNet [32]")
-    inter_weight_decay: float = param(5e-4, "paper", "AdaptSegNet [32]")
-    inter_power: float = param(0.9, "paper", "AdaptSegNet [32] poly")
     inter_aux_weight: float = param(0.1, "paper", "λ_seg of the aux head, AdaptSegNet [32]")
     inter_adv_main: float = param(0.001, "paper", "λ_adv main, AdaptSegNet [32]")
     inter_adv_aux: float = param(0.0002, "paper", "λ_adv aux, AdaptSegNet [32]")
@@ -51,18 +67,14 @@ class InterConfig:
 
 
 @dataclass
-class Config(InterConfig):
+class Config(InterConfig, IntraSchedule, intra_init_fields("inferred", "§5.1 backbone, as IntraDA"),
+             ias.config_fields("inferred", "Table 6's IAS [24], as IAST's code: ")):
     # ---- Pixel-level split (Eq. 2–3)
     alpha: float | None = param(None, "paper", "None = ALPHA_BY_SOURCE by the suite's source: 0.85 GTA5, 0.79 SYNTHIA "
                                                "(Tables 5, 8); 0 = every pixel easy (the Prop. = 1 endpoint)")
     threshold_cap: float = param(0.9, "paper", "t_k = min(median, 0.9) (§4.1, BDL's rule)")
     threshold_scheme: str = param("median", "paper", "median (Eq. 2–3 with t_k) | ias (Table 6: IAST's per-image "
                                   "thresholds label the easy pixels; unselected pixels are hard)")
-    ias_alpha: float = param(IAS["alpha"], "inferred", "Table 6's IAS [24]: IAST's released config value (methods.ias)")
-    ias_beta: float = param(IAS["beta"], "inferred", "IAS threshold momentum, IAST's default")
-    ias_gamma: float = param(IAS["gamma"], "inferred", "IAS, IAST's config value")
-    ias_init: float = param(IAS["init"], "inferred", "IAS initial per-class threshold, IAST's")
-    ias_cap: float = param(IAS["cap"], "inferred", "IAS: a threshold >= 1 becomes this, IAST's")
     threshold_bins: int = param(10_000, "inferred", "streaming median histogram: bin width 1e-4, error ≤ 5e-5")
     skip_unpredicted: bool = param(True, "inferred",
                                    "t_k = 0 (class never predicted) would make every pixel easy under Eq. 2; "
@@ -79,17 +91,6 @@ class Config(InterConfig):
                                "adversarial sums ÷ N·H·W ('mean', the scale of AdaptSegNet's λ) or ÷ N "
                                "('sum', literal)")
     d_betas: tuple = param((0.9, 0.99), "paper", "Stage II's Adam momenta (§5.3); Stage I: AdaptSegNet's, equal")
-    intra_init: str = param("imagenet", "inferred", "G's init: imagenet (§5.1 backbone, as IntraDA) | inter (G_inter)")
-    intra_init_weights: str | None = param(None, "harness",
-                                           "G's init file for intra_init=imagenet; None = init_weights. §5.1: ImageNet "
-                                           "(ADVENT/IntraDA: DeepLab_resnet_pretrained_imagenet.pth)")
-    iters: int = param(120_000, "inferred", "unstated; IntraDA/ADVENT stop at 120k")
-    horizon: int | None = param(250_000, "inferred", "poly horizon as AdaptSegNet/ADVENT (None = iters)")
-    batch_size: int = param(4, "paper", "§5.3")
-    lr: float = param(2.4e-4, "paper", "§5.3")
-    momentum: float = param(0.9, "paper", "§5.3")
-    weight_decay: float = param(5e-4, "paper", "§5.3")
-    power: float = param(0.9, "paper", "§5.3")
     aux_weight: float = param(0.1, "paper", "λ_seg aux, 'same as [32]' (§5.3)")
     beta_main: float = param(0.001, "inferred", "β of Eq. 9, unstated; AdaptSegNet's λ_adv main")
     beta_aux: float = param(0.0002, "inferred", "β of the aux D; AdaptSegNet's λ_adv aux")

@@ -17,6 +17,7 @@ import torch
 from methods import adversarial
 from methods.base import Stage, make_config
 from methods.pixintrada.config import TRANSLATIONS, InterConfig
+from methods.training import schedule_params
 
 VERSION = "1"
 
@@ -25,9 +26,7 @@ def adaptsegnet_config(cfg: InterConfig) -> adversarial.Config:
     """Stage I's AdaptSegNet settings from the ``inter_*`` fields (vanilla GAN, as AdaptSegNet's paper)."""
     return make_config(adversarial.Config, {
         "model": cfg.model, "model_options": dict(cfg.model_options), "init_weights": cfg.init_weights,
-        "iters": cfg.inter_iters, "horizon": cfg.inter_horizon, "batch_size": cfg.inter_batch_size,
-        "lr": cfg.inter_lr, "momentum": cfg.inter_momentum, "weight_decay": cfg.inter_weight_decay,
-        "power": cfg.inter_power, "aux_weight": cfg.inter_aux_weight, "lambda_adv_main": cfg.inter_adv_main,
+        **schedule_params(cfg, "inter_"), "aux_weight": cfg.inter_aux_weight, "lambda_adv_main": cfg.inter_adv_main,
         "lambda_adv_aux": cfg.inter_adv_aux, "d_lr": cfg.d_lr, "d_channels": tuple(cfg.d_channels), "gan": "vanilla"})
 
 
@@ -66,6 +65,14 @@ def inter_stages(cfg: InterConfig) -> list[Stage]:
             raise ValueError("translation='user_tree' needs translated_root (a translated source tree)")
         return [adversarial.train_stage(acfg, source_root=cfg.translated_root)]
     return [adversarial.train_stage(acfg)]
+
+
+def start_from(cfg, init: str, models: dict) -> tuple[dict, dict]:
+    """How a Stage II train stage starts G, as (params, upstream): from the model and init file for "imagenet"
+    (``intra_init_weights``, None = ``init_weights``), else from the upstream ``init`` stage ``models[init]``."""
+    if init == "imagenet":
+        return {"model": cfg.model, "init_weights": cfg.intra_init_weights or cfg.init_weights}, {}
+    return {}, {"init": models[init]}
 
 
 # ------------------------------------------------------------------------------------------ reading G_inter

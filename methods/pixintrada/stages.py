@@ -19,11 +19,12 @@ import torch
 
 from bench.data.labels import CLASS_NAMES, IGNORE, NUM_CLASSES
 from methods import ias
-from methods.adversarial import upsampled_softmax
+from methods.adversarial import level_weights, output_space_discriminators, upsampled_softmax
 from methods.base import Method, Paper, Stage
 from methods.pixintrada import equations as px
 from methods.pixintrada.config import STUDIES, TABLES, Config
-from methods.pixintrada.inter import ground_truth_lookup, inter_stages, target_probabilities, to_native
+from methods.pixintrada.inter import ground_truth_lookup, inter_stages, start_from, target_probabilities, to_native
+from methods.training import Parts, schedule_params, stage_result, train_segmenter
 
 VERSION = "1"
 Z_SCALE, NO_INDEX = 254, 255  # Z ∈ [0, 1] stored as round(254·Z); 255 = crop padding (no pixel)
@@ -142,34 +143,18 @@ def pixel_losses(model, discriminators: dict, p: dict):
 def train_intra(p: dict, ctx) -> dict:
     """Stage ``pixintrada.train``: G (from the init weights or the upstream ``init`` model) and two discriminators
     on target images only, with the label stage's pseudo-labels and Z."""
-    from bench.models import build_discriminator
     from bench.pseudo import with_pseudo_labels
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
 
-    seed_everything(ctx.seed)
-    model = ctx.start_model(p)
-    levels = ["main"] + (["aux"] if p["model_options"].get("aux") else [])
-    modules = {"segmenter": model}
-    for lv in levels:
-        modules[f"d_{lv}"] = build_discriminator("output_space", NUM_CLASSES, channels=tuple(p["d_channels"]))
-    specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                                        weight_decay=p["weight_decay"], power=p["power"]),
-             "discriminator": OptimizerSpec([f"d_{lv}" for lv in levels], kind="adam", lr=p["d_lr"],
-                                            betas=tuple(p["d_betas"]), power=p["power"])}
-    aug = {"scale": p["train_scale_range"], "crop": p["train_size"]}
-    target = ctx.dataset("target_train", labels=False, options={k: v for k, v in aug.items() if v})
-    index = with_pseudo_labels(target, ctx.inputs["labels"] / "index")
-    index._lut = np.arange(256, dtype=np.uint8)  # Z codes are not trainIds: read them unmapped
-    data = {"target_train": PseudoWithIndex(with_pseudo_labels(target, ctx.inputs["labels"] / "labels"), index)}
-    losses = pixel_losses(model, {lv: modules[f"d_{lv}"] for lv in levels}, p)
-    trainer = Trainer(modules, specs, losses, data,
-                      ctx.train_config(p["iters"], p["horizon"], {"target_train": p["batch_size"]}),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.record_model(p)
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"]}
+    def parts(model):
+        discs, modules, optimizers = output_space_discriminators(p, level_weights(p, "beta_main", "beta_aux"))
+        aug = {"scale": p["train_scale_range"], "crop": p["train_size"]}
+        target = ctx.dataset("target_train", labels=False, options={k: v for k, v in aug.items() if v})
+        index = with_pseudo_labels(target, ctx.inputs["labels"] / "index")
+        index._lut = np.arange(256, dtype=np.uint8)  # Z codes are not trainIds: read them unmapped
+        data = {"target_train": PseudoWithIndex(with_pseudo_labels(target, ctx.inputs["labels"] / "labels"), index)}
+        return Parts(pixel_losses(model, discs, p), data, modules, optimizers)
+
+    return stage_result(train_segmenter(p, ctx, parts, {"target_train": p["batch_size"]}))
 
 
 # --------------------------------------------------------------------------------------------- stages
@@ -208,17 +193,14 @@ def _round(cfg: Config, model: Stage, inter: Stage, init: str, iters: int, kld_w
                   seeded=False)
     train = {"variant": cfg.variant, "pla_form": cfg.pla_form, "d_activation": cfg.d_activation,
              "adv_reduction": cfg.adv_reduction, "d_lr": cfg.d_lr, "d_betas": list(cfg.d_betas),
-             "d_channels": list(cfg.d_channels), "iters": iters, "horizon": cfg.horizon,
-             "batch_size": cfg.batch_size, "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
-             "power": cfg.power, "aux_weight": cfg.aux_weight, "beta_main": cfg.beta_main, "beta_aux": cfg.beta_aux,
+             "d_channels": list(cfg.d_channels), **schedule_params(cfg), "iters": iters,
+             "aux_weight": cfg.aux_weight, "beta_main": cfg.beta_main, "beta_aux": cfg.beta_aux,
              "train_size": list(cfg.train_size) if cfg.train_size else None,
              "train_scale_range": list(cfg.train_scale_range) if cfg.train_scale_range else None,
              "kld_weight": kld_weight, "kld_on": cfg.kld_on, "model_options": dict(cfg.model_options)}
-    upstream = {"labels": label}
-    if init == "imagenet":
-        train.update(model=cfg.model, init_weights=cfg.intra_init_weights or cfg.init_weights)
-    else:
-        upstream["init"] = {"inter": inter, "round1": model}[init]
+    start, upstream = start_from(cfg, init, {"inter": inter, "round1": model})
+    train.update(start)
+    upstream = {"labels": label, **upstream}
     return [*([fit] if fit else []), label, Stage("pixintrada.train", "train", train_intra, train, upstream=upstream,
                               datasets=("target_train",), version=VERSION)]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from methods.base import PaperTable, Study, param
+from methods.training import ADAPTSEGNET, ADAPTSEGNET_NOTES, schedule
 
 
 # ------------------------------------------------------------------------------------------------ variants
@@ -46,8 +47,14 @@ TABLES = {
 }
 
 
+# §4.2 states the optimiser (SGD, Nesterov, weight decay 1e-4); it is silent on the length and the batch: AdaptSegNet's
+SSFSchedule = schedule(**{**ADAPTSEGNET, "weight_decay": 1e-4},
+                       sources=dict.fromkeys(("iters", "horizon", "batch_size"), "inferred"),
+                       notes={**ADAPTSEGNET_NOTES, "power": "poly decay"})
+
+
 @dataclass
-class Config:
+class Config(SSFSchedule):
     # segmenter (§3.5, §4.2)
     model: str = param("deeplabv2_r101", "paper", "DeepLab-v2 R101 (§3.5)")
     model_options: dict = param({"bn_mode": "frozen_affine", "aux": True}, "code",
@@ -57,16 +64,8 @@ class Config:
     init_weights: str | None = param(None, "harness", "local DeepLab init; paper says ImageNet, AdaptSegNet used COCO")
     feature_name: str = param("layer4", "paper", "F = the last feature map (2048-d, stride 8); MiniCity: small net's")
     feature_channels: int = param(2048, "paper", "SS-D input channels = F's channels (MiniCity overrides)")
-    lr: float = param(2.5e-4, "paper")
-    momentum: float = param(0.9, "paper")
     nesterov: bool = param(True, "paper", "SGD with Nesterov acceleration")
-    weight_decay: float = param(1e-4, "paper")
-    power: float = param(0.9, "paper", "poly decay")
     aux_weight: float = param(0.1, "inferred", "paper silent on layer5; AdaptSegNet trains it with 0.1·CE (0 = off)")
-    # the paper is silent on the schedule and data: AdaptSegNet's choices
-    iters: int = param(150_000, "inferred", "AdaptSegNet stops at 150k")
-    horizon: int | None = param(250_000, "inferred", "AdaptSegNet's poly decays over 250k")
-    batch_size: int = param(1, "inferred", "AdaptSegNet: 1 source + 1 target")
     crop: tuple | None = param(None, "inferred", "AdaptSegNet: whole images resized by the suite, no crop")
     # SS-D (§3.5) and its optimiser (§4.2)
     d_widths: tuple = param((1024, 512, 256, 128), "paper", "kernels 1,3,3,3,3; LeakyReLU 0.2; stride 1 'same' "

@@ -15,6 +15,7 @@ from methods.source_only import segmentation_ce
 from methods.ssf_dan import equations as ssf
 from methods.ssf_dan.config import STUDIES, TABLES, Config
 from methods.ssf_dan.discriminator import SeparableDiscriminator
+from methods.training import DOMAINS, Parts, discriminator_spec, stage_result, train_segmenter
 
 VERSION = "1"
 
@@ -97,41 +98,26 @@ def ssf_losses(model, disc, global_disc, p: dict):
 
 def train_ssf_dan(p: dict, ctx) -> dict:
     """Stage ``ssf_dan.train`` from the initial weights."""
-    from bench.models import build_model
-    from bench.paths import resolve_root
-    from bench.schedule import OptimizerSpec
-    from bench.train import Trainer, seed_everything
-
-    seed_everything(ctx.seed)
-    init = p["init_weights"] and resolve_root(p["init_weights"])
-    model = build_model(p["model"], init_weights=init, **p["model_options"])
     v = ssf.ABLATIONS[p["ablation"]]
-    modules = {"segmenter": model}
-    d_names = []
-    disc = global_disc = None
-    if v.classwise:
-        disc = modules["ss_d"] = SeparableDiscriminator(NUM_CLASSES, p["feature_channels"], tuple(p["d_widths"]),
-                                                        p["d_negative_slope"])
-        d_names.append("ss_d")
-    if v.global_align:
-        global_disc = modules["global_d"] = SeparableDiscriminator(1, p["feature_channels"], tuple(p["d_widths"]),
-                                                                   p["d_negative_slope"])
-        d_names.append("global_d")
-    specs = {"segmenter": OptimizerSpec("segmenter", kind="sgd", lr=p["lr"], momentum=p["momentum"],
-                                        nesterov=p["nesterov"], weight_decay=p["weight_decay"], power=p["power"])}
-    if d_names:
-        specs["discriminator"] = OptimizerSpec(d_names, kind="adam", lr=p["d_lr"], betas=tuple(p["d_betas"]),
-                                               power=p["d_power"])
-    aug = {"crop": p["crop"]} if p["crop"] else None
-    datasets = {"source": ctx.dataset("source", options=aug),
-                "target_train": ctx.dataset("target_train", labels=False, options=aug)}
-    trainer = Trainer(modules, specs, ssf_losses(model, disc, global_disc, p), datasets,
-                      ctx.train_config(p["iters"], p["horizon"], dict.fromkeys(datasets, p["batch_size"])),
-                      out_dir=ctx.out_dir, callbacks=ctx.callbacks(p["iters"]))
-    fit = trainer.fit()
-    ctx.save_model_spec("segmenter", p["model"], dict(p["model_options"]))
-    return {"train_seconds": fit["seconds"], "seconds_per_iter": fit["seconds_per_iteration"],
-            "iterations": fit["iterations"], "final_rho": rho_at(p, p["iters"] - 1)}
+
+    def discriminator(classes: int) -> SeparableDiscriminator:
+        return SeparableDiscriminator(classes, p["feature_channels"], tuple(p["d_widths"]), p["d_negative_slope"])
+
+    def parts(model):
+        modules = {}
+        if v.classwise:
+            modules["ss_d"] = discriminator(NUM_CLASSES)
+        if v.global_align:
+            modules["global_d"] = discriminator(1)
+        optimizers = {"discriminator": discriminator_spec(list(modules), p)} if modules else {}
+        aug = {"crop": p["crop"]} if p["crop"] else None
+        datasets = {"source": ctx.dataset("source", options=aug),
+                    "target_train": ctx.dataset("target_train", labels=False, options=aug)}
+        losses = ssf_losses(model, modules.get("ss_d"), modules.get("global_d"), p)
+        return Parts(losses, datasets, modules, optimizers)
+
+    fit = train_segmenter(p, ctx, parts, dict.fromkeys(DOMAINS, p["batch_size"]))
+    return {**stage_result(fit), "final_rho": rho_at(p, p["iters"] - 1)}
 
 
 def stages(cfg: ssf.Config) -> list[Stage]:
