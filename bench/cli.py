@@ -261,11 +261,9 @@ def cmd_perf_train(a) -> int:
 
 
 def cmd_perf_ssd(a) -> int:
-    from methods.ssf_dan.discriminator import PAPER_IN_CHANNELS, PAPER_WIDTHS, benchmark
+    from bench.perf import ssd_step
 
-    chans, widths = (PAPER_IN_CHANNELS, PAPER_WIDTHS) if a.paper else (a.channels, tuple(a.widths))
-    r = benchmark(in_channels=chans, widths=widths, size=(a.height, a.width), batch=a.batch, present=a.present,
-                  repeats=a.repeats, device=a.device)
+    r = ssd_step(a.paper, a.channels, tuple(a.widths), (a.height, a.width), a.batch, a.present, a.repeats, a.device)
     print(f"SS-D {r['params_m']:.1f} M params, features {r['size']}, {a.present} classes present, {r['device']}")
     for name in ("fast", "loop"):
         x = r[name]

@@ -147,3 +147,14 @@ def gmm_fit_timing(num_classes: int = 19, n_per_class: int = 20_000, dim: int = 
             ll.append(gm.score(xc))
         out.update(sklearn_s=time.perf_counter() - t, sklearn_iters=iters, sklearn_mean_loglik=float(np.mean(ll)))
     return out
+
+
+def ssd_step(paper: bool, channels: int, widths: tuple, size: tuple, batch: int, present: int, repeats: int,
+             device: str) -> dict:
+    """SSF-DAN's separable discriminator, fast path vs the per-class loop (``bench perf ssd``); ``paper``: the
+    paper's 2048-d input and widths."""
+    from methods.ssf_dan.discriminator import PAPER_IN_CHANNELS, PAPER_WIDTHS, benchmark
+
+    chans, widths = (PAPER_IN_CHANNELS, PAPER_WIDTHS) if paper else (channels, tuple(widths))
+    return benchmark(in_channels=chans, widths=widths, size=size, batch=batch, present=present, repeats=repeats,
+                     device=device)

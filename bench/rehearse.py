@@ -113,6 +113,7 @@ def rehearsal_suite(suite: dict, roots: dict, iters: int, model: str | None) -> 
     suite's small-network settings; → (suite, notes saying what was replaced)."""
     from bench.paths import resolve_root
     from bench.suite_runner import load_suite
+    from methods.base import get_method
 
     s = json.loads(json.dumps(suite))
     notes = []
@@ -146,12 +147,7 @@ def rehearsal_suite(suite: dict, roots: dict, iters: int, model: str | None) -> 
                 values["pretrain"]["aux_weight"] = 0.0
             if "aux_weight" in values or "aux_weight" in _fields(name):  # the small net has no aux head
                 values["aux_weight"] = 0.0
-        if name == "bismap" and values.get("pl_ratio_target") is None:
-            # a 2-iteration model's log-densities are not the paper's: δ = 100 can label nothing, and the STM's e_c
-            # needs labelled pixels; the paper's ratio at δ = 100 keeps the stage's work the same
-            values["pl_ratio_target"] = 0.613
-            notes.append("bismap.pl_ratio_target: 0.613 (δ from the label share of the paper's δ = 100) for the "
-                         "rehearsal's untrained features")
+        notes += get_method(name).rehearsal(values)  # what the method needs on untrained features
         for part in [values, values.get("pretrain") or {}]:
             for k in INIT_KEYS:
                 path = part.get(k)

@@ -173,6 +173,11 @@ def no_hook(cfg) -> None:
     return None
 
 
+def no_rehearsal_change(values: dict) -> list[str]:
+    """The ``rehearsal`` hook's default: the suite's values run as they are."""
+    return []
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
     """What the harness may ask a method for. Only ``name``, ``Config`` and ``stages`` are required.
@@ -185,6 +190,8 @@ class Method:
     - ``eval_protocol(cfg)``: an evaluation protocol the config states (e.g. ``ms``), or None for the suite's.
     - ``weight_fields``: Config fields that name a local weights file (checked before a run; default: every
       field whose name ends in ``weights``).
+    - ``rehearsal(values)``: adapt the suite's values of the method for ``bench rehearse`` (every stage for a few
+      iterations, on untrained features) in place; returns notes saying what changed.
     """
 
     name: str
@@ -196,6 +203,7 @@ class Method:
     input_normalize: Callable[[Any], str | None] = no_hook
     eval_protocol: Callable[[Any], str | None] = no_hook
     weight_fields: tuple[str, ...] | None = None
+    rehearsal: Callable[[dict], list[str]] = no_rehearsal_change
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.Config):

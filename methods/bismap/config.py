@@ -202,3 +202,14 @@ STUDIES = {
                               ("bismap", 5, "CAs-PLA", "PL ratio", "PL ratio", 1.0, 0.01),
                               "BiSMAP Table 5 (STM + CAs-PLA) at the paper's PL ratios; Δd from a label-free quantile"),
 }
+
+
+def rehearsal_settings(values: dict) -> list[str]:
+    """The ``rehearsal`` hook: a 2-iteration model's log-densities are not the paper's, so δ = 100 can label nothing
+    and the STM's e_c needs labelled pixels; δ from the label share the paper's δ = 100 gives (``pl_ratio_target``)
+    keeps each stage's work the same."""
+    if values.get("pl_ratio_target") is not None:
+        return []
+    values["pl_ratio_target"] = 0.613
+    return ["bismap.pl_ratio_target: 0.613 (δ from the label share of the paper's δ = 100) for the rehearsal's "
+            "untrained features"]

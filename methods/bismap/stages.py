@@ -16,7 +16,7 @@ from operator import attrgetter
 
 from methods import source_only
 from methods.base import Method, Paper, Stage, make_config
-from methods.bismap.config import STUDIES, TABLES, Config
+from methods.bismap.config import STUDIES, TABLES, Config, rehearsal_settings
 from methods.bismap.labels import distill_labels, fit_maps, label_target
 from methods.bismap.stm import build_stm
 from methods.bismap.train import train_bismap
@@ -223,4 +223,5 @@ def stages(cfg: Config) -> list[Stage]:
 
 
 METHOD = Method("bismap", Config, stages, paper=Paper("bismap", "BiSMAP"), tables=TABLES, studies=STUDIES,
-                input_normalize=attrgetter("normalize"), eval_protocol=attrgetter("eval_protocol"))
+                input_normalize=attrgetter("normalize"), eval_protocol=attrgetter("eval_protocol"),
+                rehearsal=rehearsal_settings)
