@@ -51,7 +51,7 @@ def _suite_args(a) -> tuple[str, list[str]]:
 
 def cmd_run(a) -> int:
     from bench.data import DataError
-    from bench.run import ResourceError
+    from bench.scheduler import ResourceError
     from bench.suite_runner import SuiteError, run_suite
 
     suite, overrides = _suite_args(a)
@@ -69,7 +69,7 @@ def cmd_rehearse(a) -> int:
     """``bench rehearse SUITE``: every stage of the suite for a few iterations on stand-in data (bench.rehearse)."""
     from bench.data import DataError
     from bench.rehearse import rehearse
-    from bench.run import ResourceError
+    from bench.scheduler import ResourceError
     from bench.suite_runner import SuiteError
 
     if not a.args:
@@ -87,7 +87,7 @@ def cmd_rehearse(a) -> int:
 
 def cmd_sweep(a) -> int:
     from bench.data import DataError
-    from bench.run import ResourceError
+    from bench.scheduler import ResourceError
     from bench.suite_runner import SuiteError
     from bench.sweep import list_studies, run_sweep
 

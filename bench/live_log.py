@@ -52,7 +52,7 @@ def dataset_inputs(suite: dict, fingerprints: dict, target: str, domains) -> lis
     from mlflow.data.sources import LocalArtifactDatasetSource
     from mlflow.entities import DatasetInput, InputTag
 
-    from bench.plan import dataset_specs
+    from bench.suite_plan import dataset_specs
 
     specs, out = dataset_specs(suite, target), []
     for d in domains:
@@ -149,7 +149,7 @@ class LiveLog:
                 "invocation": self.invocation, "cache": "hit" if o.status == "cached" else o.status}
 
     def _new_stage_run(self, ps, o) -> str:
-        from bench.pipeline import read_metrics
+        from bench.stage_exec import read_metrics
         from bench.sysmetrics import read_system
 
         d = self.cache_root / ps.key
@@ -193,7 +193,7 @@ class LiveLog:
         return "\n".join(lines)
 
     def experiment_run(self, e) -> str:
-        from bench.run import Outcome
+        from bench.scheduler import Outcome
 
         ev = self.outcomes.get(e.eval.key) or Outcome(e.eval.key, e.eval.name)
         ok = ev.status in ("done", "cached")

@@ -260,7 +260,7 @@ def _canon(params) -> str:
 def real_iterations(real: dict, rehearsal: dict) -> dict:
     """``{(stage name, canonical rehearsal params): real iterations}``: each method (variant) planned twice, with
     the real and the rehearsal values; their stage lists have the same shape, so they pair by position."""
-    from bench.plan import method_configs
+    from bench.suite_plan import method_configs
     from methods.base import closure, get_method
 
     out = {}
@@ -276,7 +276,7 @@ def real_iterations(real: dict, rehearsal: dict) -> dict:
 
 def projection(suite: dict, rehearsal: dict, outcomes: dict, cache_root: Path, iters: int) -> list[dict]:
     """One row per unique stage: measured s/it, data-wait share, peak memory, and projected full-recipe hours."""
-    from bench.plan import dataset_specs
+    from bench.suite_plan import dataset_specs
 
     its = real_iterations(suite, rehearsal)
     specs = dataset_specs(rehearsal)

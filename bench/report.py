@@ -100,7 +100,7 @@ def curve_labels(experiments) -> dict:
 
 
 def _curves(experiments, outcomes, cache_root: Path) -> dict:
-    from bench.pipeline import read_metrics
+    from bench.stage_exec import read_metrics
 
     curves = {}
     for key, label in curve_labels(experiments).items():
@@ -129,7 +129,7 @@ def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Pat
     n = len(list(qdir.glob("*.png")))
     if n == 0:
         return []
-    from bench.pipeline import StageContext
+    from bench.stage_exec import StageContext
 
     ds = StageContext(cache_root, seed, specs, {}).dataset("target_val")
     pairs = [ds.raw(i) for i in range(n)]
@@ -319,8 +319,8 @@ def subset_results(suite, target: str, subset: str, rs: list[dict], per_image: d
 
 def figure_sections(suite, experiments, outcomes, out_dir: Path, cache_root: Path) -> list[str]:
     """The training curves and the qualitative figures (a failed figure is a line in the report, not an error)."""
-    from bench.plan import dataset_specs
     from bench.plots import training_curves
+    from bench.suite_plan import dataset_specs
 
     md: list[str] = []
     curves = _curves(experiments, outcomes, cache_root)

@@ -211,10 +211,10 @@ def check_weights(suite: dict) -> None:
 
 
 def fingerprint_targets(suite: dict) -> dict:
-    """target → domain → fingerprint (``bench.plan.fingerprint_datasets``), every evaluation file decoded; a bad
+    """target → domain → fingerprint (``bench.suite_plan.fingerprint_datasets``), every evaluation file decoded; a bad
     tree raises ``SuiteDataError`` with the ``bench data check`` command for it."""
     from bench.data import DataError
-    from bench.plan import dataset_specs, fingerprint_datasets
+    from bench.suite_plan import dataset_specs, fingerprint_datasets
 
     out = {}
     for target in list(suite.get("targets") or {"": {}}):
@@ -281,10 +281,10 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
     from bench.live_log import LiveLog
-    from bench.plan import method_configs, plan_suite
     from bench.report import write_outputs
-    from bench.run import Scheduler, summary_lines
+    from bench.scheduler import Scheduler, summary_lines
     from bench.stage_cache import StageCache
+    from bench.suite_plan import method_configs, plan_suite
     from bench.tracking import Tracker, default_tracking_uri, environment
 
     t0 = time.perf_counter()
@@ -338,9 +338,9 @@ def render_suite(name: str, overrides=(), results_root: Path | None = None, trac
                  invocation: str | None = None, cache_root: Path | None = None) -> Path:
     """``bench table``: rebuild tables, plots and the report of the latest (or given) invocation from MLflow
     and the cache, without training."""
-    from bench.plan import plan_suite
     from bench.report import write_outputs
-    from bench.run import Outcome
+    from bench.scheduler import Outcome
+    from bench.suite_plan import plan_suite
     from bench.tracking import default_tracking_uri, environment, load_results
 
     suite = load_suite(name, overrides)

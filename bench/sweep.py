@@ -86,7 +86,7 @@ def shared_stages(trials: list[Trial]) -> dict:
 
 def _prepare(seeds, suite, holdout: bool) -> tuple[dict, dict, list]:
     """(dataset specs, key specs, seeds) of the suite's one target, with the held-out part of target train."""
-    from bench.plan import dataset_specs
+    from bench.suite_plan import dataset_specs
 
     fingerprints = ensure_data(suite)
     if len(fingerprints) != 1:
@@ -102,7 +102,7 @@ def _prepare(seeds, suite, holdout: bool) -> tuple[dict, dict, list]:
 
 def _run_shared(probes, train, cache_root, executor, gpu_share):
     """The stages every trial needs (found from the probe values' plans), once, through the suite scheduler."""
-    from bench.run import Scheduler
+    from bench.scheduler import Scheduler
 
     common = shared_stages(probes)
     specs_by_key = {ps.key: t.specs for t in probes for ps in t.stages}
@@ -126,7 +126,7 @@ def _search(planner, space, search, num_samples, metric, mode, search_seed, exec
         search_setup(space, "grid", num_samples, search_seed)  # the same checks as on Ray
         return pd.DataFrame([{"trial_id": f"local_{i}", f"config/{space.key}": v, **run_value(planner, v)}
                              for i, v in enumerate(space.args)])
-    from bench.run import init_ray
+    from bench.scheduler import init_ray
 
     cluster = init_ray()
     cpu, gpu = trial_resources(probes, cluster, (planner.suite.get("resources") or {}).get("gpu"))
@@ -157,7 +157,7 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
     train = dict(suite.get("train") or {})
     gpu_share = (suite.get("resources") or {}).get("gpu")
     if executor == "ray":
-        from bench.run import init_ray
+        from bench.scheduler import init_ray
 
         trial_resources(probes, init_ray(), gpu_share)  # over-asking stops before any stage runs
     kind = space.kind if search == "grid" or space.is_range else "choice"  # a list is drawn from, not gridded
@@ -187,7 +187,7 @@ def trial_resources(trials, cluster: dict, gpu_share=None) -> tuple[float, float
     ``ResourceError`` when the cluster cannot hold one trial (Tune would otherwise wait forever, silently)."""
     import dataclasses
 
-    from bench.run import stage_resources
+    from bench.scheduler import stage_resources
 
     heaviest = max((ps for t in trials for ps in t.stages), key=lambda ps: ps.stage.gpu)
     if gpu_share is not None:

@@ -25,13 +25,14 @@ class Trial:
 
 def plan_trials(suite: dict, study, values, seeds, specs: dict, fingerprints: dict,
                 holdout: bool) -> list[Trial]:
-    """Every (value, seed) trial's planned stages. Each value is planned by ``bench.plan.plan_suite`` as a suite of
-    its own (``value_suite``), so its stages, protocol and keys are those ``bench run`` gives that config (the
-    cache is shared with it); the held-out evaluation and the criteria go on its model (``plan_extra_stages``).
+    """Every (value, seed) trial's planned stages. Each value is planned by ``bench.suite_plan.plan_suite`` as a
+    suite of its own (``value_suite``), so its stages, protocol and keys are those ``bench run`` gives that config
+    (the cache is shared with it); the held-out evaluation and the criteria go on its model
+    (``plan_extra_stages``).
     ``specs``/``fingerprints``: the suite's one target's, plus ``target_holdout`` when ``holdout``."""
     from bench.evaluate import eval_elsewhere
-    from bench.plan import plan_extra_stages, plan_suite
     from bench.select_stage import select_stage
+    from bench.suite_plan import plan_extra_stages, plan_suite
 
     check_study(suite, study)
     target = next(iter(suite.get("targets") or {"": {}}))

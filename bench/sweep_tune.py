@@ -62,7 +62,7 @@ def run_value(planner: Planner, value) -> dict:
     """Run every seed's stages for ``value`` (cached ones are read back) → the means over seeds of the val
     mIoU, held-out mIoU, criteria and pseudo-label columns, plus ``computed_seed<N>`` (stages not answered by the
     cache)."""
-    from bench.pipeline import execute_stage
+    from bench.stage_exec import execute_stage
     from bench.sweep_report import trial_rows
     from bench.sweep_trials import plan_trials
 

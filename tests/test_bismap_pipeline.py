@@ -8,7 +8,7 @@ import torch
 from fixtures import tiny_minicity_suite, write_suite
 
 from bench.data.labels import IGNORE
-from bench.pipeline import plan_stages
+from bench.stage_keys import plan_stages
 from bench.suite_runner import run_suite
 from methods import source_only
 from methods.base import closure, make_config

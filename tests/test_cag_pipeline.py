@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench.models.output import SegOutput
-from bench.pipeline import plan_stages
+from bench.stage_keys import plan_stages
 from methods import source_only
 from methods.base import closure, make_config
 from methods.cag_uda import equations as cag_mod

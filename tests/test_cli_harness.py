@@ -3,8 +3,8 @@
 import stage_fakes as fk
 
 from bench.cli import main
-from bench.pipeline import plan_stages
-from bench.run import Scheduler
+from bench.scheduler import Scheduler
+from bench.stage_keys import plan_stages
 from bench.tracking import ui_command
 from methods.base import Stage
 

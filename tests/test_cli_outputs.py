@@ -8,7 +8,7 @@ import pytest
 
 from bench import cli
 from bench.paths import REPO
-from bench.run import Outcome
+from bench.scheduler import Outcome
 
 
 def test_version(capsys):

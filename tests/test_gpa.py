@@ -130,7 +130,7 @@ def test_gpa_stage_writes_a_readable_mirror_of_the_source_tree(tmp_path):
     from fixtures import make_cityscapes, make_gta5
 
     from bench.data import build_dataset
-    from bench.pipeline import StageContext
+    from bench.stage_exec import StageContext
     from methods.gpa import gpa_stage
 
     make_gta5(tmp_path / "gta5", n=3, size=(32, 16))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixtures import tiny_minicity_suite, write_suite
 
-import bench.run
+import bench.scheduler
 from bench.suite_runner import run_suite
 
 
@@ -37,7 +37,7 @@ def two_runs(tmp_path_factory):
             m.update(iters=6, batch_size=2)
     path, results = write_suite(suite, tmp / "tiny.yaml"), tmp / "results"
     uri = "sqlite:///" + str(results / "mlflow.db")
-    seen, real = [], bench.run._stage_log_run
+    seen, real = [], bench.scheduler._stage_log_run
 
     def inspecting(planned, cache_root, specs, train):
         if (results / "mlflow.db").is_file():
@@ -46,11 +46,11 @@ def two_runs(tmp_path_factory):
                          _runs(client, "invocation")))
         return real(planned, cache_root, specs, train)
 
-    bench.run._stage_log_run = inspecting
+    bench.scheduler._stage_log_run = inspecting
     try:
         first = run_suite(str(path), results_root=results, executor="local")
     finally:
-        bench.run._stage_log_run = real
+        bench.scheduler._stage_log_run = real
     second = run_suite(str(path), results_root=results, executor="local")
     return {"first": first, "second": second, "seen": seen, "uri": uri, "cache": results / "cache"}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from fixtures import tiny_minicity_suite, write_suite
 
-from bench.pipeline import plan_stages
+from bench.stage_keys import plan_stages
 from methods import adversarial, intrada
 from methods.base import make_config
 from methods.pixintrada import equations as px
@@ -74,7 +74,7 @@ def test_translation_options():
 
 def test_imported_inter_checkpoint_loads_as_a_trained_model(tmp_path):
     from bench.models import build_model
-    from bench.pipeline import StageContext, load_model
+    from bench.stage_exec import StageContext, load_model
     from methods.pixintrada.inter import import_inter
 
     torch.manual_seed(3)

@@ -9,8 +9,8 @@ import torch
 
 from bench.data.generic_shapes import KINDS, GenericShapes, make_generic
 from bench.models import build_model
-from bench.pipeline import init_file_hashes, stage_key
 from bench.pretrain import RECIPE, ensure_pretrained
+from bench.stage_keys import init_file_hashes, stage_key
 from methods.base import Stage
 
 TINY = {**RECIPE, "iters": 3, "images": 4, "size": [64, 32], "batch_size": 2}

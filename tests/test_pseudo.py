@@ -8,8 +8,8 @@ from fixtures import make_cityscapes
 from bench.data import build_dataset
 from bench.data.labels import IGNORE
 from bench.models.output import SegOutput
-from bench.pipeline import StageContext
 from bench.pseudo import LabelStats, save_label, with_pseudo_labels, write_pseudo_labels
+from bench.stage_exec import StageContext
 
 
 def test_pseudo_labels_replace_labels_and_follow_the_transform(tmp_path):

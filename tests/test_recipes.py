@@ -9,7 +9,7 @@ import pytest
 
 from bench.data.datasets import _tuples
 from bench.data.transforms import Transform
-from bench.plan import method_configs
+from bench.suite_plan import method_configs
 from bench.suite_runner import load_suite
 from methods.base import closure, get_method, make_config
 from methods.bismap import stages as bismap_pipeline

@@ -10,9 +10,10 @@ import stage_fakes as fk
 import torch
 
 from bench.cli import main
-from bench.pipeline import load_model, plan_stages
-from bench.run import Scheduler
+from bench.scheduler import Scheduler
 from bench.stage_cache import CorruptEntry, StageCache
+from bench.stage_exec import load_model
+from bench.stage_keys import plan_stages
 from methods.base import Stage
 
 
@@ -143,7 +144,7 @@ def test_truncated_model_file_names_the_file_and_the_fix(tmp_path):
 
 
 def test_a_consumer_never_reads_a_corrupt_upstream(chain):
-    from bench.pipeline import execute_stage
+    from bench.stage_exec import execute_stage
 
     cache, (root, mid, leaf) = chain
     planned = plan_stages([fk.chain(1, 2, extra=5)], 0, {}, {})
@@ -156,7 +157,7 @@ def test_the_stage_lock_lets_one_computation_through(tmp_path, capfd):
     """A second execution of a stage that another process holds waits, then returns the stored result."""
     import multiprocessing as mp
 
-    from bench.pipeline import execute_stage
+    from bench.stage_exec import execute_stage
 
     cache = tmp_path / "cache"
     (planned,) = plan_stages([Stage("fake.slow", "fit", fk.produce, {"value": 4})], 0, {}, {})

@@ -18,8 +18,8 @@ import torch
 from fixtures import tiny_minicity_suite, write_suite
 
 from bench.paths import REPO
-from bench.plan import plan_suite
-from bench.run import Scheduler
+from bench.scheduler import Scheduler
+from bench.suite_plan import plan_suite
 from bench.suite_runner import ensure_data, load_suite
 
 COUNTS = {"gta5": 8, "synthia": 2, "cityscapes_train": 8, "cityscapes_val": 2}
@@ -55,7 +55,7 @@ def ray_2cpu():
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
              object_store_memory=80 * 1024**2, logging_level="ERROR")
     # two warm workers (torch and the harness imported), so that two stages submitted together run side by side
-    warm = ray.remote(lambda: (__import__("bench.pipeline"), __import__("torch"), time.sleep(0.5), os.getpid())[-1])
+    warm = ray.remote(lambda: (__import__("bench.stage_exec"), __import__("torch"), time.sleep(0.5), os.getpid())[-1])
     ray.get([warm.options(num_cpus=1).remote() for _ in range(2)])
     yield
     ray.shutdown()
@@ -99,7 +99,7 @@ def test_same_key_same_bytes_under_ray_and_local_alone_and_beside_another_stage(
 
 
 def test_thread_count_device_and_numerics_flags_are_in_the_key():
-    from bench.pipeline import stage_key
+    from bench.stage_keys import stage_key
     from methods.base import Stage
 
     s = Stage("x.train", "train", print, {}, cpu=1)

@@ -10,7 +10,7 @@ import psutil
 
 DRIVER = """
 import json, sys, psutil
-from bench.run import init_ray
+from bench.scheduler import init_ray
 init_ray(num_cpus=1)
 me = psutil.Process()
 print(json.dumps([c.pid for c in me.children(recursive=True)]), flush=True)

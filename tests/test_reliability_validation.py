@@ -59,7 +59,7 @@ def test_a_yaml_syntax_error_is_one_line_with_file_and_line(tmp_path, capsys):
 
 
 def test_a_valid_suite_still_loads(suite_file):
-    from bench.plan import method_configs
+    from bench.suite_plan import method_configs
     from bench.suite_runner import load_suite
 
     suite = load_suite(str(suite_file), ["methods.source_only.lr=1", "methods.source_only.horizon=null",

@@ -5,7 +5,7 @@ import dataclasses
 from types import SimpleNamespace
 
 from bench.data.labels import CLASS_NAMES
-from bench.run import Outcome
+from bench.scheduler import Outcome
 
 
 @dataclasses.dataclass

@@ -3,8 +3,8 @@
 import pytest
 import stage_fakes as fk
 
-from bench.pipeline import plan_stages
-from bench.run import ResourceError, Scheduler, summary_lines
+from bench.scheduler import ResourceError, Scheduler, summary_lines
+from bench.stage_keys import plan_stages
 from methods.base import Stage
 
 

@@ -17,7 +17,7 @@ from bench.data.labels import IGNORE
 from methods.base import SOURCES, make_config
 from methods.ssf_dan.config import TABLES
 from methods.ssf_dan.equations import (
-    ABLATIONS,
+    SWITCHES,
     Config,
     SeparableDiscriminator,
     adversarial_loss_d,
@@ -356,7 +356,7 @@ def test_config_sources_ablations_and_errors():
     for f in dataclasses.fields(Config):
         assert f.metadata.get("source") in SOURCES, f.name
     assert (cfg.delta, cfg.rho_upper, cfg.nesterov, cfg.weight_decay, cfg.d_lr) == (0.001, 0.8, True, 1e-4, 1e-4)
-    assert set(ABLATIONS) == {"global", "soft", "soft_global", "ssd_dagger", "ssd_dagger_global", "ssd", "ssd_car",
+    assert set(SWITCHES) == {"global", "soft", "soft_global", "ssd_dagger", "ssd_dagger_global", "ssd", "ssd_car",
                               "fixed_rho"}
     assert make_config(Config, {"ablation": "fixed_rho", "delta": 0.0005}).delta == 0.0005
     with pytest.raises(ValueError, match="ablation"):
@@ -371,7 +371,7 @@ def test_table4_transcription():
     t4 = TABLES["t4"]
     # printed order, every row mapped to a variant
     assert [r["row"] for r in rows] == [t4.baseline[1]] + [label for label, _ in t4.rows.values()]
-    assert {o["ablation"] for o in t4.variants().values()} <= set(ABLATIONS)
+    assert {o["ablation"] for o in t4.variants().values()} <= set(SWITCHES)
     for r in rows:
         assert (r["paper"], r["table"], r["Oracle"]) == ("ssf_dan", "4", "65.1")
         # the printed gap is Adapt − Oracle

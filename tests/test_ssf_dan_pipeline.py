@@ -18,11 +18,11 @@ def params(**kw):
     return pipe.stages(make_config(ssf.Config, {**SMALL, **kw}))[0].params
 
 
-@pytest.mark.parametrize("ablation", sorted(ssf.ABLATIONS))
+@pytest.mark.parametrize("ablation", sorted(ssf.SWITCHES))
 def test_each_variant_builds_its_terms(ablation):
     torch.manual_seed(0)
     p = params(ablation=ablation)
-    v = ssf.ABLATIONS[ablation]
+    v = ssf.SWITCHES[ablation]
     model = build_model("small")
     disc = SeparableDiscriminator(19, 80, (8, 8, 8, 4)) if v.classwise else None
     gdisc = SeparableDiscriminator(1, 80, (8, 8, 8, 4)) if v.global_align else None

@@ -5,9 +5,9 @@ import json
 import pytest
 import stage_fakes as fk
 
-from bench.pipeline import plan_stages, stage_key
-from bench.run import Scheduler
+from bench.scheduler import Scheduler
 from bench.stage_cache import StageCache
+from bench.stage_keys import plan_stages, stage_key
 from methods.base import Stage
 
 DATASETS = {"source": {"spec": {"name": "gta5"}, "fingerprint": "aaa"}}
@@ -106,7 +106,7 @@ def test_cache_ls_and_clear(tmp_path, calls):
 
 
 def test_critical_path_puts_long_chains_first():
-    from bench.run import critical_path
+    from bench.scheduler import critical_path
 
     long_chain = fk.chain(1, 2)  # fit → train → label
     lone = Stage("fake.flaky", "train", fk.flaky, {"fail_times": 0})

@@ -91,7 +91,7 @@ def test_misspelt_paper_row_fails_before_training(tmp_path):
 
 
 def test_only_selects_methods_and_rejects_unknown_ones():
-    from bench.plan import method_variants
+    from bench.suite_plan import method_variants
 
     s = load_suite("minicity", ["only=[oracle]"])
     assert [m for m, _, _ in method_variants(s)] == ["oracle"]
@@ -100,7 +100,7 @@ def test_only_selects_methods_and_rejects_unknown_ones():
 
 
 def test_variants_expand_with_their_overrides():
-    from bench.plan import method_configs
+    from bench.suite_plan import method_configs
 
     s = load_suite("minicity", ['methods.source_only.variants={fast: {iters: 10}}', "only=[source_only]"])
     got = [(m, v, c.iters) for m, v, c in method_configs(s)]
@@ -126,7 +126,7 @@ def test_extends_keeps_the_base_and_updates_one_domain_and_one_method():
 def test_table4_ablations_map_every_variant_to_a_paper_row(name):
     """Each named variant of CAG-UDA and SSF-DAN has its Table 4 row, and source-only its baseline row."""
     from bench.ablations import ablation_specs
-    from bench.plan import method_variants
+    from bench.suite_plan import method_variants
 
     s = load_suite(name)
     for method in ("cag_uda", "ssf_dan"):
@@ -138,7 +138,7 @@ def test_table4_ablations_map_every_variant_to_a_paper_row(name):
 
 
 def test_a_method_can_state_its_own_evaluation_protocol():
-    from bench.plan import plan_suite
+    from bench.suite_plan import plan_suite
 
     s = load_suite("minicity", ["only=[cag_uda]", "methods.cag_uda.variants={ms: {eval_protocol: ms}}",
                                 "methods.cag_uda.tables=[]"])
@@ -149,7 +149,7 @@ def test_a_method_can_state_its_own_evaluation_protocol():
 
 
 def test_a_method_stating_its_input_normalisation_gets_its_own_stages_and_eval_inputs():
-    from bench.plan import plan_suite
+    from bench.suite_plan import plan_suite
 
     s = load_suite("minicity", ["only=[source_only,cag_uda]", "seeds=[0]",
                                 "methods.cag_uda.variants={code: {variant: code, model_code: small}}"])

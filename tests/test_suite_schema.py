@@ -6,7 +6,7 @@ from fixtures import write_suite
 
 from bench.cli import main
 from bench.live_log import display_names
-from bench.plan import plan_suite
+from bench.suite_plan import plan_suite
 from bench.suite_runner import SuiteError, load_suite
 
 

@@ -116,7 +116,7 @@ def test_random_search_with_a_fixed_seed_draws_the_same_values(ray_gpu, tmp_path
 
 
 def test_sweep_asking_for_more_gpus_than_the_cluster_stops_before_running(tiny, ray_gpu):
-    from bench.run import ResourceError
+    from bench.scheduler import ResourceError
     from bench.sweep import run_sweep
 
     path, results = tiny
@@ -154,7 +154,7 @@ def test_perf_sweep_independent_pipeline_is_the_same_trial(name):
     """`bench perf sweep` compares like with like: the overrides it gives `bench run` plan exactly the stages
     (same cache keys) of the sweep's trial for that value."""
     from bench.perf_sweep import independent_overrides
-    from bench.plan import dataset_specs, plan_suite
+    from bench.suite_plan import dataset_specs, plan_suite
     from bench.suite_runner import load_suite
     from bench.sweep import all_studies
     from bench.sweep_trials import plan_trials
@@ -172,7 +172,7 @@ def test_perf_sweep_independent_pipeline_is_the_same_trial(name):
 def test_a_values_protocol_override_does_not_carry_over_to_the_next():
     """Each swept value is planned as `bench run` plans it: a value that states its own evaluation protocol (ms)
     leaves the next value, which does not, on the suite's protocol — val and held-out evaluation alike."""
-    from bench.plan import dataset_specs, plan_suite
+    from bench.suite_plan import dataset_specs, plan_suite
     from bench.suite_runner import load_suite
     from bench.sweep import HOLDOUT, Study
     from bench.sweep_trials import plan_trials

@@ -1,6 +1,6 @@
 """CAG-UDA's configuration: every setting with its source (paper / code / inferred / harness), the code
 variant's values (``*_code``, resolved by :func:`effective`) and the Table 4 rows as config overrides
-(:data:`ABLATIONS`). The equations are in ``methods.cag_uda.equations``, the stages in ``methods.cag_uda.stages``."""
+(:data:`TABLES`). The equations are in ``methods.cag_uda.equations``, the stages in ``methods.cag_uda.stages``."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class Config(StageSchedule, WarmupSchedule):
                            "(released anchors: norms 6.8–12.4, nearest other 4.8–7.9). With variant=code (the "
                            "code's decoder features) 2.5 is the code's clu_threshold as-is")
     p0: float = param(0.95, "paper", "probability pseudo-label threshold (code: class_threshold 0.95)")
-    terms: tuple = param(TERMS, "paper", "the Eq. 12 terms switched on; Table 4 rows switch some off (ABLATIONS)")
+    terms: tuple = param(TERMS, "paper", "the Eq. 12 terms switched on; Table 4 rows switch some off (TABLES)")
     dis_labels: str = param("anchor", "paper", "active set of the distance terms: anchor (Eq. 6–7) | prob (Table 4 "
                             "L^P_dis row)")
     # the code variant's rules

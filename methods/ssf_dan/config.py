@@ -22,7 +22,7 @@ class Variant:
     car: bool
 
 
-ABLATIONS: dict[str, Variant] = {
+SWITCHES: dict[str, Variant] = {  # the `ablation` setting → what it switches on (Table 4, Fig. 4)
     "global": Variant(None, True, "none", False),
     "soft": Variant("soft", False, "none", False),
     "soft_global": Variant("soft", True, "none", False),
@@ -93,11 +93,11 @@ class Config(SSFSchedule):
     car_missing_weight: float = param(1.0, "inferred", "R_s weight of a source class no kept target pixel "
                                       "has (τ undefined); 1 = unweighted")
     # Table 4 / Fig. 4
-    ablation: str = param("ssd_car", "paper", f"Table 4 variant: {', '.join(ABLATIONS)}")
+    ablation: str = param("ssd_car", "paper", f"Table 4 variant: {', '.join(SWITCHES)}")
     global_delta: float = param(0.001, "inferred", "weight of the global feature D term in the '+ global' rows")
 
     def __post_init__(self) -> None:
-        choices = {"ablation": tuple(ABLATIONS), "adv_reduction": ("mean", "sum"),
+        choices = {"ablation": tuple(SWITCHES), "adv_reduction": ("mean", "sum"),
                    "adv_output": ("sum", "per_class"), "source_masks": ("prediction", "gt")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
@@ -110,7 +110,7 @@ class Config(SSFSchedule):
 
 def variant(cfg: Config) -> Variant:
     """The components the config's ``ablation`` switches on."""
-    return ABLATIONS[cfg.ablation]
+    return SWITCHES[cfg.ablation]
 
 
 STUDIES = {

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
-from methods.ssf_dan.config import ABLATIONS, Config, Variant, variant  # noqa: F401 - re-exported
+from methods.ssf_dan.config import SWITCHES, Config, Variant, variant  # noqa: F401 - re-exported
 from methods.ssf_dan.discriminator import SeparableDiscriminator, check_features_labels, separate_features
 
 __all__ = [
-    "ABLATIONS", "Config", "SeparableDiscriminator", "Variant", "adversarial_loss_d",
+    "SWITCHES", "Config", "SeparableDiscriminator", "Variant", "adversarial_loss_d",
     "adversarial_loss_g", "class_weights", "discriminator_loss", "generator_adversarial_loss", "kept_fraction",
     "kept_labels", "mode_downsample", "progressive_confidence_mask", "reweight_map", "separate_features",
     "soft_class_maps", "variant",

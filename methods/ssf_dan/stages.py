@@ -27,7 +27,7 @@ def _probs(logits: torch.Tensor, size) -> torch.Tensor:
 
 def rho_at(p: dict, step: int) -> float:
     """ρ for this iteration: Eq. 7's schedule, the fixed ρ_upper (Fig. 4), or 1 (no filtering: SS-D†)."""
-    v = ssf.ABLATIONS[p["ablation"]]
+    v = ssf.SWITCHES[p["ablation"]]
     if v.rho == "progressive":
         return ssf.kept_fraction(step, p["rho_horizon"] or p["iters"], p["rho_upper"])
     return p["rho_upper"] if v.rho == "fixed" else 1.0
@@ -37,7 +37,7 @@ def masks(p: dict, out_s, out_t, src, tgt, grid, step: int, grid_s=None) -> dict
     """The per-iteration labels and CA-R weights at the feature grid (all without gradient). ``grid`` is the
     target's feature grid, ``grid_s`` the source's (default ``grid``): the real suites feed source and target at
     different sizes (GTA5 1280×720, Cityscapes 1024×512)."""
-    v = ssf.ABLATIONS[p["ablation"]]
+    v = ssf.SWITCHES[p["ablation"]]
     pt = _probs(out_t.logits, tgt["image"].shape[-2:])
     kept_t = ssf.progressive_confidence_mask(pt, rho_at(p, step))
     full_t = ssf.kept_labels(pt, kept_t)
@@ -56,7 +56,7 @@ def masks(p: dict, out_s, out_t, src, tgt, grid, step: int, grid_s=None) -> dict
 
 
 def ssf_losses(model, disc, global_disc, p: dict):
-    v = ssf.ABLATIONS[p["ablation"]]
+    v = ssf.SWITCHES[p["ablation"]]
     per_class = p["adv_output"] == "per_class"
     red, feat = p["adv_reduction"], p["feature_name"]
 
@@ -98,7 +98,7 @@ def ssf_losses(model, disc, global_disc, p: dict):
 
 def train_ssf_dan(p: dict, ctx) -> dict:
     """Stage ``ssf_dan.train`` from the initial weights."""
-    v = ssf.ABLATIONS[p["ablation"]]
+    v = ssf.SWITCHES[p["ablation"]]
 
     def discriminator(classes: int) -> SeparableDiscriminator:
         return SeparableDiscriminator(classes, p["feature_channels"], tuple(p["d_widths"]), p["d_negative_slope"])

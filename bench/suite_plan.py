@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from bench.evaluate import eval_stage
 from bench.paths import resolve_root
-from bench.pipeline import PlannedStage, plan_stages
+from bench.stage_keys import PlannedStage, plan_stages
 from methods.base import get_method, make_config
 
 

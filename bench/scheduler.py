@@ -14,8 +14,9 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 
-from bench.pipeline import PlannedStage, execute_stage, stage_runtime
 from bench.stage_cache import PROGRESS, StageCache
+from bench.stage_exec import execute_stage
+from bench.stage_keys import PlannedStage, stage_runtime
 
 
 class ResourceError(RuntimeError):
