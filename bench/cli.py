@@ -308,6 +308,26 @@ def cmd_perf_sweep(a) -> int:
     return 0
 
 
+def cmd_perf_loader(a) -> int:
+    from bench.data import DataError
+    from bench.perf_loader import measure
+    from bench.suite_runner import SuiteError
+
+    name, overrides = (a.args[0], a.args[1:]) if a.args and "=" not in a.args[0] else ("gta5_cityscapes", a.args)
+    try:
+        workers = [int(w) for w in a.workers.split(",") if w.strip()]
+        domains = [d.strip() for d in a.domains.split(",") if d.strip()]
+        r = measure(name, overrides, workers=workers, batches=a.batches, repeats=a.repeats, domains=domains,
+                    data_root=a.data, out=a.out, **({"gpu_its": a.gpu_its} if a.gpu_its is not None else {}))
+    except (SuiteError, DataError, KeyError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print(r["text"])
+    if a.out:
+        print(f"written: {a.out / 'loader.md'}, loader.csv, loader_stages.csv")
+    return 0
+
+
 def version() -> str:
     """The installed distribution's version, or pyproject's when run from a checkout that is not installed."""
     from importlib.metadata import PackageNotFoundError
@@ -462,8 +482,31 @@ def add_ui_parser(sub) -> None:
     u.set_defaults(func=cmd_ui)
 
 
+def add_perf_loader_parser(perf) -> None:
+    """``bench perf loader``: the train stages' DataLoaders on the CPU against the GPU's need (bench.perf_loader)."""
+    lo = perf.add_parser("loader", help="images/s of every train stage's DataLoader (decode, resize, crop, normalise) "
+                         "with num_workers 0/2/4 on stand-in data at native size, against what the GPU step needs",
+                         description="Times the DataLoaders a suite's train stages build (their transforms and "
+                         "batch sizes) on the CPU, on stand-in trees of the real formats at native resolution "
+                         "(bench rehearse's), and compares images/s with batch × --gpu-its.")
+    lo.add_argument("args", nargs="*", help="suite (default gta5_cityscapes), then dotted overrides (only=[bismap], "
+                    "ablations=true adds the variants' stages)")
+    lo.add_argument("--workers", default="0,2,4", help="num_workers values, comma-separated (default %(default)s)")
+    lo.add_argument("--batches", type=int, default=6, help="batches per timed run (default %(default)s)")
+    lo.add_argument("--repeats", type=int, default=3, help="timed runs per loader; images/s is their median "
+                    "(default %(default)s)")
+    lo.add_argument("--domains", default="source,target_train", help="time the stages that read only these "
+                    "domains (default %(default)s)")
+    lo.add_argument("--gpu-its", type=float, default=None, help="GPU training iterations/s to compare with; an "
+                    "assumption, not a measurement (default: bench.perf_loader.DEFAULT_GPU_ITS = 4)")
+    lo.add_argument("--data", type=Path, help="stand-in data root (default <repo>/results/rehearse/data, shared "
+                    "with bench rehearse)")
+    lo.add_argument("--out", type=Path, help="also write loader.md, loader.csv and loader_stages.csv here")
+    lo.set_defaults(func=cmd_perf_loader)
+
+
 def add_perf_parsers(sub) -> None:
-    """``bench perf eval|train|ssd|gmm|sweep``."""
+    """``bench perf eval|train|ssd|gmm|sweep|loader``."""
     perf = sub.add_parser("perf", help="benchmarks").add_subparsers(dest="perf_command", required=True)
     e = perf.add_parser("eval", help="evaluator throughput vs a numpy bincount-per-image baseline")
     e.add_argument("--images", type=int, default=20)
@@ -508,6 +551,7 @@ def add_perf_parsers(sub) -> None:
     w.add_argument("--independent", type=int, default=1, help="how many independent pipelines to time")
     w.add_argument("--executor", default="ray", choices=["ray", "local"])
     w.set_defaults(func=cmd_perf_sweep)
+    add_perf_loader_parser(perf)
 
 
 def build_parser() -> argparse.ArgumentParser:
