@@ -2,8 +2,8 @@
 wait on its loader").
 
 For every train stage of a real suite (its main rows; ``ablations=true`` adds the variants) the loaders the stage
-builds — the suite's dataset specs with the method's input normalisation (``bench.plan.method_datasets``), read
-through :meth:`bench.pipeline.StageContext.dataset` with the options the stage function passes (random scale,
+builds — the suite's dataset specs with the method's input normalisation (``bench.suite_plan.method_datasets``), read
+through :meth:`bench.stage_exec.StageContext.dataset` with the options the stage function passes (random scale,
 crop, flip, native resolution) — are timed as the trainer runs them: a torch ``DataLoader`` over the seeded
 :class:`bench.sampler.InfiniteSampler` with ``num_workers`` 0/2/4, decode + resize + scale + crop + normalise,
 no GPU. Reported per loader and worker count: images/s (median of ``--repeats`` runs of ``--batches`` batches,
@@ -110,7 +110,7 @@ STAGE_LOADERS = {"source_only.train": _source_only, "adaptsegnet.train": _suite_
 def stage_loaders(suite: dict) -> tuple[list[dict], list[str]]:
     """``[{"stage", "methods", "specs", "loaders"}]``, one per distinct train stage of the suite's methods (same
     name and params → one entry), and notes (train stages this module has no recipe for)."""
-    from bench.plan import dataset_specs, method_configs, method_datasets
+    from bench.suite_plan import dataset_specs, method_configs, method_datasets
     from methods.base import closure, get_method
 
     specs = dataset_specs(suite)
@@ -169,7 +169,7 @@ def build_loader_dataset(specs: dict, lo: Loader, seed: int = 0):
     reads the tree's label files in place of its pseudo-labels (one PNG per image, as the pseudo-label directory
     holds) — or none where the tree has none (Cross-City train), which ``pseudo_read`` then says."""
     from bench.data import DataError
-    from bench.pipeline import StageContext
+    from bench.stage_exec import StageContext
 
     if lo.pseudo:
         try:
