@@ -13,6 +13,7 @@ from methods import adversarial, intrada
 from methods.base import make_config
 from methods.pixintrada import equations as px
 from methods.pixintrada import stages as pp
+from methods.pixintrada.config import TABLES
 from methods.pixintrada.inter import adaptsegnet_config
 
 FPS = {d: {"spec": {"name": d}, "fingerprint": "f" + d} for d in ("source", "target_train", "target_val")}
@@ -98,8 +99,7 @@ def test_bad_setting_names_its_key(key, value):
         pp.stages(px.Config(**{key: value}))
 
 
-TABLE3 = {"inter": {"rounds": 0}, "pla": {"rounds": 1, "variant": "pla"}, "cts": {"rounds": 1},
-          "t1": {"rounds": 2, "kld": False}, "": {}}
+TABLE3 = {**TABLES["t3"].variants(), "": {}}  # Table 3's rows as the config declares them
 
 
 def test_table3_variants_share_their_prefixes():
