@@ -240,8 +240,9 @@ def cmd_ui(a) -> int:
               f"can reach this one; anyone there can read and delete runs", file=sys.stderr)
     print(f"MLflow UI on http://{a.host}:{a.port} for {uri} (Ctrl-C stops it)")
     urls = comparison_urls(uri, f"http://{a.host}:{a.port}")
-    print("\n".join(["method-by-method comparison (experiment runs, best mIoU first):", *urls]) if urls else "",
-          flush=True)
+    print("\n".join(["method-by-method comparison (the saved view 'Methods by mIoU': experiment runs, best mIoU "
+                     "first, mIoU as the first column and the first chart; add &compareRunsMode=CHART for the charts):",
+                     *urls]) if urls else "", flush=True)
     # replace this process, so Ctrl-C and SIGTERM reach the server itself and none is left holding the port
     os.execvpe(cmd[0], cmd, env)
 

@@ -6,17 +6,21 @@
 - One run per experiment once all its stages have ended: the method's config under the method's prefix
   (``cag_uda.delta_d``), the evaluation in percent (``tags.units = percent``), per-class IoU as a table,
   datasets as inputs, and a note linking every stage run it used.
+- One logged model per experiment (MLflow's Models tab): the segmenter it evaluated, external (its weights stay in
+  the stage cache, nothing is copied), with its spec, the method's config and the IoU metrics on the evaluation set.
+- The suite's saved view "Methods by mIoU" (``bench ui`` prints its link): experiment runs, best mIoU first.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.tracking import _db_lock, to_percent
+from bench.tracking import _db_lock, is_iou, miou_metrics, save_comparison_view, to_percent
 
 
 def display_names(experiments) -> dict[str, str]:
@@ -39,11 +43,26 @@ def display_names(experiments) -> dict[str, str]:
     return out
 
 
-def _meta(stage_dir: Path) -> dict:
+def _json(path: Path) -> dict:
     try:
-        return json.loads((stage_dir / "meta.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _meta(stage_dir: Path) -> dict:
+    return _json(stage_dir / "meta.json")
+
+
+def dataset_name(spec: dict, domain: str) -> str:
+    """``cityscapes val (target_val)``: the name a dataset has in MLflow."""
+    name = " ".join(str(x) for x in (spec["name"], spec.get("split") or "", spec.get("city") or "") if x)
+    return f"{name} ({domain})"
+
+
+def warn(what: str, e: Exception) -> None:
+    """MLflow extras (a saved view, a logged model) never stop a suite: say what is missing and go on."""
+    print(f"warning: MLflow: {what} not logged ({type(e).__name__}: {e}); the suite goes on", file=sys.stderr)
 
 
 def dataset_inputs(suite: dict, fingerprints: dict, target: str, domains) -> list:
@@ -57,8 +76,7 @@ def dataset_inputs(suite: dict, fingerprints: dict, target: str, domains) -> lis
     specs, out = dataset_specs(suite, target), []
     for d in domains:
         spec, fp = specs[d], fingerprints[target][d]
-        name = " ".join(str(x) for x in (spec["name"], spec.get("split") or "", spec.get("city") or "") if x)
-        ds = MetaDataset(LocalArtifactDatasetSource(Path(spec["root"]).as_uri()), name=f"{name} ({d})",
+        ds = MetaDataset(LocalArtifactDatasetSource(Path(spec["root"]).as_uri()), name=dataset_name(spec, d),
                          digest=fp["fingerprint"])
         out.append(DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", d)]))
     return out
@@ -100,6 +118,11 @@ class LiveLog:
             {"suite": suite["name"], "git": env["git"], "overrides": " ".join(overrides) or "-"},
             params={"suite": {k: v for k, v in suite.items() if k != "methods"}})
         self.monitor = self._system_monitor()
+        try:
+            save_comparison_view(tracker.client, tracker.experiment_id,
+                                 miou_metrics((suite.get("evaluation") or {}).get("subsets") or ["19"]))
+        except Exception as e:  # noqa: BLE001 - the runs are the record; the view only opens on them
+            warn("the saved view 'Methods by mIoU'", e)
 
     def _system_monitor(self):
         """MLflow's own sampler on the invocation run (the driver's machine over the whole suite), with psutil."""
@@ -212,11 +235,53 @@ class LiveLog:
         run = self.t.start(e.label, "experiment", tags, parent=self.invocation, params=params,
                            start_time=min(starts) if starts else None)
         if ok:
-            self.t.log_metrics(run, to_percent(ev.result))
+            metrics = to_percent(ev.result)
+            iou = {k: v for k, v in metrics.items() if is_iou(k)}
+            self.t.log_metrics(run, {k: v for k, v in metrics.items() if k not in iou})
+            self._log_ious(e, run, iou, self.logged_model(e, run, params))
             self.t.client.log_table(run, per_class_table(ev.result), "per_class_iou.json")
         self.t.client.log_inputs(run, dataset_inputs(self.suite, self.fingerprints, e.target, sorted(fps)))
         self.t.end(run, ok)
         return run
+
+    def _log_ious(self, e, run: str, iou: dict, model: str | None) -> None:
+        """The IoUs on the run, and on its logged model too (measured on the evaluation set), so that the Models
+        tab compares them; should the model's part fail, they still reach the run."""
+        if model:
+            try:
+                self.t.log_metrics(run, iou, model_id=model, dataset=self.eval_dataset(e))
+                return
+            except Exception as exc:  # noqa: BLE001 - the run's metrics are the record, the model's a view of them
+                warn(f"the metrics of the model of {e.label}", exc)
+        self.t.log_metrics(run, iou)
+
+    def eval_dataset(self, e) -> tuple[str, str]:
+        """(name, digest) of the set the experiment is evaluated on, as its dataset input names it."""
+        from bench.suite_plan import dataset_specs
+
+        d = e.eval.stage.datasets[0]
+        return dataset_name(dataset_specs(self.suite, e.target)[d], d), self.fingerprints[e.target][d]["fingerprint"]
+
+    def logged_model(self, e, run: str, params: dict) -> str | None:
+        """The segmenter the experiment evaluated as an external logged model (see ``Tracker.log_external_model``):
+        it points at the model stage's cache directory. Any failure is a warning (→ None), never the suite's end."""
+        from bench.train import MODEL_FILE
+
+        d = self.cache_root / e.model.key
+        try:
+            spec = {"architecture": _json(d / "model.json"), "weights": str(d / MODEL_FILE), "cache_dir": str(d),
+                    "load": f"bench.stage_exec.load_model({str(d)!r})", "method": e.method, "variant": e.variant,
+                    "seed": e.seed, "target": e.target, "config": asdict(e.config)}
+            tags = {"method": e.method, "variant": e.variant or "-", "seed": e.seed, "target": e.target or "-",
+                    "stage": self.names[e.model.key], "cache_key": e.model.key, "cache_dir": d,
+                    "weights": d / MODEL_FILE, "eval_key": e.eval.key, "invocation": self.invocation,
+                    "units": "percent", "mlflow.note.content":
+                    f"The segmenter `{e.label}` evaluated, trained by stage `{self.names[e.model.key]}`. Its weights "
+                    f"stay in the stage cache (not copied): `{d / MODEL_FILE}`; load it with `{spec['load']}`."}
+            return self.t.log_external_model(run, e.label, spec, params, tags)
+        except Exception as exc:  # noqa: BLE001 - the experiment's run and metrics are logged either way
+            warn(f"the model of {e.label}", exc)
+            return None
 
     def close(self, outcomes: dict) -> None:
         """Experiments that never completed (a failed, skipped or interrupted stage) are logged as they stand."""

@@ -4,8 +4,9 @@ Layout (written live by ``bench.live_log`` as stages end): an MLflow experiment 
 invocation (``kind=invocation``); one run per unique stage (``kind=stage``, keyed by its cache key, nested under
 the invocation that computed it, never copied); a run per experiment (method × variant × target × seed,
 ``kind=experiment``) with the method's config under its prefix, the final evaluation and tags linking the stage
-runs it used. IoU metrics are percent in MLflow (``tags.units = percent``), as in the tables and papers; tables
-are rebuilt from these runs (``load_results``).
+runs it used, and the model it evaluated as an external logged model (weights left in the cache). IoU metrics are
+percent in MLflow (``tags.units = percent``), as in the tables and papers; tables are rebuilt from these runs
+(``load_results``). Each suite's experiment carries the saved view "Methods by mIoU" (``view_url``).
 """
 
 from __future__ import annotations
@@ -146,14 +147,20 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i:i + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict, step: int = 0) -> None:
-        self.log_history(run_id, [{"step": step, **_numeric(metrics)}])
+    def log_metrics(self, run_id: str, metrics: dict, step: int = 0, model_id: str | None = None,
+                    dataset: tuple[str, str] | None = None) -> None:
+        """Metrics of a run; with ``model_id`` they are the logged model's too (measured on ``dataset``: name,
+        digest)."""
+        self.log_history(run_id, [{"step": step, **_numeric(metrics)}], model_id=model_id, dataset=dataset)
 
-    def log_history(self, run_id: str, rows: list[dict], t0: float | None = None, t1: float | None = None) -> None:
+    def log_history(self, run_id: str, rows: list[dict], t0: float | None = None, t1: float | None = None,
+                    model_id: str | None = None, dataset: tuple[str, str] | None = None) -> None:
         """``rows`` = [{"step": s, "time": epoch s, key: value, ...}] as the stage's metrics.jsonl holds them.
         Each point keeps the time it was written; rows from before ``time`` was recorded are spread over
         [t0, t1] by step (the stage's real span), else stamped now."""
         from mlflow.entities import Metric
+
+        ds_name, ds_digest = dataset or (None, None)
 
         last = max((int(r.get("step", 0)) for r in rows), default=0) or 1
 
@@ -164,10 +171,42 @@ class Tracker:
                 return _ms(t0 + (t1 - t0) * int(r.get("step", 0)) / last)
             return _ms(time.time())
 
-        items = [Metric(k, float(v), stamp(r), int(r.get("step", 0))) for r in rows
+        items = [Metric(k, float(v), stamp(r), int(r.get("step", 0)), model_id=model_id, dataset_name=ds_name,
+                        dataset_digest=ds_digest) for r in rows
                  for k, v in r.items() if k not in ("step", "time") and isinstance(v, (int, float))]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def log_external_model(self, run_id: str, name: str, spec: dict, params: dict, tags: dict) -> str:
+        """A LoggedModel (MLflow 3's Models tab) whose weights stay where they are (``tags["cache_dir"]``): no copy,
+        only an ``MLmodel`` marking it external and ``spec`` as ``model_spec.json``. Produced by ``run_id`` and
+        listed as its output; READY → its id."""
+        import tempfile
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models.utils import get_external_mlflow_model_spec
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
+
+        safe = "".join("-" if c in "/:.%\"'" else c for c in name)  # characters MLflow refuses in model names
+        model = self.client.create_logged_model(
+            self.experiment_id, name=safe, source_run_id=run_id, model_type="segmenter",
+            tags={MLFLOW_MODEL_IS_EXTERNAL: "true", **{k: str(v) for k, v in tags.items()}},
+            params={k: (v if isinstance(v, str) else json.dumps(v, default=str))[:PARAM_MAX]
+                    for k, v in flatten(params).items()})
+        try:
+            mlmodel = get_external_mlflow_model_spec(model)
+            mlmodel.metadata = {**(mlmodel.metadata or {}),
+                                **{k: str(v) for k, v in tags.items() if not k.startswith("mlflow.")}}
+            with tempfile.TemporaryDirectory() as tmp:
+                mlmodel.save(str(Path(tmp) / "MLmodel"))
+                (Path(tmp) / "model_spec.json").write_text(json.dumps(spec, indent=1, default=str))
+                self.client.log_model_artifacts(model.model_id, tmp)
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        except Exception:
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, 0)])
+        return model.model_id
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
@@ -210,6 +249,50 @@ def load_results(uri: str, experiment: str, invocation: str | None = None) -> tu
 
 
 COMPARE_FILTER = "tags.kind = 'experiment'"
+# The saved runs view every suite's MLflow experiment gets (an experiment tag, as the UI's own "Save view" writes
+# it): experiment runs only, best mIoU first, mIoU as the first column and the first chart section.
+VIEW_KEY = "bench-methods"
+VIEW_NAME = "Methods by mIoU"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+
+
+def miou_metrics(subsets) -> list[str]:
+    """The suite's mIoU metrics, headline first: ``miou_<subset>`` per evaluated subset (+ ``miou_13_of_16``)."""
+    subsets = [str(s) for s in subsets] or ["19"]
+    return [f"miou_{s}" for s in subsets] + (["miou_13_of_16"] if {"16", "13"} <= set(subsets) else [])
+
+
+def comparison_view_state(metrics: list[str]) -> dict:
+    """The runs page's state for a method-by-method comparison, in the form of MLflow 3's saved views (search
+    facets + UI state): the experiment runs sorted by ``metrics[0]``, the mIoU columns right after the run name
+    (then models and datasets), and in chart mode a first section with one bar chart per mIoU metric (every run
+    shown, not the first 10); the per-class and other charts follow in sections of their own."""
+    cols, extra = [f"metrics.`{m}`" for m in metrics], ["attributes.`Models`", "attributes.`Dataset`"]
+    charts = [{"uuid": f"bench-{m}", "type": "BAR", "runsCountToCompare": 100, "metricSectionId": "bench-miou",
+               "deleted": False, "isGenerated": True, "displayName": m, "metricKey": m} for m in metrics]
+    return {"searchFilter": COMPARE_FILTER, "orderByKey": cols[0], "orderByAsc": False,
+            "selectedColumns": [*cols, *extra],
+            "columnOrder": ["attributes.`Run Name`", "runDateAndNestInfo", *cols, *extra],  # name, created pinned
+            "columnWidths": {c: 150 for c in cols}, "runsHiddenMode": "SHOW_ALL",
+            "compareRunSections": [{"uuid": "bench-miou", "name": "mIoU (%)", "display": True, "isReordered": True}],
+            "compareRunCharts": charts, "isAccordionReordered": True}
+
+
+def save_comparison_view(client, experiment_id: str, metrics: list[str]) -> None:
+    """Write (or refresh) the suite's saved view; the UI lists it under "Views" and :func:`view_url` opens it."""
+    now = int(time.time() * 1000)
+    try:
+        created = json.loads(client.get_experiment(experiment_id).tags.get(VIEW_TAG, "{}")).get("createdAt", now)
+    except (ValueError, AttributeError):
+        created = now
+    client.set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(
+        {"name": VIEW_NAME, "createdAt": created, "updatedAt": now,
+         "state": json.dumps(comparison_view_state(metrics))}))
+
+
+def view_url(base: str, experiment_id: str) -> str:
+    """The saved comparison view of one suite (its state is read from the experiment's tag)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
 def comparison_url(base: str, experiment_id: str, metric: str = "miou_19") -> str:
@@ -221,7 +304,8 @@ def comparison_url(base: str, experiment_id: str, metric: str = "miou_19") -> st
 
 
 def comparison_urls(uri: str, base: str) -> list[str]:
-    """``name: url`` for every suite in the store ([] when it cannot be read: the UI starts anyway)."""
+    """``name: url`` for every suite in the store: its saved view, or for a store from before saved views the
+    search URL ([] when the store cannot be read: the UI starts anyway)."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return []  # no store yet (reading would create one)
     try:
@@ -230,7 +314,8 @@ def comparison_urls(uri: str, base: str) -> list[str]:
         exps = MlflowClient(uri).search_experiments()
     except Exception:  # noqa: BLE001 - a missing or fresh store: nothing to point at yet
         return []
-    return [f"{e.name}: {comparison_url(base, e.experiment_id)}" for e in exps if e.name != "Default"]
+    return [f"{e.name}: " + (view_url if VIEW_TAG in e.tags else comparison_url)(base, e.experiment_id)
+            for e in exps if e.name != "Default"]
 
 
 def ui_command(uri: str, port: int = 5000) -> tuple[list[str], dict]:

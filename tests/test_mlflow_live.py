@@ -1,5 +1,6 @@
 """MLflow is written while a suite runs (each stage as it ends, with its real times), one run per unique stage
-however often the suite runs, IoU in percent, and the record reads the same through the REST API."""
+however often the suite runs, IoU in percent, one logged model per experiment (external: the weights stay in the
+cache), the suite's saved comparison view, and the record reads the same through the REST API."""
 
 import json
 import os
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from fixtures import tiny_minicity_suite, write_suite
 
+import bench.live_log
 import bench.scheduler
+import bench.tracking
 from bench.suite_runner import run_suite
 
 
@@ -109,6 +112,85 @@ def test_a_rerun_adds_no_stage_run_and_links_the_existing_ones(two_runs):
     assert rows["class"][0] == "mIoU" and rows["iou_percent"][0] == pytest.approx(so.data.metrics["miou_19"], abs=0.01)
 
 
+@pytest.mark.slow
+def test_each_experiment_logs_the_model_it_evaluated_without_copying_it(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    client, cache = MlflowClient(two_runs["uri"]), two_runs["cache"]
+    exps = {r.info.run_id: r for r in _runs(client, "experiment")}
+    models = client.search_logged_models([client.get_experiment_by_name("tiny").experiment_id])
+    # one per experiment run (2 experiments × 2 invocations), each produced by and listed as the output of its run
+    assert sorted(m.source_run_id for m in models) == sorted(exps) and len(models) == 4
+    for m in models:
+        run = exps[m.source_run_id]
+        assert m.status == "READY" and m.name == run.info.run_name and m.model_type == "segmenter"
+        assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [m.model_id]
+        # external: it points at the model stage's cache directory, whose weights are not copied into MLflow
+        d = cache / run.data.tags["model_key"]
+        assert m.tags["mlflow.model.isExternal"] == "true" and m.tags["cache_dir"] == str(d)
+        assert Path(m.tags["weights"]).is_file() and Path(m.tags["weights"]).parent == d
+        art = Path(m.artifact_location.removeprefix("file://"))
+        assert sorted(p.name for p in art.rglob("*") if p.is_file()) == ["MLmodel", "model_spec.json"]
+        spec = json.loads((art / "model_spec.json").read_text())
+        assert spec["architecture"] == json.loads((d / "model.json").read_text()) and spec["method"] == m.tags["method"]
+        assert m.params["method"] == m.tags["method"] and f"{m.tags['method']}.iters" in m.params
+        # its metrics: the run's IoUs (in percent), on the evaluation set, mIoU first
+        metrics = {x.key: x for x in m.metrics}
+        assert m.metrics[0].key == "miou_19" and metrics["miou_19"].value == run.data.metrics["miou_19"]
+        assert all(k.startswith(("miou_", "iou_")) for k in metrics) and "iou_19/road" in metrics
+        assert metrics["miou_19"].dataset_name == "cityscapes val (target_val)"
+        assert metrics["miou_19"].dataset_digest == run.data.tags["fingerprint.target_val"]
+
+
+@pytest.mark.slow
+def test_the_suite_has_a_saved_view_comparing_methods_by_miou(two_runs):
+    """The view MLflow's UI opens from ``bench ui``'s link: experiment runs, best mIoU first, mIoU the first column
+    and the first chart (checked in headless Chromium when written: the UI reads exactly these keys)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(two_runs["uri"])
+    exp = client.get_experiment_by_name("tiny")
+    view = json.loads(exp.tags[bench.tracking.VIEW_TAG])
+    assert view["name"] == "Methods by mIoU" and view["createdAt"] <= view["updatedAt"]
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == "tags.kind = 'experiment'" and state["orderByAsc"] is False
+    assert state["orderByKey"] == state["selectedColumns"][0] == "metrics.`miou_19`"
+    assert state["columnOrder"][:3] == ["attributes.`Run Name`", "runDateAndNestInfo", "metrics.`miou_19`"]
+    assert state["compareRunCharts"][0]["metricKey"] == "miou_19" and state["isAccordionReordered"] is True
+    assert [s["uuid"] for s in state["compareRunSections"]] == [state["compareRunCharts"][0]["metricSectionId"]]
+    assert bench.tracking.comparison_urls(two_runs["uri"], "http://h:1") == [
+        f"tiny: http://h:1/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=bench-methods"]
+
+
+def test_the_view_of_a_synthia_suite_leads_with_its_mious():
+    state = bench.tracking.comparison_view_state(bench.tracking.miou_metrics(["16", "13"]))
+    assert state["selectedColumns"][:3] == ["metrics.`miou_16`", "metrics.`miou_13`", "metrics.`miou_13_of_16`"]
+    assert state["orderByKey"] == "metrics.`miou_16`"
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_logged_is_a_warning_not_the_end_of_the_suite(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    def broken(*a, **k):
+        raise RuntimeError("no room for models")
+
+    monkeypatch.setattr(bench.tracking.Tracker, "log_external_model", broken)
+    monkeypatch.setattr(bench.live_log, "save_comparison_view", broken)
+    suite = tiny_minicity_suite(tmp_path, {"gta5": 4, "synthia": 2, "cityscapes_train": 4, "cityscapes_val": 2})
+    suite["only"] = ["source_only"]
+    suite["methods"]["source_only"].update(iters=2, batch_size=2)
+    out = run_suite(str(write_suite(suite, tmp_path / "tiny.yaml")), results_root=tmp_path / "r", executor="local")
+    assert {o.status for o in out["outcomes"].values()} == {"done"}
+    err = capsys.readouterr().err
+    assert "warning: MLflow: the model of source_only seed 0 not logged (RuntimeError: no room for models)" in err
+    assert "warning: MLflow: the saved view 'Methods by mIoU' not logged" in err
+    client = MlflowClient("sqlite:///" + str(tmp_path / "r" / "mlflow.db"))
+    (run,) = _runs(client, "experiment")
+    assert run.info.status == "FINISHED" and run.data.metrics["miou_19"] > 0  # the run and its metrics are there
+    assert not client.search_logged_models([run.info.experiment_id])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,6 +230,7 @@ def test_the_record_through_the_mlflow_rest_api(two_runs):
         stages = _post(base, "/api/2.0/mlflow/runs/search", {**search, "filter": "tags.kind = 'stage'"})["runs"]
         exps = _post(base, "/api/2.0/mlflow/runs/search", {**search, "filter": "tags.kind = 'experiment'",
                                                           "order_by": ["metrics.miou_19 DESC"]})["runs"]
+        models = _post(base, "/api/2.0/mlflow/logged-models/search", {"experiment_ids": [eid]})["models"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
@@ -164,3 +247,10 @@ def test_the_record_through_the_mlflow_rest_api(two_runs):
         frac = json.loads((two_runs["cache"] / tags["cache_key"] / "result.json").read_text())["miou_19"]
         miou = next(m["value"] for m in r["data"]["metrics"] if m["key"] == "miou_19")
         assert miou == pytest.approx(100 * frac) and 0 <= miou <= 100
+    # one logged model per experiment run, with the run's mIoU
+    by_run = {m["info"]["source_run_id"]: m for m in models}
+    assert len(models) == 4 and set(by_run) == {r["info"]["run_id"] for r in exps}
+    for r in exps:
+        m = by_run[r["info"]["run_id"]]
+        model_miou = next(x["value"] for x in m["data"]["metrics"] if x["key"] == "miou_19")
+        assert model_miou == next(x["value"] for x in r["data"]["metrics"] if x["key"] == "miou_19")
