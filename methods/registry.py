@@ -4,6 +4,7 @@ it. Adding a method: its folder, one line here, a suite entry (README, "Adding a
 METHODS = {
     "source_only": "methods.source_only",
     "oracle": "methods.oracle",
+    "adabn": "methods.adabn",
     "adaptsegnet": "methods.adversarial",
     "cag_uda": "methods.cag_uda.stages",
     "ssf_dan": "methods.ssf_dan.stages",
