@@ -138,15 +138,25 @@ class LiveLog:
 
     # ---------------------------------------------------------------------------------------------- stages
     def stage_finished(self, ps, o) -> None:
+        """The scheduler's ``on_finished``: the stage's run, then the runs of the experiments it completes. A store
+        that refuses a write (another invocation's concurrent write, a full disk) costs that run, with a warning;
+        the stage's result is in the cache either way, and the suite goes on."""
         self.outcomes[ps.key] = o
-        if o.status in ("done", "cached"):
-            self.stage_runs[ps.key] = self.stage_run(ps, o)
-        elif o.status == "failed":
-            self.stage_runs[ps.key] = self._failed_run(ps, o)
+        try:
+            if o.status in ("done", "cached"):
+                self.stage_runs[ps.key] = self.stage_run(ps, o)
+            elif o.status == "failed":
+                self.stage_runs[ps.key] = self._failed_run(ps, o)
+        except Exception as e:  # noqa: BLE001 - MLflow is the record's view; the cache holds the result
+            warn(f"the run of stage {ps.name} ({ps.key})", e)
         for i, e in enumerate(self.experiments):
             if i not in self.logged and all(s.key in self.outcomes for s in e.stages):
                 self.logged.add(i)
-                self.experiment_run(e)
+                try:
+                    with _db_lock(self.t.uri):  # two invocations on one store insert the same datasets
+                        self.experiment_run(e)
+                except Exception as exc:  # noqa: BLE001
+                    warn(f"the run of experiment {e.label}", exc)
 
     def stage_run(self, ps, o) -> str:
         """The stage's run: the one already logged for its key, else a new one (under the store's lock, so that

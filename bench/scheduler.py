@@ -197,12 +197,12 @@ class Scheduler:
                 if self.board:
                     self.board.started(self.stages[key], self.cache.dir(key))
                 try:
-                    res = _stage_log_run(self.stages[key], str(self.cache.root), self.specs[key], self.train)
-                    self._record(key, res, None)
-                    break
+                    res, exc = _stage_log_run(self.stages[key], str(self.cache.root), self.specs[key], self.train), None
                 except Exception as e:  # noqa: BLE001 - every failure is reported in the summary
-                    if not self._record(key, None, e):
-                        break
+                    res, exc = None, e
+                # outside the try: an error of what is told of the stage's end (on_finished) is not the stage's
+                if not self._record(key, res, exc):
+                    break
 
     def _run_ray(self) -> None:
         import ray

@@ -116,3 +116,23 @@ def test_critical_path_puts_long_chains_first():
     # root: 0.1 + mid 1.0 + leaf 0.1 = 1.2; the lone train stage: 1.0
     assert by_name["fake.root"] == pytest.approx(1.2) and by_name["fake.flaky"] == pytest.approx(1.0)
     assert by_name["fake.mid"] == pytest.approx(1.1) and by_name["fake.leaf"] == pytest.approx(0.1)
+
+
+def test_an_error_in_on_finished_is_not_the_stages(tmp_path, calls):
+    """What is told of a stage's end (MLflow logging, ``on_finished``) failing must not make the stage a failure
+    and run it again: before, the local executor caught it with the stage's own errors (a concurrent MLflow write
+    made a finished evaluation 'failed after 2 attempts')."""
+    planned = plan_stages([fk.chain(1, 2)], 0, DATASETS, {})
+    stages = {p.key: p for p in planned}
+    told = []
+
+    def on_finished(ps, o):
+        told.append(o.status)
+        raise RuntimeError("the store refused the write")
+
+    sched = Scheduler(stages, {k: {} for k in stages}, {}, tmp_path / "cache", executor="local", retries=1,
+                      on_finished=on_finished)
+    with pytest.raises(RuntimeError, match="refused"):
+        sched.run()
+    assert told == ["done"] and len(fk.calls(calls)) == 1  # the first stage ran once, and was not retried
+    assert sched.outcomes[planned[0].key].status == "done"
