@@ -271,7 +271,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
 def target_results(suite, target: str, results: list[dict], experiments, out_dir: Path, cache_root: Path) -> list[str]:
     """The report's results for one target: a table (and its plot, differences, ablations) per class subset."""
     subsets = (suite.get("evaluation") or {}).get("subsets", ["19"])
-    rs = [r for r in results if r["target"] == target and f"miou_{subsets[0]}" in r]
+    rs = in_suite_order([r for r in results if r["target"] == target and f"miou_{subsets[0]}" in r], experiments)
     if not rs:
         return [f"No finished experiment for {target or 'this suite'}.", ""]
     per_image = per_image_lookup(rs, experiments, cache_root)
@@ -280,6 +280,15 @@ def target_results(suite, target: str, results: list[dict], experiments, out_dir
     for subset in subsets:
         md += subset_results(suite, target, subset, rs, per_image, protocols, out_dir)
     return md
+
+
+def in_suite_order(results: list[dict], experiments) -> list[dict]:
+    """Results in the suite's row order (its methods, each followed by its variants; seeds ascending), not in the
+    order the runs finished and were logged; rows the plan does not know come last."""
+    order: dict[tuple, int] = {}
+    for e in experiments:
+        order.setdefault((e.method, e.variant or ""), len(order))
+    return sorted(results, key=lambda r: (order.get((r["method"], r.get("variant") or ""), len(order)), r["seed"]))
 
 
 def subset_results(suite, target: str, subset: str, rs: list[dict], per_image: dict, protocols: dict,

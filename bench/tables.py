@@ -325,6 +325,9 @@ def tex_number(text) -> str:
     return tex_minus(tex_escape(text))
 
 
+FIT_TO_LINE = r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%"  # shrinks, never enlarges
+
+
 def tex_header(graphicx: bool = False) -> str:
     """The first line of every emitted ``.tex``: the packages it needs (README, "Tables")."""
     return rf"% uda-bench table; needs \usepackage{{booktabs{',graphicx' if graphicx else ''}}}"
@@ -356,7 +359,7 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str, *, digits: int = 1, 
              rf"\caption{{{tex_escape(caption)}}}",
              rf"\label{{{label}}}"]
     if fit:
-        lines.append(r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%")
+        lines.append(FIT_TO_LINE)
     lines += [rf"\begin{{tabular}}{{ll{'c' * len(heads)}}}", r"\toprule",
               " & ".join(["Method", "Source", *heads]) + r" \\", r"\midrule"]
     flags = _ours_flags(frame)
@@ -449,14 +452,16 @@ def ablation_markdown(abl: pd.DataFrame, title: str = "", *, metric: str = "mIoU
 
 def ablation_latex(abl: pd.DataFrame, caption: str = "", *, label: str = "tab:ablation", metric: str = "mIoU",
                    digits: int = 1, base: str | None = None) -> str:
-    """The same table as :func:`ablation_markdown` in booktabs LaTeX (booktabs only)."""
+    """The same table as :func:`ablation_markdown` in booktabs LaTeX (booktabs, and graphicx to shrink a table wider
+    than the line: the printed row labels are long)."""
     base = base or abl.index[0]
     paper = "paper mIoU" in abl.columns
     pgain = _paper_gain(abl, base) if paper else None
     cols = "lrrr" + ("lrr" if paper else "")
     head = ["Method", "seeds", tex_escape(metric), "gain"] + (["paper row", "paper", "paper gain"] if paper else [])
-    out = [tex_header(), r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
-           rf"\label{{{label}}}", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    out = [tex_header(graphicx=True), r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
+           rf"\label{{{label}}}", FIT_TO_LINE, rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(head) + r" \\",
+           r"\midrule"]
     for name, r in abl.iterrows():
         std = "" if pd.isna(r[f"{metric}_std"]) else rf" $\pm$ {r[f'{metric}_std']:.{digits}f}"
         cells = [tex_escape(str(name)), str(int(r["seeds"])), tex_number(f"{r[metric]:.{digits}f}") + std,
@@ -466,7 +471,7 @@ def ablation_latex(abl: pd.DataFrame, caption: str = "", *, label: str = "tab:ab
                       TEX_DASH if pd.isna(r["paper mIoU"]) else f"{r['paper mIoU']:.{digits}f}",
                       tex_number(_paper_gain_cell(name, pgain, base, digits))]
         out.append(" & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}"]
+    out += [r"\bottomrule", r"\end{tabular}}"]
     note = ablation_note(abl, base)
     if note:  # the mark's footnote
         out += [r"\par\smallskip", rf"{{\footnotesize {tex_escape(note)}\par}}"]

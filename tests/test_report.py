@@ -101,3 +101,16 @@ def test_captions_name_the_protocol_recorded_with_the_numbers():
     assert "protocol ms, final iterate" in table_title(suite, "", "19", only_ms)  # not the suite's A
     assert "- evaluation protocol A; ms for cag_uda (ms) (see" in "\n".join(protocol_lines(suite, protocols))
     assert "- evaluation protocol A (see" in "\n".join(protocol_lines(suite, {}))  # nothing recorded: the suite's
+
+
+def test_results_follow_the_suite_order_not_the_finishing_order():
+    from bench.report import in_suite_order
+
+    exps = [SimpleNamespace(method=m, variant=v) for m, v in
+            [("cag_uda", ""), ("cag_uda", "stage1"), ("cag_uda", ""), ("bismap", "ias"), ("source_only", "")]]
+    finished = [{"method": "source_only", "seed": 1}, {"method": "bismap", "variant": "ias", "seed": 0},
+                {"method": "cag_uda", "variant": "stage1", "seed": 0}, {"method": "cag_uda", "seed": 1},
+                {"method": "cag_uda", "seed": 0}, {"method": "other", "seed": 0}]
+    rows = [(r["method"], r.get("variant", ""), r["seed"]) for r in in_suite_order(finished, exps)]
+    assert rows == [("cag_uda", "", 0), ("cag_uda", "", 1), ("cag_uda", "stage1", 0), ("bismap", "ias", 0),
+                    ("source_only", "", 1), ("other", "", 0)]
