@@ -35,6 +35,8 @@ def target_bn_statistics(model: torch.nn.Module, batches) -> int:
         m.reset_running_stats()
         m.momentum = None
     model.train()
+    for m in layers:  # a model whose BN is frozen (bn_mode="frozen") keeps its BN in eval mode under .train()
+        m.train()
     with torch.no_grad():
         for x in batches:
             model(x)

@@ -30,6 +30,22 @@ def test_target_bn_statistics_are_the_target_batches_statistics():
     assert torch.all(bn.weight == 2.0) and torch.all(bn.bias == -1.0)  # γ, β untouched
 
 
+
+def test_target_bn_statistics_reach_frozen_bn_layers():
+    """A model with bn_mode="frozen" keeps its BN in eval mode under .train(); AdaBN must still re-estimate them."""
+    from bench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("small", num_classes=19, bn_mode="frozen", bn_scope="backbone")
+    model.train()
+    assert not model.stem[1].training  # the frozen mode's own behaviour
+    x = torch.randn(2, 3, 32, 64) * 3 + 5
+    adabn.target_bn_statistics(model, [x])
+    # the stem's BN sees the conv of x directly: its running mean must be that conv output's channel mean
+    conv = model.stem[0](x)
+    assert torch.allclose(model.stem[1].running_mean, conv.mean((0, 2, 3)), atol=1e-4)
+    assert not model.stem[1].training
+
 def test_adabn_starts_from_the_source_only_stage():
     values = {**ADAPTSEGNET, "model": "small", "model_options": {}, "iters": 5}
     (so,) = source_only.stages(make_config(source_only.Config, values))

@@ -203,6 +203,40 @@ def test_bn_mode_train(cls):
     assert all(_changed(before, model))
 
 
+
+def test_small_bn_scope_backbone_freezes_only_the_backbone():
+    """MiniCity's setting: backbone BN frozen (statistics of the pretraining), head BN ordinary."""
+    model = SmallSeg(num_classes=3, bn_mode="frozen", bn_scope="backbone").train()
+    back = [bn for m in model.backbone_modules() for bn in batchnorms(m)]
+    head = [bn for bn in batchnorms(model) if all(bn is not b for b in back)]
+    assert back and head
+    assert all(not bn.training and not bn.weight.requires_grad for bn in back)
+    assert all(bn.training and bn.weight.requires_grad for bn in head)
+    before = _stats(model)
+    model(torch.randn(2, 3, 64, 64))
+    changed = dict(zip(map(id, batchnorms(model)), _changed(before, model), strict=True))
+    assert not any(changed[id(bn)] for bn in back) and all(changed[id(bn)] for bn in head)
+    with pytest.raises(ValueError, match="bn_scope"):
+        SmallSeg(num_classes=3, bn_scope="head")
+
+
+def test_small_head_norm_gn_leaves_no_batch_statistics_to_adapt():
+    """MiniCity's net: frozen backbone BN + GroupNorm head. A train-mode forward of any batch changes no
+    statistic, and a sample's output does not depend on the other images of its batch."""
+    torch.manual_seed(0)
+    model = SmallSeg(num_classes=3, bn_mode="frozen", bn_scope="backbone", head_norm="gn").train()
+    head_bn = [m for part in (model.context, model.low, model.fuse) for m in part.modules()
+               if isinstance(m, torch.nn.BatchNorm2d)]
+    assert not head_bn and any(isinstance(m, torch.nn.GroupNorm) for m in model.fuse.modules())
+    before = _stats(model)
+    x = torch.randn(3, 3, 64, 64)
+    out = model(x).logits
+    assert not any(_changed(before, model))
+    alone = model(x[:1]).logits  # the first image without the other two
+    torch.testing.assert_close(alone, out[:1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="head_norm"):
+        SmallSeg(num_classes=3, head_norm="ln")
+
 def test_bn_mode_defaults_and_invalid():
     assert DeepLabV2(layers=TINY).bn_mode == "frozen_affine"
     assert DeepLabV3Plus(layers=TINY3).bn_mode == "train"

@@ -34,7 +34,7 @@ from bench.data.minicity_objects import PAINT, ROAD
 from bench.data.minicity_scene import SPECS, Scene, make_scene
 from bench.data.minicity_style import STYLES, render
 
-GENERATOR_VERSION = 2  # bump whenever the bytes written for a given seed change
+GENERATOR_VERSION = 3  # bump whenever the bytes written for a given seed change
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "minicity"  # <repo>/datasets/minicity
 DEFAULT_SIZE = (256, 128)
 DEFAULT_COUNTS = {"gta5": 1000, "synthia": 1000, "cityscapes_train": 500, "cityscapes_val": 200}

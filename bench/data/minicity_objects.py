@@ -266,12 +266,16 @@ def cyclist(cv, cam, rng, x, z) -> None:
         hubs = (x - 0.55 * facing, x + 0.55 * facing)
         for hx in hubs:
             ax = r * cam.f / z
-            cv.ellipse(cam.pt(hx, r, z), (ax, ax), iid, RUBBER, thickness=max(1, round(0.12 * cam.f / z)))
+            # rims in the frame's colour with a thin tyre: v2 drew rubber-only rings and 1-px frames, which at
+            # MiniCity's size read as road (bicycle IoU 0 for every row, the oracle too)
+            ring = max(2, round(0.16 * cam.f / z))
+            cv.ellipse(cam.pt(hx, r, z), (ax, ax), iid, BODY, thickness=ring)
+            cv.ellipse(cam.pt(hx, r, z), (ax, ax), iid, RUBBER, thickness=max(1, ring // 3))
         seat, crank = (x - 0.15 * facing, 0.95), (x, r)
         for a, b in ((hubs[0], crank), (crank, seat), (seat, (x + 0.45 * facing, 1.0)),
                      ((x + 0.45 * facing, 1.0), (hubs[1], r)), ((hubs[0], r), seat)):
             a = a if isinstance(a, tuple) else (a, r)
-            cv.segment(cam, a, b, 0.08, z, iid)
+            cv.segment(cam, a, b, 0.12, z, iid)
         person(cv, cam, rng, x - 0.15 * facing, z - 0.05, RIDER, seat=0.95, facing=facing)
     else:
         iid, r = cv.new(MOTO), 0.32

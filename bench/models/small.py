@@ -30,6 +30,15 @@ def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, dilation: int = 1) -> 
     )
 
 
+def _bn_to_gn(module: nn.Module, groups: int = 8) -> None:
+    """Replace every BatchNorm2d under ``module`` by a GroupNorm over the same channels (per-image statistics)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, nn.GroupNorm(groups, child.num_features))
+        else:
+            _bn_to_gn(child, groups)
+
+
 class BasicBlock(nn.Module):
     """ResNet-18 basic block (two 3×3 convs) with dilation; 1×1 projection when the shape changes."""
 
@@ -90,6 +99,12 @@ class SmallSeg(BNModeMixin, nn.Module):
         bn_mode: ``"train"`` (default), ``"frozen_affine"`` or ``"frozen"`` (see ``BNModeMixin``).
         channels_last: keep weights and activations in NHWC inside the network, which oneDNN runs ~15%
             faster on a CPU; the returned tensors are ordinary contiguous NCHW either way.
+        bn_scope: ``"all"`` (default) or ``"backbone"``: the BN layers ``bn_mode`` governs. MiniCity freezes
+            only the backbone's (the pretraining's statistics, as DeepLab-v2 keeps ImageNet's); its head has no
+            pretrained statistics, and without normalisation it diverged at the 10× head lr.
+        head_norm: ``"bn"`` (default) or ``"gn"``: GroupNorm (8 groups) instead of BN in the context head and
+            decoder. Per-image statistics treat a source and a target batch alike, so a batch of target images
+            cannot re-normalise the head towards the target (the AdaBN effect every train-mode BN has).
     """
 
     output_stride = 8
@@ -107,6 +122,8 @@ class SmallSeg(BNModeMixin, nn.Module):
         aux: bool = False,
         bn_mode: str = "train",
         channels_last: bool = True,
+        bn_scope: str = "all",
+        head_norm: str = "bn",
     ):
         super().__init__()
         self.num_classes = num_classes
@@ -125,8 +142,15 @@ class SmallSeg(BNModeMixin, nn.Module):
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
         self.aux_classifier = nn.Conv2d(w3, num_classes, 1) if aux else None
+        if head_norm not in ("bn", "gn"):
+            raise ValueError(f"head_norm={head_norm!r}; valid: 'bn', 'gn'")
+        if head_norm == "gn":
+            for part in (self.context, self.low, self.fuse):
+                _bn_to_gn(part)
         init_backbone(self)
-        self._apply_bn_mode(self)
+        if bn_scope not in ("all", "backbone"):
+            raise ValueError(f"bn_scope={bn_scope!r}; valid: 'all', 'backbone'")
+        self._apply_bn_mode(*(self.backbone_modules() if bn_scope == "backbone" else (self,)))
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
