@@ -80,8 +80,9 @@ def test_cag_uda_chain_on_tiny_minicity_shares_source_only(tiny_suite):
     """Every CAG-UDA stage runs in order (in-process), the source-only stage is computed once for both rows."""
     path, results = tiny_suite
     over = ["only=[source_only,cag_uda]", "methods.source_only.iters=4",
-            "methods.cag_uda.pretrain={model: small, model_options: {}, iters: 4, horizon: null, batch_size: 2, "
-            "lr: 0.01, weight_decay: 0.0005, aux_weight: 0.0}",
+            # the suite's source_only net (model_options), so the paper variant shares that row's stage
+            "methods.cag_uda.pretrain={model: small, model_options: {bn_mode: frozen, bn_scope: backbone, "
+            "head_norm: gn}, iters: 4, horizon: null, batch_size: 2, lr: 0.01, weight_decay: 0.0005, aux_weight: 0.0}",
             "methods.cag_uda.warmup_iters=2", "methods.cag_uda.stage_iters=2", "methods.cag_uda.batch_size=2",
             "methods.cag_uda.warmup_batch_size=2", "methods.cag_uda.num_stages=2", "methods.cag_uda.delta_d=0.0",
             # the official code's recipe on the small net: online labels, code anchors, class-mean SmoothL1
