@@ -128,6 +128,10 @@ class SmallSeg(BNModeMixin, nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.bn_mode = check_bn_mode(bn_mode)
+        if bn_scope not in ("all", "backbone"):  # checked before any layer is built
+            raise ValueError(f"bn_scope={bn_scope!r}; valid: 'all', 'backbone'")
+        if head_norm not in ("bn", "gn"):
+            raise ValueError(f"head_norm={head_norm!r}; valid: 'bn', 'gn'")
         w1, w2, w3, w4 = widths
         self.stem = cbr(3, w1, 3, stride=2)
         self.layer1 = stage(w1, w1, blocks[0], stride=2, dilation=1)
@@ -142,14 +146,10 @@ class SmallSeg(BNModeMixin, nn.Module):
         )
         self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
         self.aux_classifier = nn.Conv2d(w3, num_classes, 1) if aux else None
-        if head_norm not in ("bn", "gn"):
-            raise ValueError(f"head_norm={head_norm!r}; valid: 'bn', 'gn'")
         if head_norm == "gn":
             for part in (self.context, self.low, self.fuse):
                 _bn_to_gn(part)
         init_backbone(self)
-        if bn_scope not in ("all", "backbone"):
-            raise ValueError(f"bn_scope={bn_scope!r}; valid: 'all', 'backbone'")
         self._apply_bn_mode(*(self.backbone_modules() if bn_scope == "backbone" else (self,)))
         self.channels_last = channels_last
         if channels_last:
