@@ -71,8 +71,8 @@ def test_unknown_top_level_key_is_refused():
         load_suite("minicity", ["seedz=[1]"])
 
 
-@pytest.mark.parametrize("name", ["minicity", "minicity_ablations", "minicity_delta_d", "gta5_cityscapes",
-                                  "synthia_cityscapes", "cityscapes_crosscity"])
+@pytest.mark.parametrize("name", ["minicity", "minicity_ablations", "minicity_delta_d", "minicity_quick",
+                                  "gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity"])
 def test_suites_paper_rows_resolve(name):
     from bench.report import published_rows
 
@@ -81,6 +81,22 @@ def test_suites_paper_rows_resolve(name):
         rows, _ = published_rows(s, target)
         if rows is not None:
             assert len(rows) == len(s["paper"]["rows"]) and rows["mIoU"].notna().any()
+
+
+def test_quick_suite_runs_the_defaults_own_stages():
+    """minicity_quick is seed 0 of three default rows, so it fills the default's cache and reuses it."""
+    from bench.suite_plan import dataset_specs, plan_suite
+
+    base, quick = load_suite("minicity"), load_suite("minicity_quick")
+    fps = {"": {name: {"spec": {k: v for k, v in spec.items() if k != "root"}, "fingerprint": f"fp-{name}",
+                       "images": 1} for name, spec in dataset_specs(base).items()}}  # no dataset on disk needed
+
+    def keys(suite):
+        return {(e.method, e.seed): [p.key for p in e.stages] for e in plan_suite(suite, fps)[0]}
+
+    got, default = keys(quick), keys(base)
+    assert set(got) == {("source_only", 0), ("oracle", 0), ("adaptsegnet", 0)}
+    assert all(got[k] == default[k] for k in got)
 
 
 def test_misspelt_paper_row_fails_before_training(tmp_path):

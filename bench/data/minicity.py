@@ -32,7 +32,7 @@ from PIL import Image
 from bench.data.labels import CLASS_NAMES, ID_PALETTE, IGNORE, NUM_CLASSES, SYNTHIA_TO_TRAINID, TRAINID_TO_ID
 from bench.data.minicity_objects import PAINT, ROAD
 from bench.data.minicity_scene import SPECS, Scene, make_scene
-from bench.data.minicity_style import STYLES, render
+from bench.data.minicity_style import STYLES, Style, render
 
 GENERATOR_VERSION = 3  # bump whenever the bytes written for a given seed change
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "minicity"  # <repo>/datasets/minicity
@@ -68,16 +68,18 @@ def _rngs(seed: int, domain: str, index: int) -> tuple[np.random.Generator, np.r
     return np.random.default_rng(a), np.random.default_rng(b)
 
 
-def make_sample(domain: str, seed: int = 0, index: int = 0, size: tuple[int, int] = DEFAULT_SIZE):
+def make_sample(domain: str, seed: int = 0, index: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
+                style: Style | None = None):
     """One (RGB uint8 ``[H,W,3]``, trainId uint8 ``[H,W]``, Scene) triple, in memory, as the writer makes it.
 
     ``domain`` is one of ``DOMAINS``; also useful for tests and quick experiments without touching disk.
+    ``style`` renders the domain's scene in another style (``minicity_decompose``); default: the domain's own.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown MiniCity domain {domain!r}; valid: {DOMAINS}")
     scene_rng, render_rng = _rngs(seed, domain, index)
     scene = make_scene(SPECS[_style_key(domain)], scene_rng, size)
-    return render(scene, STYLES[_style_key(domain)], render_rng), scene.label, scene
+    return render(scene, style or STYLES[_style_key(domain)], render_rng), scene.label, scene
 
 
 def relpaths(domain: str, index: int) -> tuple[str, str]:
