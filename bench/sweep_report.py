@@ -119,10 +119,17 @@ def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Pat
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    x = frame.index.to_numpy(dtype=float)
-    ax.errorbar(x, frame["mIoU"], yerr=frame["mIoU_std"].fillna(0), marker="o", label="ours: mIoU (val)")
+    numeric = pd.api.types.is_numeric_dtype(frame.index)
+    # a categorical setting (e.g. ssf_dan.ablation): one evenly spaced, labelled position per value
+    x = frame.index.to_numpy(dtype=float) if numeric else np.arange(len(frame), dtype=float)
+    if not numeric:
+        ax.set_xticks(x, [str(v) for v in frame.index], rotation=20, fontsize=7)
+        paper = None  # the papers' points sit on a numeric axis
+    ax.errorbar(x, frame["mIoU"], yerr=frame["mIoU_std"].fillna(0), marker="o", ls="-" if numeric else "",
+                label="ours: mIoU (val)")
     if "holdout mIoU" in frame:
-        ax.errorbar(x, frame["holdout mIoU"], yerr=frame["holdout mIoU_std"].fillna(0), marker="s", ls="--",
+        ax.errorbar(x, frame["holdout mIoU"], yerr=frame["holdout mIoU_std"].fillna(0), marker="s",
+                    ls="--" if numeric else "",
                     label="ours: mIoU (held-out target train)")
     if paper is not None:
         ax.plot(paper.index, paper["mIoU"], "k^:", label="paper: mIoU (its benchmark)")

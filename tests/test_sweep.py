@@ -191,3 +191,22 @@ def test_a_values_protocol_override_does_not_carry_over_to_the_next():
     run = load_suite("minicity", ["only=[cag_uda]", "seeds=[0]", "ablations=false", "methods.cag_uda.num_stages=1"])
     (exp,) = plan_suite(run, {"": fps})[0]
     assert [ps.key for ps in plain.stages] == [ps.key for ps in exp.stages]  # the same stages as `bench run`'s
+
+
+def test_sweep_of_a_categorical_setting_writes_its_plot_and_tables(tmp_path):
+    """A sweep over named variants (ssf_dan's `ablation`) has a string index: the plot puts one labelled tick per
+    value instead of failing to read the values as numbers, and the tables name each value."""
+    import pandas as pd
+
+    from bench.sweep import all_studies
+    from bench.sweep_report import sweep_latex, sweep_markdown, sweep_plot
+
+    study = all_studies()["ssf_rho_upper"]  # any study: only its param name is printed
+    nan = float("nan")
+    frame = pd.DataFrame({"seeds": [1, 1], "mIoU": [29.0, 31.0], "mIoU_std": [nan, nan], "holdout mIoU": [30.0, 32.0],
+                          "holdout mIoU_std": [nan, nan], "PL ratio": [nan, nan], "PL ratio_std": [nan, nan]},
+                         index=pd.Index(["global", "ssd_car"], dtype=object))
+    path = sweep_plot(frame, study, None, tmp_path / "sweep.png")
+    assert path.stat().st_size > 1000
+    assert "| ssd_car (best on val) (held-out choice) | 1 | 31.0 | 32.0 |" in sweep_markdown(frame, study, None, "t")
+    assert "global & 1 & 29.0 & 30.0" in sweep_latex(frame, study, "t")
