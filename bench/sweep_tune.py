@@ -141,6 +141,6 @@ def search_frame(df: pd.DataFrame, param: str, metric: str, mode: str) -> pd.Dat
     from bench.selection import CRITERIA
 
     keep += [c for c in CRITERIA if c in df and c not in keep]
-    keep += [c for c in df if c.startswith(("pl_", "computed_seed")) or c in ("threshold", "seeds")]
+    keep += [c for c in df if (c.startswith(("pl_", "computed_seed")) or c in ("threshold", "seeds")) and c not in keep]
     out = df[[c for c in keep if c in df]]
     return out.sort_values(metric, ascending=mode == "min", kind="stable").reset_index(drop=True)

@@ -140,3 +140,15 @@ def test_cli_bad_range_is_one_error_before_anything_runs(capsys):
     assert err.startswith("error: sweep key delta_d") and "\n" not in err
     assert main(["sweep", "cag_delta_d", "delta_d=uniform(0.5,3.5)", "--executor", "local"]) == 2
     assert "--search random" in capsys.readouterr().err
+
+
+def test_search_frame_keeps_one_column_for_a_pl_named_setting():
+    """A swept setting whose name starts like the pseudo-label columns (bismap's pl_ratio_target) appears once:
+    `bench sweep bismap pl_ratio_target=…` read the value column back as a frame and failed."""
+    from bench.sweep_tune import search_frame
+
+    df = pd.DataFrame({"trial_id": ["a", "b"], "config/pl_ratio_target": [0.2, 0.4], "holdout_miou": [30.0, 31.0],
+                       "pl_ratio": [20.0, 40.0], "pl_precision": [80.0, 70.0]})
+    t = search_frame(df, "pl_ratio_target", "holdout_miou", "max")
+    assert list(t.columns) == ["trial_id", "pl_ratio_target", "holdout_miou", "pl_ratio", "pl_precision"]
+    assert t["pl_ratio_target"].tolist() == [0.4, 0.2]
