@@ -72,7 +72,8 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path):
     results = tmp_path / "results"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite_file), "methods.source_only.iters=400",
+    # far more iterations than the test waits for: on a loaded machine 400 finished before the signal arrived
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite_file), "methods.source_only.iters=100000",
                              "--executor", "local", "--results", str(results)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -80,7 +81,11 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == 130
     assert "Traceback" not in err and "rerun `bench run" in err and "resumes from its last checkpoint" in err, err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
