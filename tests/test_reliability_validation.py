@@ -75,7 +75,8 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path):
     # far more iterations than the test waits for: on a loaded machine 400 finished before the signal arrived
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite_file), "methods.source_only.iters=100000",
                              "--executor", "local", "--results", str(results)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not an inherited SIG_IGN
     deadline = time.monotonic() + 120
     while not list((results / "cache").glob("source_only-train-*/ckpt_*.pt")):  # training, past a checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
