@@ -72,7 +72,7 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path):
     results = tmp_path / "results"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    # far more iterations than the test waits for: on a loaded machine 400 finished before the signal arrived
+    # far more iterations than the test waits for, so a signal acted on late still finds the run training
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite_file), "methods.source_only.iters=100000",
                              "--executor", "local", "--results", str(results)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
