@@ -89,11 +89,15 @@ def upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class LabelStats:
-    """Pseudo-label ratio and, where ground truth exists, per-class precision (diagnostics only)."""
+    """Pseudo-label ratio and, where ground truth exists, per-class precision (diagnostics only). Precision counts
+    only pixels whose ground truth is a class: a pseudo-label on void (Cityscapes' ego vehicle, borders, out of
+    ROI) is neither right nor wrong, and the evaluation never scores it. ``pl_void`` is the share of the
+    pseudo-labelled pixels that fall on void."""
 
     def __init__(self) -> None:
         self.labelled = self.total = 0
-        self.per_class = np.zeros(NUM_CLASSES, np.int64)
+        self.per_class = np.zeros(NUM_CLASSES, np.int64)  # labelled pixels per pseudo class
+        self.scored = np.zeros(NUM_CLASSES, np.int64)  # of those, with a ground-truth class
         self.correct = np.zeros(NUM_CLASSES, np.int64)
         self.with_gt = 0
 
@@ -104,16 +108,19 @@ class LabelStats:
         self.per_class += np.bincount(pseudo[mask], minlength=NUM_CLASSES)[:NUM_CLASSES]
         if gt is not None and gt.shape == pseudo.shape:
             self.with_gt += 1
-            hit = mask & (gt == pseudo)
+            scored = mask & (gt != IGNORE)
+            self.scored += np.bincount(pseudo[scored], minlength=NUM_CLASSES)[:NUM_CLASSES]
+            hit = scored & (gt == pseudo)
             self.correct += np.bincount(pseudo[hit], minlength=NUM_CLASSES)[:NUM_CLASSES]
 
     def summary(self, prefix: str = "pl_") -> dict:
         out = {f"{prefix}ratio": self.labelled / self.total if self.total else 0.0}
         if self.with_gt:
-            out[f"{prefix}precision"] = float(self.correct.sum() / max(1, self.labelled))
+            out[f"{prefix}precision"] = float(self.correct.sum() / max(1, self.scored.sum()))
+            out[f"{prefix}void"] = float(1 - self.scored.sum() / self.labelled) if self.labelled else 0.0
             for c, name in enumerate(CLASS_NAMES):
-                if self.per_class[c]:
-                    out[f"{prefix}precision/{name}"] = float(self.correct[c] / self.per_class[c])
+                if self.scored[c]:
+                    out[f"{prefix}precision/{name}"] = float(self.correct[c] / self.scored[c])
         return out
 
 

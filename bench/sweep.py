@@ -65,7 +65,9 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | 
             raise SuiteError(f"an ad-hoc sweep of {study_or_method} needs exactly one key=v1,v2,… (got "
                              f"{sorted(axes) or 'none'}), e.g. `bench sweep cag_uda delta_d=0.5,1,1.5`")
         (param, space), = axes.items()
-        study = Study(study_or_method, param, space.args if not space.is_range else ())
+        # the label stage the method's own studies report, so an ad-hoc sweep shows its PL ratio and precision too
+        label = next((s.label_stage for s in known.values() if s.method == study_or_method and s.label_stage), None)
+        study = Study(study_or_method, param, space.args if not space.is_range else (), label_stage=label)
     else:
         raise SuiteError(f"unknown study or method {study_or_method!r}; studies: {sorted(known)}, methods: "
                          f"{method_names()}")

@@ -22,6 +22,7 @@ from operator import attrgetter
 
 import torch
 
+from bench.data.labels import IGNORE
 from methods.adversarial import level_weights, output_space_discriminators, output_space_losses, upsampled_softmax
 from methods.base import Method, Stage, param
 from methods.pixintrada.config import InterConfig, intra_init_fields
@@ -112,13 +113,14 @@ def rank_target(p: dict, ctx) -> dict:
     """Stage ``intrada.rank``: with G_inter, every target-train image's score (``image_entropy``, times
     ``rare_class_normaliser`` if ``p["normalize"]``) and argmax pseudo-label; the split by λ is the train stage's,
     so every λ shares this stage. Per-image hits against the target labels (where they exist) are kept for the
-    precision diagnostic only."""
+    precision diagnostic only, with the count of pixels whose ground truth is a class (``scored``: void is never
+    scored, as in ``bench.pseudo.LabelStats``)."""
     from bench.pseudo import save_label
 
     model = ctx.load_model("model").to(ctx.device)
     ds = ctx.dataset("target_train", plain=True, labels=False)
     gt = ground_truth_lookup(ctx, ds)
-    scores, hits, pixels = [], [], []
+    scores, hits, pixels, scored = [], [], [], []
     for i, probs, native in target_probabilities(model, ds, ctx.device, p["split_size"]):
         pred = probs.argmax(1)[0]
         score = float(image_entropy(probs)[0])
@@ -128,7 +130,9 @@ def rank_target(p: dict, ctx) -> dict:
         g = gt(i)
         hits.append(int((g == label).sum()) if g is not None and g.shape == label.shape else None)
         pixels.append(int(label.size))
-    (ctx.out_dir / "ranking.json").write_text(json.dumps({"scores": scores, "hits": hits, "pixels": pixels}))
+        scored.append(int((g != IGNORE).sum()) if hits[-1] is not None else None)
+    (ctx.out_dir / "ranking.json").write_text(json.dumps({"scores": scores, "hits": hits, "pixels": pixels,
+                                                                   "scored": scored}))
     return {"images": len(scores), "score_mean": sum(scores) / max(len(scores), 1)}
 
 
@@ -162,7 +166,8 @@ def train_intrada(p: dict, ctx) -> dict:
     out = {**stage_result(fit), "easy_images": len(easy_idx), "hard_images": len(hard_idx)}
     hits = [ranking["hits"][i] for i in easy_idx]
     if all(h is not None for h in hits):  # diagnostics only: the easy split's pseudo-label precision
-        out["pl_precision"] = sum(hits) / sum(ranking["pixels"][i] for i in easy_idx)
+        scored = ranking.get("scored", ranking["pixels"])  # rankings made before "scored" counted void too
+        out["pl_precision"] = sum(hits) / max(1, sum(scored[i] for i in easy_idx))
     return out
 
 

@@ -4,6 +4,8 @@ padding in the discriminator losses, and one run of PixIntraDA and IntraDA on a 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from fixtures import tiny_minicity_suite, write_suite
@@ -253,6 +255,10 @@ def test_pixintrada_and_intrada_run_on_tiny_minicity(tiny_suite):
     assert all(r["pl_ratio"] == pytest.approx(r["prop"], abs=0.05) for r in labels)  # native ≈ split resolution
     (train,) = [o.result for o in oc if o.name == "intrada.train"]
     assert (train["easy_images"], train["hard_images"]) == (3, 3) and 0 <= train["pl_precision"] <= 1
+    (rank,) = [o for o in oc if o.name == "intrada.rank"]
+    ranking = json.loads((results / "cache" / rank.key / "ranking.json").read_text())
+    assert all(0 < s <= n for s, n in zip(ranking["scored"], ranking["pixels"]))  # void pixels are not scored
+    assert sum(ranking["hits"]) <= sum(ranking["scored"])
     assert all(o.result["iterations"] == 2 for o in oc if o.name == "pixintrada.train")
     assert {(r["method"], r["variant"]) for r in out["results"]} == {("pixintrada", ""), ("pixintrada", "ias"),
                                                                      ("intrada", "")}

@@ -44,6 +44,19 @@ def test_label_stats_by_hand():
     assert abs(out["pl_precision"] - 2 / 3) < 1e-12
 
 
+def test_label_stats_leave_void_ground_truth_out_of_precision():
+    s = LabelStats()
+    # 4 labelled pixels; 2 lie on void (an ego-vehicle hood the evaluation never scores)
+    pseudo = np.array([[13, 13, 13, 0, IGNORE]], np.uint8)
+    gt = np.array([[13, IGNORE, IGNORE, 1, 0]], np.uint8)
+    s.update(pseudo, gt)
+    out = s.summary()
+    assert out["pl_ratio"] == 0.8 and out["pl_void"] == 0.5
+    assert out["pl_precision/car"] == 1.0 and out["pl_precision/road"] == 0.0 and out["pl_precision"] == 0.5
+    s.update(np.array([[5, 5]], np.uint8), np.array([[IGNORE, IGNORE]], np.uint8))
+    assert "pl_precision/pole" not in s.summary()  # labelled only on void: no precision to report
+
+
 class Constant(torch.nn.Module):
     def forward(self, x):
         logits = torch.zeros(x.shape[0], 19, x.shape[2] // 2, x.shape[3] // 2)
@@ -69,7 +82,10 @@ def test_write_pseudo_labels_at_native_size_with_ground_truth(tmp_path):
 
     saved = np.asarray(Image.open(tmp_path / "out" / "labels" / "000000.png"))
     assert saved.shape == (16, 32) and (saved == 2).all()  # the file's native size, not the resize
-    # every pixel is labelled 2; precision = the share of pixels whose ground truth is 2
+    # every pixel is labelled 2; precision = the share of the non-void pixels whose ground truth is 2
     assert stats["pl_ratio"] == 1.0
     total = sum(int((gt.raw(i)[1] == 2).sum()) for i in range(len(gt)))
-    assert stats["pl_precision"] == pytest.approx(total / (16 * 32 * len(gt)))
+    scored = sum(int((gt.raw(i)[1] != IGNORE).sum()) for i in range(len(gt)))
+    assert 0 < scored < 16 * 32 * len(gt)  # the fixture has void pixels, so the two definitions differ
+    assert stats["pl_precision"] == pytest.approx(total / scored)
+    assert stats["pl_void"] == pytest.approx(1 - scored / (16 * 32 * len(gt)))

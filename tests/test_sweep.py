@@ -35,6 +35,10 @@ def test_parse_axes_names_studies_methods_and_errors():
     study, space, seeds, over = parse_axes("cag_uda", ["delta_d=0.5,1", "seed=0,1", "train.device=cpu"])
     assert (study.method, study.param, space.kind, space.args, seeds, over) == (
         "cag_uda", "delta_d", "grid", (0.5, 1), [0, 1], ["train.device=cpu"])
+    # an ad-hoc sweep reports the label stage of the method's own studies (its PL ratio / precision columns)
+    assert (study.label_stage, parse_axes("bismap", ["st_iters=1,2"])[0].label_stage) == ("cag_uda.label",
+                                                                                          "bismap.label")
+    assert parse_axes("source_only", ["iters=1,2"])[0].label_stage is None  # a method without pseudo-labels
     study, space, _, _ = parse_axes("cag_delta_d", [])
     assert study.param == "delta_d" and space.args == (0.5, 1.0, 1.5, 2.0, 2.5) and study.fixed == {"num_stages": 1}
     study, space, _, _ = parse_axes("cag_delta_d", ["delta_d=uniform(0.5,3.5)"])
