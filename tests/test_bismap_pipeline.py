@@ -103,6 +103,12 @@ def test_variants_share_the_warmup_and_only_change_what_they_feed():
     diff = {k for k in baseline.params.keys() | plus_stm.params.keys()
             if baseline.params.get(k) != plus_stm.params.get(k)}
     assert diff == {"mode"}, diff
+    # ... also when self-training starts from the warm-up (MiniCity): "+STM" must not train W's schedule twice
+    warm_cfg = {"st_init": "warmup"}
+    plus_stm_w = pipe.stages(cfg(**TABLE4["+STM"], **warm_cfg))[-1]
+    base_w = pipe.stages(cfg(**TABLE4["baseline"], **warm_cfg))[-1]
+    assert plus_stm_w.params["init"] == base_w.params["init"] == "imagenet" and "init" not in plus_stm_w.upstream
+    assert pipe.stages(cfg(**TABLE4["+STM +MAPs-PLA"], **warm_cfg))[-1].upstream["init"] is not None
     no_stm = pipe.stages(cfg(**TABLE4["+MAPs-PLA"]))
     assert "bismap.stm" not in [s.name for s in no_stm] and "stm" not in no_stm[-1].upstream
     # a term's settings enter the key only when the term is on
