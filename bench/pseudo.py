@@ -96,8 +96,7 @@ class LabelStats:
 
     def __init__(self) -> None:
         self.labelled = self.total = 0
-        self.per_class = np.zeros(NUM_CLASSES, np.int64)  # labelled pixels per pseudo class
-        self.scored = np.zeros(NUM_CLASSES, np.int64)  # of those, with a ground-truth class
+        self.scored = np.zeros(NUM_CLASSES, np.int64)  # pseudo-labelled pixels per class with a ground-truth class
         self.correct = np.zeros(NUM_CLASSES, np.int64)
         self.with_gt = 0
 
@@ -105,7 +104,6 @@ class LabelStats:
         mask = pseudo != IGNORE
         self.labelled += int(mask.sum())
         self.total += pseudo.size
-        self.per_class += np.bincount(pseudo[mask], minlength=NUM_CLASSES)[:NUM_CLASSES]
         if gt is not None and gt.shape == pseudo.shape:
             self.with_gt += 1
             scored = mask & (gt != IGNORE)

@@ -131,8 +131,8 @@ def rank_target(p: dict, ctx) -> dict:
         hits.append(int((g == label).sum()) if g is not None and g.shape == label.shape else None)
         pixels.append(int(label.size))
         scored.append(int((g != IGNORE).sum()) if hits[-1] is not None else None)
-    (ctx.out_dir / "ranking.json").write_text(json.dumps({"scores": scores, "hits": hits, "pixels": pixels,
-                                                                   "scored": scored}))
+    ranking = {"scores": scores, "hits": hits, "pixels": pixels, "scored": scored}
+    (ctx.out_dir / "ranking.json").write_text(json.dumps(ranking))
     return {"images": len(scores), "score_mean": sum(scores) / max(len(scores), 1)}
 
 
@@ -165,9 +165,10 @@ def train_intrada(p: dict, ctx) -> dict:
     fit = train_segmenter(p, ctx, parts, dict.fromkeys(splits, p["batch_size"]))
     out = {**stage_result(fit), "easy_images": len(easy_idx), "hard_images": len(hard_idx)}
     hits = [ranking["hits"][i] for i in easy_idx]
-    if all(h is not None for h in hits):  # diagnostics only: the easy split's pseudo-label precision
-        scored = ranking.get("scored", ranking["pixels"])  # rankings made before "scored" counted void too
-        out["pl_precision"] = sum(hits) / max(1, sum(scored[i] for i in easy_idx))
+    # diagnostics only: the easy split's pseudo-label precision; none from a ranking cached before "scored"
+    # existed (its pixel counts include void, which would understate it)
+    if "scored" in ranking and all(h is not None for h in hits):
+        out["pl_precision"] = sum(hits) / max(1, sum(ranking["scored"][i] for i in easy_idx))
     return out
 
 
