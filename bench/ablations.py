@@ -81,7 +81,8 @@ def ablation_tables(suite: dict, ours: pd.DataFrame, subset: str, out_dir: Path,
     ``bench.tables.row_differences``): every gain gets its paired-bootstrap interval against the table's base
     row, and the Markdown says per row whether it is distinguishable from the base. Without it (None), plain
     gains as before."""
-    from bench.tables import ablation_frame, ablation_latex, ablation_markdown, row_differences, row_name, verdict_lines
+    from bench.table_render import ablation_latex, ablation_markdown
+    from bench.tables import ablation_frame, row_differences, row_name, verdict_lines
 
     variants = ours["variant"].fillna("")
     methods = list(dict.fromkeys(ours.loc[variants != "", "method"]))

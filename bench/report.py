@@ -221,7 +221,7 @@ def ledger_lines(experiments) -> list[str]:
     """The fidelity ledger: every setting of every method (variant), its source, and the method's default
     (with that default's source) wherever the suite overrides it. Every cell is escaped (``md_cell``): notes
     quote code and formulas with ``|`` in them."""
-    from bench.tables import md_cell
+    from bench.table_render import md_cell
 
     lines = []
     for name, rows in ledger_rows(experiments):
@@ -295,7 +295,8 @@ def subset_results(suite, target: str, subset: str, rs: list[dict], per_image: d
                    out_dir: Path) -> list[str]:
     """One results table (ours beside the papers', differences from the reference row), its files and plot."""
     from bench.plots import per_class_heatmap
-    from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, write_tables
+    from bench.table_render import write_tables
+    from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences
 
     ours = per_class_frame(rs, subset)
     paper, note = published_rows(suite, target)

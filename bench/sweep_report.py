@@ -12,7 +12,7 @@ import pandas as pd
 
 from bench.selection import CRITERIA
 from bench.stage_cache import StageCache
-from bench.tables import tex_escape, tex_header, tex_number
+from bench.table_render import tex_escape, tex_header, tex_number
 
 
 def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:

@@ -390,17 +390,8 @@ def test_results_table_differences_equal_an_independent_bootstrap(three_rows):
 
 def test_every_renderer_shows_intervals_marks_and_the_missing_ones(three_rows, tmp_path):
     from bench.data.labels import CLASS_NAMES
-    from bench.tables import (
-        add_differences,
-        comparison_frame,
-        per_class_frame,
-        render_terminal,
-        row_differences,
-        to_latex,
-        to_markdown,
-        verdict_lines,
-        write_tables,
-    )
+    from bench.table_render import render_terminal, to_latex, to_markdown, write_tables
+    from bench.tables import add_differences, comparison_frame, per_class_frame, row_differences, verdict_lines
 
     mats, lookup = three_rows
     lookup = dict(lookup)

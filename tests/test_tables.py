@@ -9,18 +9,16 @@ import pandas as pd
 import pytest
 
 from bench.data.labels import CLASS_NAMES, SUBSETS
-from bench.tables import (
-    ablation_frame,
+from bench.table_render import (
     ablation_latex,
     ablation_markdown,
     best_cells,
-    comparison_frame,
-    per_class_frame,
     render_terminal,
     to_latex,
     to_markdown,
     write_tables,
 )
+from bench.tables import ablation_frame, comparison_frame, per_class_frame
 
 CLASSES = [CLASS_NAMES[c] for c in SUBSETS["19"]]
 METHODS = ("cag_uda", "source_only")
