@@ -28,8 +28,8 @@ def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
         if t.holdout_eval is not None:
             h = cache.result(t.holdout_eval.key)
             row["holdout mIoU"] = 100 * h[miou_key] if miou_key in h else np.nan
-        labels = [ps for ps in t.stages if study.label_stage and ps.name == study.label_stage]
-        lab = cache.result(labels[-1].key) if labels else {}
+        label = t.label_stage(study.label_stage)
+        lab = cache.result(label.key) if label is not None else {}
         row["PL ratio"] = 100 * lab[study.ratio_key] if study.ratio_key in lab else np.nan
         row["PL precision"] = 100 * lab["pl_precision"] if "pl_precision" in lab else np.nan
         if "threshold" in lab and study.param not in ("delta_override", "delta_d", "cas_delta_d"):
@@ -239,9 +239,9 @@ def _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, 
                             {"method": study.method, "seed": t.seed, "cache": t.stages[-1].key}, parent=parent,
                             params={study.param: t.value, "seed": t.seed, **study.fixed})
         metrics = {k: float(v) for k, v in r.items() if k not in ("value", "seed") and not pd.isna(v)}
-        labels = [ps for ps in t.stages if study.label_stage and ps.name == study.label_stage]
-        if labels:
-            lab = StageCache(cache_root).result(labels[-1].key)
+        label = t.label_stage(study.label_stage)
+        if label is not None:
+            lab = StageCache(cache_root).result(label.key)
             metrics.update({k.replace(" ", "_"): v for k, v in lab.items() if k.startswith("pl_precision/")})
         tracker.log_metrics(run, metrics)
         tracker.end(run)
