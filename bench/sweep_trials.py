@@ -24,18 +24,12 @@ class Trial:
 
     def label_stage(self, name: str | None):
         """The planned stage whose pseudo-labels this trial trains on: the last stage named ``name`` or
-        ``name_<rule>`` (BiSMAP's ``bismap.label_ias``) that a train stage reads. A label stage that no train stage
-        reads counts only when nothing trains after it (a trial of the labels alone); otherwise None, e.g. BiSMAP
-        with ``pla: none``, whose MAPs labels feed the STM only."""
-        if not name:
-            return None
-        found = [ps for ps in self.stages if ps.name == name or ps.name.startswith(name + "_")]
+        ``name_<rule>`` (BiSMAP's ``bismap.label_ias``) that a train stage reads; None when no train stage reads
+        one, e.g. BiSMAP with ``pla: none``, whose MAPs labels feed the STM only."""
         read = {k for ps in self.stages if ps.stage.kind == "train" for k in ps.upstream.values()}
-        used = [ps for ps in found if ps.key in read]
-        if used or not found:
-            return used[-1] if used else None
-        later = self.stages[self.stages.index(found[-1]) + 1:]
-        return None if any(ps.stage.kind == "train" for ps in later) else found[-1]
+        used = [ps for ps in self.stages if name and (ps.name == name or ps.name.startswith(name + "_"))
+                and ps.key in read]
+        return used[-1] if used else None
 
 
 def plan_trials(suite: dict, study, values, seeds, specs: dict, fingerprints: dict,

@@ -121,7 +121,7 @@ def test_variants_share_the_warmup_and_only_change_what_they_feed():
 
 def test_a_sweep_reports_the_labels_its_self_training_reads():
     """A sweep's PL columns read ``Trial.label_stage``: the labels the self-training trains on (IAS's, not the MAPs
-    labels the STM reads), none with ``pla: none``, and a label stage with no training after it as it is."""
+    labels the STM reads), and none with ``pla: none``."""
     from bench.sweep_trials import Trial
 
     def trial(**over):
@@ -132,9 +132,6 @@ def test_a_sweep_reports_the_labels_its_self_training_reads():
     assert trial(pla="cas").label_stage("bismap.label").name == "bismap.label_cas"
     assert trial(pla="none").label_stage("bismap.label") is None  # its MAPs labels feed only the STM
     assert trial(pla="maps").label_stage(None) is None
-    labels_only = trial(pla="maps")
-    labels_only.stages = labels_only.stages[:[ps.name for ps in labels_only.stages].index("bismap.label") + 1]
-    assert labels_only.label_stage("bismap.label").name == "bismap.label"
 
 
 def test_bad_values_name_the_key():

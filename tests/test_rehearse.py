@@ -1,6 +1,7 @@
 """``bench rehearse``: every stage of the real GTA5 → Cityscapes pipelines (main rows of CAG-UDA, SSF-DAN and
-BiSMAP, with their shared source-only, warm-up, GPA, label and fit stages) for 2 iterations on stand-in data at
-native resolution with the small network, and the projection of the full recipe."""
+BiSMAP, with their shared source-only, warm-up, GPA, label and fit stages) for 1 iteration on stand-in data at
+native resolution with the small network (`bench rehearse` itself defaults to 2), and the projection of the full
+recipe."""
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_rehearse_gta5_cityscapes_small(tmp_path, capsys):
     # one CAG stage of K: its stages 2..K repeat stage 1's code (a third of this test's time when they ran)
     out = rh.rehearse("gta5_cityscapes", ["ablations=false", "only=[cag_uda,ssf_dan,bismap]",
                                           "methods.bismap.stm_entropy=code", "methods.cag_uda.num_stages=1",
-                                          "train.num_workers=0"], iters=2,
+                                          "train.num_workers=0"], iters=1,
                       model="small", results_root=tmp_path, executor="local",
                       counts={"source": 2, "target_train": 3, "target_val": 1})  # 3: the STM needs ≥ 40 target cells
     rows = out["rows"]
