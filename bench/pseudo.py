@@ -114,7 +114,8 @@ class LabelStats:
     def summary(self, prefix: str = "pl_") -> dict:
         out = {f"{prefix}ratio": self.labelled / self.total if self.total else 0.0}
         if self.with_gt:
-            out[f"{prefix}precision"] = float(self.correct.sum() / max(1, self.scored.sum()))
+            if self.scored.sum():  # no pseudo-label on a class pixel: precision is undefined, not 0
+                out[f"{prefix}precision"] = float(self.correct.sum() / self.scored.sum())
             out[f"{prefix}void"] = float(1 - self.scored.sum() / self.labelled) if self.labelled else 0.0
             for c, name in enumerate(CLASS_NAMES):
                 if self.scored[c]:

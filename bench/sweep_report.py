@@ -20,22 +20,27 @@ def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
     label stage's pseudo-label ratio and precision (NaN where the method makes none), and the label-free
     criteria of its ``select`` stage."""
     cache = StageCache(cache_root)
+
+    def done(stage) -> dict:  # a failed trial's stages after the failing one never ran: their columns stay NaN
+        return cache.result(stage.key) if stage is not None and cache.is_done(stage.key) else {}
+
     rows = []
     for t in trials:
-        res = cache.result(t.stages[-1].key)
+        res = done(t.stages[-1])
         miou_key = next((k for k in res if k.startswith("miou_")), None)
         row = {"value": t.value, "seed": t.seed, "mIoU": 100 * res[miou_key] if miou_key else np.nan}
         if t.holdout_eval is not None:
-            h = cache.result(t.holdout_eval.key)
+            h = done(t.holdout_eval)
             row["holdout mIoU"] = 100 * h[miou_key] if miou_key in h else np.nan
-        label = t.label_stage(study.label_stage)
-        lab = cache.result(label.key) if label is not None else {}
+        lab = done(t.label_stage(study.label_stage))
         row["PL ratio"] = 100 * lab[study.ratio_key] if study.ratio_key in lab else np.nan
-        row["PL precision"] = 100 * lab["pl_precision"] if "pl_precision" in lab else np.nan
+        # entries from before LabelStats left precision out for an empty label set hold 0 there
+        labelled = "pl_precision" in lab and lab.get("pl_ratio", 1.0) > 0
+        row["PL precision"] = 100 * lab["pl_precision"] if labelled else np.nan
         if "threshold" in lab and study.param not in ("delta_override", "delta_d", "cas_delta_d"):
             row["threshold"] = lab["threshold"]  # the δ / Δd a label-share trial resolved to
         if t.select is not None:
-            sel = cache.result(t.select.key)
+            sel = done(t.select)
             row.update({name: sel.get(name, np.nan) for name in CRITERIA})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -88,7 +93,8 @@ def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title
     head = [study.param, "seeds", *cols] + (["paper PL ratio", "paper mIoU"] if paper is not None else [])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for v, r in frame.iterrows():
-        mark = (" (best on val)" if v == best_val else "") + (" (held-out choice)" if v == best_hold else "")
+        mark = (" (best on val)" if v == best_val else "") + (" (held-out choice)" if v == best_hold else "") + \
+            (" (failed: see the search table)" if pd.isna(r["mIoU"]) else "")
         cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"], _digits(c)) for c in cols]
         if paper is not None:
             p = paper.loc[round(v, 9)] if isinstance(v, (int, float)) and round(v, 9) in paper.index else None
@@ -187,7 +193,8 @@ def search_markdown(table: pd.DataFrame, param: str, metric: str, mode: str, tit
     lines = [f"### {title}", "", f"Sorted by {metric} ({mode}); the first row is the best trial. val_miou is for the "
              "record only.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join("–" if pd.isna(r[c]) else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                                       for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -217,6 +224,11 @@ def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Pat
     best = best_line(search, study.param) if search is not None else None
     if best:
         print(best)
+    if search is not None and "failed" in search["table"]:
+        bad = search["table"].dropna(subset=["failed"])
+        print(f"{len(bad)} of {len(search['table'])} trial(s) failed (their columns are –):")
+        for _, r in bad.iterrows():
+            print(f"  {study.param}={r[study.param]}: {r['failed']}")
     uri = tracking_uri or default_tracking_uri(results_root)
     parent = _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, best,
                        {"wall_seconds": wall_seconds, "shared_seconds": shared_seconds})
@@ -240,7 +252,7 @@ def _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, 
                             params={study.param: t.value, "seed": t.seed, **study.fixed})
         metrics = {k: float(v) for k, v in r.items() if k not in ("value", "seed") and not pd.isna(v)}
         label = t.label_stage(study.label_stage)
-        if label is not None:
+        if label is not None and StageCache(cache_root).is_done(label.key):
             lab = StageCache(cache_root).result(label.key)
             metrics.update({k.replace(" ", "_"): v for k, v in lab.items() if k.startswith("pl_precision/")})
         tracker.log_metrics(run, metrics)

@@ -68,14 +68,24 @@ def run_value(planner: Planner, value) -> dict:
 
     trials = plan_trials(planner.suite, planner.study, [value], planner.seeds, planner.specs, planner.fingerprints,
                          planner.holdout)
-    out = {}
+    out, failed = {}, []
     for t in trials:
-        out[f"computed_seed{t.seed}"] = sum(not execute_stage(ps, planner.cache_root, t.specs, planner.train)["cached"]
-                                            for ps in t.all_stages())
+        computed = 0
+        try:
+            for ps in t.all_stages():
+                computed += not execute_stage(ps, planner.cache_root, t.specs, planner.train)["cached"]
+        except ValueError as e:
+            # a value the data cannot support (e.g. a δ that labels no pixel) fails the same way on every rerun:
+            # the trial is reported as failed, with the reason, and the other values still run
+            failed.append(f"seed {t.seed}: {e}")
+            print(f"trial {planner.study.param}={value} seed {t.seed} failed: {e}", flush=True)
+        out[f"computed_seed{t.seed}"] = computed
     rows = trial_rows(planner.study, trials, Path(planner.cache_root)).drop(columns=["value", "seed"])
     means = rows.mean(numeric_only=True)
     out.update({REPORT_NAMES.get(k, k.replace(" ", "_").lower()): float(v) for k, v in means.items()})
     out["seeds"] = len(trials)
+    if failed:
+        out["failed"] = "; ".join(failed)
     return out
 
 
@@ -141,6 +151,7 @@ def search_frame(df: pd.DataFrame, param: str, metric: str, mode: str) -> pd.Dat
     from bench.selection import CRITERIA
 
     keep += [c for c in CRITERIA if c in df and c not in keep]
-    keep += [c for c in df if (c.startswith(("pl_", "computed_seed")) or c in ("threshold", "seeds")) and c not in keep]
+    keep += [c for c in df if (c.startswith(("pl_", "computed_seed")) or c in ("threshold", "seeds", "failed"))
+             and c not in keep]
     out = df[[c for c in keep if c in df]]
     return out.sort_values(metric, ascending=mode == "min", kind="stable").reset_index(drop=True)

@@ -57,6 +57,17 @@ def test_label_stats_leave_void_ground_truth_out_of_precision():
     assert "pl_precision/pole" not in s.summary()  # labelled only on void: no precision to report
 
 
+def test_label_stats_report_no_precision_for_an_empty_label_set():
+    # a δ that labels nothing (or only void) has no precision: 0 % would read as "all labels wrong"
+    s = LabelStats()
+    s.update(np.full((2, 3), IGNORE, np.uint8), np.zeros((2, 3), np.uint8))
+    out = s.summary()
+    assert out["pl_ratio"] == 0.0 and "pl_precision" not in out
+    s.update(np.array([[7]], np.uint8), np.array([[IGNORE]], np.uint8))
+    out = s.summary()
+    assert "pl_precision" not in out and out["pl_void"] == 1.0
+
+
 class Constant(torch.nn.Module):
     def forward(self, x):
         logits = torch.zeros(x.shape[0], 19, x.shape[2] // 2, x.shape[3] // 2)

@@ -152,3 +152,51 @@ def test_search_frame_keeps_one_column_for_a_pl_named_setting():
     t = search_frame(df, "pl_ratio_target", "holdout_miou", "max")
     assert list(t.columns) == ["trial_id", "pl_ratio_target", "holdout_miou", "pl_ratio", "pl_precision"]
     assert t["pl_ratio_target"].tolist() == [0.4, 0.2]
+
+
+def test_a_value_the_data_cannot_support_fails_its_trial_and_the_sweep_goes_on(monkeypatch, tmp_path):
+    """A stage's ValueError (BiSMAP's STM when a δ labels no pixel) fails the same way on every rerun: run_value
+    reports that trial as failed, with the reason, and NaN columns; another value's trial still runs, and the
+    tables mark the failed value instead of dropping it or printing a number for it."""
+    from types import SimpleNamespace as NS
+
+    import bench.stage_exec
+    import bench.sweep_trials
+    from bench.stage_cache import StageCache
+    from bench.sweep import all_studies
+    from bench.sweep_report import search_markdown, sweep_frame, sweep_markdown, trial_rows
+    from bench.sweep_tune import Planner, run_value, search_frame
+
+    study = all_studies()["bismap_delta"]
+    cache = StageCache(tmp_path)
+
+    def stage(key):
+        return NS(key=key, name=key)
+
+    def trial(value):
+        st = [stage(f"label-{value}"), stage(f"stm-{value}"), stage(f"eval-{value}")]
+        return NS(value=value, seed=0, specs={}, stages=st, holdout_eval=None, select=None, all_stages=lambda: st,
+                  label_stage=lambda name, st=st: st[0])
+
+    def execute(ps, cache_root, specs, train):
+        if ps.key == "stm-150.0":
+            raise ValueError("stm_entropy: the label stage labelled no target pixel")
+        result = {"miou_19": 0.4} if ps.key.startswith("eval") else {"pl_ratio": 0.5, "pl_precision": 0.8}
+        cache.dir(ps.key).mkdir(parents=True, exist_ok=True)
+        cache.mark_done(ps.key, result, {})
+        return {"cached": False}
+
+    monkeypatch.setattr(bench.stage_exec, "execute_stage", execute)
+    monkeypatch.setattr(bench.sweep_trials, "plan_trials", lambda suite, study, values, *a: [trial(values[0])])
+    planner = Planner({}, study, [0], {}, {}, False, {}, str(tmp_path))
+    ok, bad = run_value(planner, 50.0), run_value(planner, 150.0)
+    assert ok["val_miou"] == pytest.approx(40.0) and ok["computed_seed0"] == 3 and "failed" not in ok
+    assert "labelled no target pixel" in bad["failed"] and math.isnan(bad["val_miou"])
+    assert bad["computed_seed0"] == 1 and bad["pl_ratio"] == pytest.approx(50.0)  # its label stage did run
+    table = search_frame(pd.DataFrame([{"trial_id": "a", "config/delta_override": 50.0, **ok},
+                                       {"trial_id": "b", "config/delta_override": 150.0, **bad}]),
+                         "delta_override", "val_miou", "max")
+    md = search_markdown(table, "delta_override", "val_miou", "max", "t")
+    assert list(table["trial_id"]) == ["a", "b"] and "labelled no target pixel |" in md and "| nan" not in md
+    frame = sweep_frame(trial_rows(study, [trial(50.0), trial(150.0)], tmp_path))
+    assert "| 150.0 (failed: see the search table) | 1 | – |" in sweep_markdown(frame, study, None, "t")
