@@ -241,6 +241,7 @@ def _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, 
     from bench.tracking import Tracker, git_revision
 
     tracker = Tracker(uri, suite["name"], results_root / "mlartifacts")
+    cache = StageCache(cache_root)
     name = paths["md"].parent.name
     tags = {"method": study.method, "param": study.param, "git": git_revision(), **({"best": best} if best else {})}
     parent = tracker.start(f"sweep {name}", "sweep", tags,
@@ -252,8 +253,8 @@ def _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, 
                             params={study.param: t.value, "seed": t.seed, **study.fixed})
         metrics = {k: float(v) for k, v in r.items() if k not in ("value", "seed") and not pd.isna(v)}
         label = t.label_stage(study.label_stage)
-        if label is not None and StageCache(cache_root).is_done(label.key):
-            lab = StageCache(cache_root).result(label.key)
+        if label is not None and cache.is_done(label.key):
+            lab = cache.result(label.key)
             metrics.update({k.replace(" ", "_"): v for k, v in lab.items() if k.startswith("pl_precision/")})
         tracker.log_metrics(run, metrics)
         tracker.end(run)

@@ -167,8 +167,9 @@ def train_intrada(p: dict, ctx) -> dict:
     hits = [ranking["hits"][i] for i in easy_idx]
     # diagnostics only: the easy split's pseudo-label precision; none from a ranking cached before "scored"
     # existed (its pixel counts include void, which would understate it)
-    if "scored" in ranking and all(h is not None for h in hits):
-        out["pl_precision"] = sum(hits) / max(1, sum(ranking["scored"][i] for i in easy_idx))
+    scored = sum(ranking["scored"][i] for i in easy_idx) if "scored" in ranking else 0
+    if scored and all(h is not None for h in hits):  # no scored pixel: precision undefined, not 0
+        out["pl_precision"] = sum(hits) / scored
     return out
 
 
