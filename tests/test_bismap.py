@@ -356,3 +356,19 @@ def test_transcribed_tables_3_to_5_agree_with_each_other():
     np.testing.assert_allclose(t4["mIoU"].iloc[1:] - 46.3, t4["gain"].iloc[1:], atol=1e-9)
     maps = t5[t5["method"] == "MAPs-PLA"].sort_values("threshold")
     assert maps["PL ratio"].is_monotonic_decreasing and list(maps["threshold"]) == [0, 50, 100, 150]
+
+
+def test_flat_variance_share_counts_constant_feature_dimensions():
+    from methods.bismap.labels import flat_variance_share
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(300, 2))
+    a[:, 1] = 0.0                       # class 0: a dead (always-zero) channel
+    b = rng.normal(size=(300, 2))       # class 1: both channels vary
+    x = torch.tensor(np.concatenate([a, b]))
+    y = torch.tensor([0] * 300 + [1] * 300 + [2] * 5)[:600]
+    for reg in (1e-6, 1e-2):
+        fit = bm.fit_class_gmms(x, y, 3, 1, reg_covar=reg)  # class 2 has no sample: NaN rows, left out
+        assert fit.variances[0, 0, 1].item() == pytest.approx(reg)
+        assert flat_variance_share(fit, reg) == pytest.approx(1 / 4)
+    empty = bm.fit_class_gmms(x, y, 3, 1, min_samples=10_000)
+    assert math.isnan(flat_variance_share(empty, 1e-6))

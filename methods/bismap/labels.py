@@ -98,7 +98,18 @@ def fit_maps(p: dict, ctx) -> dict:
     return {"gmm_classes": int(fitted.sum()), "gmm_pool_sizes": sizes,
             "gmm_iters_mean": float(gmms.n_iter[fitted].double().mean()) if fitted.any() else 0.0,
             "gmm_converged": int(gmms.converged.sum()),
-            "gmm_mean_loglik": float(gmms.lower_bound[fitted].mean()) if fitted.any() else float("nan")}
+            "gmm_mean_loglik": float(gmms.lower_bound[fitted].mean()) if fitted.any() else float("nan"),
+            "gmm_flat_share": flat_variance_share(gmms, p["reg_covar"])}
+
+
+def flat_variance_share(gmms: bm.ClassGMMs, reg_covar: float, tol: float = 1e-6) -> float:
+    """Share of the fitted (class, component, dimension) variances whose data part (σ² − reg_covar) is below
+    ``tol``: a feature constant over the component, typically a ReLU channel that is 0 for all its pixels. There
+    the density is set by the floor alone, so a tiny floor lets these dimensions decide Eq. 6's argmax."""
+    fitted = gmms.n_samples > 0
+    if not fitted.any():
+        return float("nan")
+    return float(((gmms.variances[fitted] - reg_covar) < tol).double().mean())
 
 
 def load_gmms(path) -> bm.ClassGMMs:
