@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.data.labels import NUM_CLASSES
-from bench.metrics import PER_IMAGE_FILE, ConfusionMatrix, EvaluationError, save_per_image
+from bench.metrics import PER_IMAGE_FILE, ConfusionMatrix, EvaluationError, class_argmax, save_per_image
 from bench.protocols import get_protocol
 
 
@@ -47,7 +47,7 @@ def evaluate(model, dataset, protocol: str = "B", subsets=("19",), device="cpu",
                                 enabled=amp_dtype is not None):
                 logits = predict(model, x, tuple(label.shape[-2:]))
             _check_classes(logits, cm.num_classes)
-            cm.update(logits.argmax(1), label, name=list(batch["name"]))
+            cm.update(class_argmax(logits), label, name=list(batch["name"]))
             done += x.shape[0]
             if progress:
                 progress(done, len(dataset))
@@ -90,7 +90,7 @@ def run_eval(p: dict, ctx) -> dict:
         for i in range(min(QUALITATIVE_IMAGES, len(ds))):
             item = ds[i]
             x = item["image"][None].to(ctx.device)
-            pred = predict(model, x, tuple(item["label"].shape[-2:])).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            pred = class_argmax(predict(model, x, tuple(item["label"].shape[-2:])))[0].to(torch.uint8).cpu().numpy()
             Image.fromarray(pred).save(qual / f"{i:02d}.png")
     out["images"] = len(ds)
     return out

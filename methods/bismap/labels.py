@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
+from bench.metrics import class_argmax
 from methods import ias
 from methods.bismap import equations as bm
 from methods.cag_uda import equations as cag
@@ -70,7 +71,7 @@ def fit_maps(p: dict, ctx) -> dict:
         if logits.shape[-2:] != grid:
             logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=True)
         gt = cag.labels_to_feature_grid(item["label"][None].to(ctx.device), grid)[0].reshape(-1).cpu()
-        keep = bm.correct_source_labels(gt, logits.argmax(1)[0].reshape(-1).cpu())
+        keep = bm.correct_source_labels(gt, class_argmax(logits)[0].reshape(-1).cpu())
         feats = f[0].reshape(f.shape[1], -1).T.cpu().double()
         if sums is None:
             sums = torch.zeros(NUM_CLASSES, feats.shape[1], dtype=torch.float64)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
+from bench.metrics import class_argmax
 from methods import source_only
 from methods.adversarial import train_feature_warmup
 from methods.base import Method, Paper, Stage, make_config
@@ -91,7 +92,7 @@ def _grid_argmax(logits: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
     """The prediction on the feature grid (logits resized bilinearly when their grid differs)."""
     if logits.shape[-2:] != feats.shape[-2:]:
         logits = F.interpolate(logits.float(), size=tuple(feats.shape[-2:]), mode="bilinear", align_corners=True)
-    return logits.detach().argmax(1)
+    return class_argmax(logits.detach())
 
 
 # --------------------------------------------------------------------------------------------- label

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
+from bench.metrics import class_argmax
 from methods.pixintrada.config import ALPHA_BY_SOURCE, Config, InterConfig, resolve_alpha  # noqa: F401 - re-exported
 from methods.source_only import segmentation_ce
 
@@ -188,7 +189,7 @@ def split_easy_hard(probs: torch.Tensor, thresholds: torch.Tensor, alpha: float,
     if skip_unpredicted:
         passes &= (t > 0).view(1, c, 1, 1)
     hard = ~passes.any(dim=1)
-    pseudo = torch.where(passes, probs, torch.full((), -1.0, dtype=probs.dtype, device=probs.device)).argmax(1)
+    pseudo = class_argmax(torch.where(passes, probs, torch.full((), -1.0, dtype=probs.dtype, device=probs.device)))
     return hard, pseudo.masked_fill(hard, IGNORE)
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import IGNORE, NUM_CLASSES
+from bench.metrics import class_argmax
 from methods.ssf_dan.config import SWITCHES, Config, Variant, variant  # noqa: F401 - re-exported
 from methods.ssf_dan.discriminator import SeparableDiscriminator, check_features_labels, separate_features
 
@@ -102,7 +103,7 @@ def kept_labels(probs: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     IGNORE elsewhere. ``probs`` float [N, C, H, W], ``kept`` bool [N, H, W] → int64 [N, H, W]. No gradient."""
     _check_probs(probs)
     _check_kept(kept, probs)
-    pred = probs.detach().argmax(1)
+    pred = class_argmax(probs.detach())
     return torch.where(kept, pred, torch.full_like(pred, IGNORE))
 
 
@@ -166,7 +167,7 @@ def mode_downsample(labels: torch.Tensor, size, num_classes: int = NUM_CLASSES,
     if not ignore_votes:
         frac = frac.clone()
         frac[:, num_classes] = torch.where(frac[:, :num_classes].sum(1) > 0, -1.0, 2.0)
-    best = frac.argmax(1)  # first maximum: lowest class id, IGNORE (slot C) last
+    best = class_argmax(frac)  # first maximum: lowest class id, IGNORE (slot C) last
     return torch.where(best == num_classes, torch.full_like(best, IGNORE), best)
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.labels import NUM_CLASSES
+from bench.metrics import class_argmax
 from methods.base import Method, Paper, Stage, reads
 from methods.source_only import segmentation_ce
 from methods.ssf_dan import equations as ssf
@@ -46,7 +47,7 @@ def masks(p: dict, out_s, out_t, src, tgt, grid, step: int, grid_s=None) -> dict
     else:
         ps = _probs(out_s.logits, src["image"].shape[-2:])
         kept_s = ssf.progressive_confidence_mask(ps, rho_at(p, step)) if p["pcs_on_source"] else None
-        full_s = ssf.kept_labels(ps, kept_s) if kept_s is not None else ps.argmax(1)
+        full_s = ssf.kept_labels(ps, kept_s) if kept_s is not None else class_argmax(ps)
     lab_t = ssf.mode_downsample(full_t, grid, ignore_votes=p["mode_ignore_votes"])
     lab_s = ssf.mode_downsample(full_s, grid_s or grid, ignore_votes=p["mode_ignore_votes"])
     tau = ssf.class_weights(pt, kept_t) if v.car else torch.ones(NUM_CLASSES, device=pt.device)
