@@ -123,7 +123,7 @@ def test_gpu_matches_cpu():
     assert np.array_equal(a.numpy(), b.numpy())
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_class_argmax_is_numpys_argmax_on_ties_and_nan(dtype, channels_last):
     """The fast class map equals numpy's argmax over the class axis: the first maximum wins ties, and a NaN

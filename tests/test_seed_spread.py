@@ -13,44 +13,55 @@ A = np.array([[3, 1], [0, 4]])
 B = np.array([[4, 0], [0, 4]])
 
 
-def test_subset_variance_and_split_by_hand():
-    """Seed 0 scores images (A, B), seed 1 (B, A): on the whole set both sum to [[7, 1], [0, 8]] (std 0); on one
-    image the seeds differ by 22.5 points either way, so every subset has variance 22.5² / 2 = 253.125. The fit
-    through n = 1: c = 253.125 / (1 − 1/2) = 506.25, the image part c / N = 253.125, the model part 0."""
+def test_split_by_hand():
+    """Seed 0 scores images (A, B), seed 1 (B, A): both sum to [[7, 1], [0, 8]], mIoU (7/8 + 8/9) / 2 = 88.19,
+    so the seeds' std is 0. Leaving out one image leaves seed 0 at 100 and seed 1 at 77.5 or the reverse:
+    influences (N − 1 = 1) 88.19 − 100 = −11.81 and 88.19 − 77.5 = +10.69; centred over the seeds ±11.25 on
+    each image; c = 4 · 11.25² / ((N − 1)(S − 1)) = 506.25, the image part c / N = 253.125 against a variance of
+    0, the model part 0."""
     confs = np.stack([np.stack([A, B]), np.stack([B, A])])
-    rng = np.random.default_rng(0)
-    assert spread.subset_seed_variance(confs, 1, 20, rng) == pytest.approx(253.125)
-    got = spread.split_seed_variance(confs, sizes=(1,), reps=20)
+    z = spread.image_influence(confs)
+    np.testing.assert_allclose(z, [[88.19444 - 100, 88.19444 - 77.5], [88.19444 - 77.5, 88.19444 - 100]],
+                               atol=1e-4)
+    got = spread.split_seed_variance(confs)
+    np.testing.assert_allclose(got["seeds_miou"], [88.19444, 88.19444], atol=1e-4)
     assert got["std"] == pytest.approx(0.0, abs=1e-12)
-    assert got["subset_std"] == {1: pytest.approx(np.sqrt(253.125))}
-    assert got["image_std"] == pytest.approx(np.sqrt(253.125))
-    assert got["model_std"] == 0.0
+    assert got["image_share"] == float("inf") and got["model_std"] == 0.0
 
 
 def test_identical_images_leave_only_the_model_part():
-    """Every image of a seed has the same matrix, so any subset scores exactly as the whole set: the image part
-    is 0 and the model part is the observed std."""
+    """Every image of a seed has the same matrix: leaving one out changes no seed's mIoU, so no image part, and
+    the model part is the observed std."""
     per_seed = [np.array([[9, 1, 0], [2, 8, 0], [0, 1, 9]]), np.array([[6, 4, 0], [2, 8, 0], [0, 0, 10]]),
                 np.array([[9, 1, 0], [0, 10, 0], [3, 3, 4]])]
     confs = np.stack([np.repeat(m[None], 40, axis=0) for m in per_seed])
-    got = spread.split_seed_variance(confs, sizes=(5, 10, 20), reps=30)
+    got = spread.split_seed_variance(confs)
     assert got["std"] > 5
-    assert all(v == pytest.approx(got["std"]) for v in got["subset_std"].values())
-    assert got["image_std"] == pytest.approx(0.0, abs=1e-6)
+    assert got["image_share"] == pytest.approx(0.0, abs=1e-12)
     assert got["model_std"] == pytest.approx(got["std"])
 
 
-def test_reordered_images_are_all_image_part():
-    """Three seeds hold the same 60 per-image matrices in different image orders: equal on the whole set, apart
-    on every subset, more so on smaller ones."""
-    rng = np.random.default_rng(1)
-    mats = rng.integers(0, 20, size=(60, 3, 3))
-    confs = np.stack([mats[rng.permutation(60)] for _ in range(3)])
-    got = spread.split_seed_variance(confs, sizes=(5, 15, 30), reps=100)
-    assert got["std"] == pytest.approx(0.0, abs=1e-9)
-    stds = [got["subset_std"][n] for n in (5, 15, 30)]
-    assert stds[0] > stds[1] > stds[2] > 0
-    assert got["image_std"] > 0 and got["model_std"] == 0.0
+def test_image_part_matches_a_simulation_with_known_model_variance():
+    """Four seeds mislabel class 0 as class 1 at rates 0.10-0.16 (the models' difference), image by image with
+    binomial noise on 20 images of Poisson class counts (the images' part). On the population, seed s scores
+    IoUs 1 − e, N1 / (N1 + e·N0) and 1 (N0, N1 the expected class counts), which fixes the model variance. Over
+    300 simulated validation sets the observed variance minus that must match the estimated image part."""
+    rng = np.random.default_rng(0)
+    e, n_img, lam0, lam1 = np.array([0.10, 0.12, 0.14, 0.16]), 20, 10, 100
+    mu = 100 * (1 - e + lam1 / (lam1 + e * (lam0 + 1)) + 1) / 3
+    observed, image = [], []
+    for _ in range(300):
+        n0, n1, n2 = rng.poisson(lam0, n_img) + 1, rng.poisson(lam1, n_img), rng.poisson(lam1, n_img)
+        confs = np.zeros((len(e), n_img, 3, 3))
+        for s, rate in enumerate(e):
+            wrong = rng.binomial(n0, rate)
+            confs[s, :, 0, 0], confs[s, :, 0, 1], confs[s, :, 1, 1], confs[s, :, 2, 2] = n0 - wrong, wrong, n1, n2
+        got = spread.split_seed_variance(confs)
+        observed.append(got["std"] ** 2)
+        image.append(got["image_share"] * got["std"] ** 2)
+    true_image = np.mean(observed) - np.var(mu, ddof=1)
+    assert true_image > 0.5  # the images' part is a sizeable share here
+    assert np.mean(image) == pytest.approx(true_image, rel=0.2)
 
 
 def test_class_shares_sum_to_each_seeds_deviation():
@@ -59,39 +70,51 @@ def test_class_shares_sum_to_each_seeds_deviation():
     shares = spread.class_shares(confs)
     np.testing.assert_allclose(shares, [[-6.25, -5.0], [6.25, 5.0]])
     np.testing.assert_allclose(shares.sum(axis=1), [77.5 - 88.75, 100 - 88.75])
+    # a third class only seed 1 saw: NaN for seed 0, and seed 1 is its own mean there
+    a3, b3 = np.zeros((3, 3), int), np.zeros((3, 3), int)
+    a3[:2, :2], b3[:2, :2], b3[2, 2] = A, B, 5
+    shares = spread.class_shares(np.stack([a3[None], b3[None]]))
+    assert np.isnan(shares[0, 2]) and shares[1, 2] == 0.0
+    np.testing.assert_allclose(shares[:, :2], [[-6.25 * 2 / 3, -5.0 * 2 / 3], [6.25 * 2 / 3, 5.0 * 2 / 3]])
 
 
-def test_split_rejects_a_single_seed_and_bad_sizes():
+def test_split_rejects_a_single_seed_or_image():
     with pytest.raises(ValueError, match="seeds"):
         spread.split_seed_variance(np.stack([A, B])[None])
-    with pytest.raises(ValueError, match="subset size"):
-        spread.subset_seed_variance(np.stack([np.stack([A, B])] * 2), 3, 5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="images"):
+        spread.split_seed_variance(np.stack([A[None], B[None]]))
 
 
 def test_spread_rows_group_the_planned_evals_in_the_cache(tmp_path, monkeypatch):
     """Rows come from the planned experiments' eval keys: seeds grouped per (method, variant), a row with one
-    cached seed left out, and the class that moves the seeds named first."""
+    cached seed left out, one whose seeds saw other images skipped with a reason, and the class that moves the
+    seeds named first."""
     n_cls = 19
+
     def mats(wrong_road):  # 4 images; road pixels partly predicted as sidewalk on the seed's model
         m = np.zeros((4, n_cls, n_cls), dtype=np.int64)
         m[:, np.arange(n_cls), np.arange(n_cls)] = 10
         m[:, 0, 0], m[:, 0, 1] = 10 - wrong_road, wrong_road
         return m
+
     exps = []
-    for method, variant, seeds in (("alpha", None, (0, 1)), ("alpha", "v", (0,)), ("beta", None, (0, 1))):
+    for method, variant, seeds in (("alpha", None, (0, 1)), ("alpha", "v", (0,)), ("beta", None, (0, 1)),
+                                   ("gamma", None, (0, 1))):
         for s in seeds:
             key = f"eval-{method}{variant or ''}{s}"
             (tmp_path / key).mkdir()
-            save_per_image(tmp_path / key / PER_IMAGE_FILE, mats(2 + 3 * s if method == "alpha" else 1),
-                           [f"i{k}" for k in range(4)])
+            names = [f"i{k + (s if method == 'gamma' else 0)}" for k in range(4)]
+            save_per_image(tmp_path / key / PER_IMAGE_FILE, mats(2 + 3 * s if method == "alpha" else 1), names)
             exps.append(SimpleNamespace(method=method, variant=variant, seed=s, target="",
                                         eval=SimpleNamespace(key=key)))
     monkeypatch.setattr("bench.suite_plan.plan_suite", lambda suite: (exps, {}, {}))
-    rows = spread.spread_rows({"evaluation": {"subsets": ["19"]}}, tmp_path, reps=5)
-    assert [(r["row"], r["seeds"]) for r in rows] == [("alpha", [0, 1]), ("beta", [0, 1])]
+    rows, skipped = spread.spread_rows({"evaluation": {"subsets": ["19"]}}, tmp_path)
+    assert [(r["row"], r["seeds"], r["images"]) for r in rows] == [("alpha", [0, 1], 4), ("beta", [0, 1], 4)]
+    assert len(skipped) == 1 and skipped[0].startswith("gamma") and "different image" in skipped[0]
     alpha, beta = rows
     assert alpha["std"] > 0 and beta["std"] == 0.0
     assert alpha["movers"].startswith("road ") and "sidewalk" in alpha["movers"]
-    table = spread.format_rows(rows)
-    assert table.splitlines()[0].startswith("| row | seeds | mIoU per seed | std |")
-    assert "| alpha | 0,1 |" in table
+    table = spread.format_rows(rows).splitlines()
+    assert table[0].startswith("| row | seeds | images | mIoU per seed | std | image part of the variance |")
+    assert table[2].startswith("| alpha | 0,1 | 4 |") and table[3].startswith("| beta | 0,1 | 4 |")
+    assert "– (std 0)" in table[3]
