@@ -5,15 +5,16 @@ validation set is finite (two models that are equally good on the target still d
 rare class the set happens to hold). Only the second would shrink with a larger validation set. Every eval stage
 caches each image's confusion matrix, which is enough to tell them apart.
 
-Each seed's mIoU m_s is a function of its per-image matrices; image i's influence on it, z_si, is estimated with
-the delete-one-image jackknife, z_si = (N − 1)·(m_s − m_s(without i)) (Efron & Tibshirani 1993, ch. 11). To first
-order m_s = μ_s + mean_i z_si, so with the N images drawn independently from the target the variance over seeds
-of the m_s has an image part c/N, where c is the variance over images of the seed-centred influences
-d_si = z_si − mean over seeds of z_si (divided by S − 1 over seeds, N − 1 over images). That part a larger
-validation set would remove. The rest, v − c/N (v: the variance observed over seeds), is the **model part**: a
-different recipe can change it, more images cannot; more seeds only make the row's mean more certain.
+Each seed's mIoU m_s is a function of its per-image matrices. To first order m_s ≈ μ_s + mean_i ψ_s(x_i), with
+ψ_s the influence of an image on it; the delete-one-image jackknife estimates ψ_s(x_i) (centred on the sample) by
+z_si = (N − 1)·(m_s − m_s(without i)) (Efron & Tibshirani 1993, ch. 11). With the N images drawn independently
+from the target, the variance over seeds of the m_s then has an image part c/N, where c is the variance over
+images of the seed-centred influences d_si = z_si − mean over seeds of z_si (divided by S − 1 over seeds and
+N − 1 over images). That part shrinks as 1/N with a larger validation set. The rest, v − c/N (v: the variance
+observed over seeds), is the **model part**: a different recipe can change it, more images cannot, and more
+seeds only make the row's mean more certain. With 3 seeds v has 2 degrees of freedom: the split is rough.
 
-``python -m bench.seed_spread SUITE [overrides] [--results DIR]`` prints, for each planned row with two or more
+``python -m bench.seed_spread SUITE [overrides] [--results DIR] [--cache DIR]`` prints, for each planned row with two or more
 cached seeds, its seed std, the image part's share of its variance, the model part (as a std) and the classes that
 move the seeds' mIoUs most (each class's share of a seed's deviation from the mean, in mIoU points).
 """
@@ -42,8 +43,9 @@ def image_influence(confs: np.ndarray, classes=None) -> np.ndarray:
 def split_seed_variance(confs: np.ndarray, classes=None) -> dict:
     """One row's spread over seeds and its two parts (module docstring). ``confs``: ``[S, N, C, C]`` per-image
     matrices, every seed scored on the same N images in the same order. Returns ``seeds_miou`` (points), ``std``
-    (over seeds, ddof 1), ``image_share`` (c/N over the observed variance; it can exceed 1 when the seeds agree
-    more than their images' noise would predict) and ``model_std`` = √max(v − c/N, 0)."""
+    (over seeds, ddof 1), ``image_var`` (c/N, points²), ``image_share`` (c/N over the observed variance; inf when
+    that is 0, and it can exceed 1 when the seeds agree more than their images' noise would predict) and
+    ``model_std`` = √max(v − c/N, 0)."""
     confs = np.asarray(confs, dtype=np.float64)
     if confs.ndim != 4 or confs.shape[0] < 2 or confs.shape[1] < 2:
         raise ValueError(f"need [seeds ≥ 2, images ≥ 2, C, C] per-image matrices; got shape {confs.shape}")
@@ -53,7 +55,8 @@ def split_seed_variance(confs: np.ndarray, classes=None) -> dict:
     d = image_influence(confs, classes)
     d = d - d.mean(axis=0)  # centred over seeds, image by image
     c = float(((d - d.mean(axis=1, keepdims=True)) ** 2).sum() / ((n - 1) * (s - 1)))
-    return {"seeds_miou": seeds_miou, "std": float(np.sqrt(v)), "image_share": c / n / v if v > 0 else float("inf"),
+    return {"seeds_miou": seeds_miou, "std": float(np.sqrt(v)), "image_var": c / n,
+            "image_share": c / n / v if v > 0 else float("inf"),
             "model_std": float(np.sqrt(max(v - c / n, 0.0)))}
 
 
