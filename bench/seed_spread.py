@@ -14,9 +14,9 @@ N − 1 over images). That part shrinks as 1/N with a larger validation set. The
 observed over seeds), is the **model part**: a different recipe can change it, more images cannot, and more
 seeds only make the row's mean more certain. With 3 seeds v has 2 degrees of freedom: the split is rough.
 
-``python -m bench.seed_spread SUITE [overrides] [--results DIR] [--cache DIR]`` prints, for each planned row with two or more
-cached seeds, its seed std, the image part's share of its variance, the model part (as a std) and the classes that
-move the seeds' mIoUs most (each class's share of a seed's deviation from the mean, in mIoU points).
+``python -m bench.seed_spread SUITE [overrides] [--results DIR] [--cache DIR]`` prints, for each planned row with
+two or more cached seeds, its seed std, the image part's share of its variance, the model part (as a std) and the
+classes that move the seeds' mIoUs most (each class's share of a seed's deviation from the mean, in mIoU points).
 """
 
 from __future__ import annotations
