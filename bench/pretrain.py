@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from bench.data.generic_shapes import KINDS, VERSION, GenericShapes
+from bench.fsio import sha256_file
+from bench.tracking import cpu_environment
 
 RECIPE = {"generator": "generic_shapes", "version": VERSION, "model": "small", "iters": 1500, "batch_size": 8,
           "images": 2000, "size": [256, 128], "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "power": 0.9,
@@ -66,5 +68,8 @@ def ensure_pretrained(root: str | os.PathLike, name: str = "generic_small", reci
     torch.save(state, tmp)
     os.replace(tmp, path)
     seconds = time.perf_counter() - t0
-    meta.write_text(json.dumps({"recipe": recipe, "seconds": round(seconds, 1), "final_metrics": metrics}, indent=1))
+    # The file's hash and the CPU it was made on: the same recipe on a CPU of another kind gives other bytes
+    # (oneDNN's kernels), so two machines' files, and every key that holds them, can be told apart.
+    meta.write_text(json.dumps({"recipe": recipe, "seconds": round(seconds, 1), "final_metrics": metrics,
+                                "sha256": sha256_file(path), "made_on": cpu_environment()}, indent=1))
     return {"path": path, "recipe": recipe, "regenerated": True, "seconds": seconds}

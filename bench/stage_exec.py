@@ -21,6 +21,7 @@ from pathlib import Path
 from bench.fsio import atomic_write_text
 from bench.stage_cache import META, METRICS, PROGRESS, CorruptEntry, StageCache, _jsonable
 from bench.stage_keys import PlannedStage, stage_runtime
+from bench.tracking import cpu_environment
 
 
 # ------------------------------------------------------------------------------------------ context
@@ -243,7 +244,8 @@ def execute_stage(planned: PlannedStage, cache_root: str, dataset_specs: dict, t
                            metrics_every=int(train.get("metrics_every", 20)))
         meta = {"stage": planned.name, "kind": planned.stage.kind, "version": planned.stage.version,
                 "params": planned.stage.params, "upstream": planned.upstream, "seed": planned.seed,
-                "datasets": list(planned.stage.datasets), "runtime": runtime, "host": host, "started": time.time()}
+                "datasets": list(planned.stage.datasets), "runtime": runtime, "host": host,
+                "cpu": cpu_environment(), "started": time.time()}  # cpu: the kernels' ISA moves float sums
         # lets `cache ls` name partials
         atomic_write_text(out_dir / META, json.dumps(meta, indent=1, default=_jsonable))
         from bench.sysmetrics import Sampler

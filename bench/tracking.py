@@ -70,7 +70,36 @@ def environment() -> dict:
         env["gpu"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or "none"
     except Exception:  # noqa: BLE001 - the report only shows it
         env["gpu"] = "unknown"
+    env.update(cpu_environment())
     return env
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), or "unknown"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_environment() -> dict:
+    """What decides a CPU run's float sums besides the stage key: the CPU, the instruction set torch's kernels
+    dispatch to, and the caps set on it. The same key gives the same bytes on one machine; on a CPU of another
+    kind oneDNN may pick other kernels, and the numbers move (README: "Across machines")."""
+    out = {"cpu": cpu_model()}
+    try:
+        import torch
+
+        out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - an older torch: only the report shows it
+        out["torch_cpu_capability"] = "unknown"
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_CBWR"):
+        if os.environ.get(var):
+            out[var] = os.environ[var]
+    return out
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from fixtures import tiny_minicity_suite, write_suite
 
 import bench.live_log
@@ -71,6 +72,9 @@ def test_stage_runs_are_logged_as_each_stage_ends_with_real_times(two_runs):
         run = next(r for r in stages if r.data.tags["cache_key"] == upstream["model"])
         meta = json.loads((cache / upstream["model"] / "meta.json").read_text())
         assert run.info.status == "FINISHED"
+        # which CPU and kernel ISA computed it: the bytes of a CPU run depend on them (README: "Across machines")
+        assert run.data.tags["cpu"] == meta["cpu"]["cpu"] != "?"
+        assert run.data.tags["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert run.info.start_time == int(meta["started"] * 1000) and run.info.end_time == int(meta["ended"] * 1000)
         assert run.info.end_time - run.info.start_time == pytest.approx(meta["seconds"] * 1000, abs=2)
         rows = [json.loads(ln) for ln in (cache / upstream["model"] / "metrics.jsonl").read_text().splitlines()]
@@ -254,3 +258,13 @@ def test_the_record_through_the_mlflow_rest_api(two_runs):
         m = by_run[r["info"]["run_id"]]
         model_miou = next(x["value"] for x in m["data"]["metrics"] if x["key"] == "miou_19")
         assert model_miou == next(x["value"] for x in r["data"]["metrics"] if x["key"] == "miou_19")
+
+
+def test_cpu_environment_names_the_cpu_its_kernel_isa_and_the_caps_set_on_them(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    env = bench.tracking.cpu_environment()
+    assert env["ONEDNN_MAX_CPU_ISA"] == "AVX2" and "MKL_CBWR" not in env
+    assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(env["cpu"], str) and env["cpu"]
+    assert bench.tracking.environment()["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # what the report and the run tags show

@@ -70,7 +70,11 @@ def test_backbone_only_file_loads_the_backbone_and_keeps_fresh_heads(tmp_path):
 def test_ensure_pretrained_trains_once_and_again_for_another_recipe(tmp_path):
     first = ensure_pretrained(tmp_path, "tiny", TINY)
     assert first["regenerated"] and first["path"].is_file()
-    assert json.loads((tmp_path / "tiny.json").read_text())["recipe"] == TINY
+    record = json.loads((tmp_path / "tiny.json").read_text())
+    assert record["recipe"] == TINY
+    # the file's hash and the CPU it was made on, to tell two machines' files apart
+    assert record["sha256"] == hashlib.sha256(first["path"].read_bytes()).hexdigest()
+    assert record["made_on"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     build_model("small", init_weights=first["path"])  # loads as a backbone init
     mtime = first["path"].stat().st_mtime_ns
     again = ensure_pretrained(tmp_path, "tiny", TINY)
