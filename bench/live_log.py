@@ -176,11 +176,12 @@ class LiveLog:
         return f"{self.names[ps.key]}{f' seed {ps.seed}' if ps.stage.seeded else ''} · {shown}"
 
     def _stage_tags(self, ps, o, meta: dict) -> dict:
+        cpu = meta.get("cpu") or {}  # absent in stages cached before the CPU was recorded
         return {"stage": ps.name, "display": self.names[ps.key], "cache_key": ps.key,
                 "seed": ps.seed if ps.stage.seeded else "-", "methods": ", ".join(sorted(self.users[ps.key])),
                 "cache_dir": self.cache_root / ps.key, "host": meta.get("host", "?"),
-                "cpu": (meta.get("cpu") or {}).get("cpu", "?"),
-                "torch_cpu_capability": (meta.get("cpu") or {}).get("torch_cpu_capability", "?"), "units": "percent",
+                "cpu": cpu.get("cpu", "?"), "torch_cpu_capability": cpu.get("torch_cpu_capability", "?"),
+                "units": "percent",
                 "invocation": self.invocation, "cache": "hit" if o.status == "cached" else o.status}
 
     def _new_stage_run(self, ps, o) -> str:

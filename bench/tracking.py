@@ -11,6 +11,7 @@ percent in MLflow (``tags.units = percent``), as in the tables and papers; table
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -74,6 +75,7 @@ def environment() -> dict:
     return env
 
 
+@functools.cache  # one CPU per process; every stage asks
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), or "unknown"."""
     try:
