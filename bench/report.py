@@ -69,14 +69,17 @@ def protocol_words(protocols: dict[str, str], fallback: str = "B") -> str:
     return "; ".join([main] + [f"{p} for {', '.join(rows_of[p])}" for p in others])
 
 
-def table_title(suite: dict, target: str, subset: str, protocols: dict[str, str]) -> str:
-    """A results table's caption; ``protocols`` (row → protocol, ``recorded_protocols``) names what it shows."""
+def table_title(suite: dict, target: str, subset: str, protocols: dict[str, str], seeds=None) -> str:
+    """A results table's caption; ``protocols`` (row → protocol, ``recorded_protocols``) names what it shows,
+    ``seeds`` the seeds its rows have (an interim report's: fewer than the suite's)."""
     ev = suite.get("evaluation") or {}
+    shown = sorted(seeds) if seeds is not None else list(suite["seeds"])
+    over = f"{shown}" if shown == sorted(suite["seeds"]) else f"{shown} (of the suite's {list(suite['seeds'])})"
     where = f" ({target})" if target else ""
     star = "; mIoU* = 13-class mean of the same confusion matrix" if subset == "16" else ""
     return (f"{suite['name']}{where}: per-class IoU (%), {subset} classes, protocol "
             f"{protocol_words(protocols, ev.get('protocol', 'B'))}, "
-            f"final iterate; ours = mean±std over seeds {suite['seeds']}{star}")
+            f"final iterate; ours = mean±std over seeds {over}{star}")
 
 
 def curve_labels(experiments) -> dict:
@@ -237,8 +240,9 @@ def ledger_lines(experiments) -> list[str]:
 
 
 def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, env, summary, wall_seconds,
-                  tracker=None, cache_root: Path | None = None) -> dict:
-    """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts."""
+                  tracker=None, cache_root: Path | None = None, note: str = "") -> dict:
+    """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts.
+    ``note``: a paragraph under the title (an interim report's banner)."""
     from bench.tracking import load_results
 
     out_dir = Path(out_dir)
@@ -246,7 +250,7 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     results, _ = load_results(uri, suite["name"], invocation)
-    md = [f"# {suite['name']}", "", suite.get("description", ""), ""]
+    md = [f"# {suite['name']}", "", *([note, ""] if note else []), suite.get("description", ""), ""]
     md += ["## Results", ""]
     for target in list(suite.get("targets") or {"": {}}):
         md += target_results(suite, target, results, experiments, out_dir, cache_root)
@@ -309,9 +313,9 @@ def subset_results(suite, target: str, subset: str, rs: list[dict], per_image: d
         diffs = row_differences(ours, per_image, REFERENCE_METHOD, classes=subset)
         frame = add_differences(frame, diffs, REFERENCE_METHOD)
     stem = f"per_class_{subset}" + (f"_{target}" if target else "")
-    paths = write_tables(frame, out_dir / "tables", stem, table_title(suite, target, subset, protocols))
-    print(paths["txt"].read_text())
     seeds = sorted(int(x) for x in ours["seed"].unique())
+    paths = write_tables(frame, out_dir / "tables", stem, table_title(suite, target, subset, protocols, seeds))
+    print(paths["txt"].read_text())
     bars = per_class_heatmap(frame, classes, out_dir / "plots" / f"{stem}.png", extra=extra,
                              title=f"{suite['name']} {target}: IoU (%), {subset} classes; ours: mean over "
                              f"seeds {seeds}")

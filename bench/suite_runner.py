@@ -280,6 +280,7 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
               retries: int = 1, tracking_uri: str | None = None, cache_root: Path | None = None) -> dict:
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
+    from bench.interim import InterimReports
     from bench.live_log import LiveLog
     from bench.report import write_outputs
     from bench.scheduler import Scheduler, summary_lines
@@ -312,8 +313,15 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     board = Board(len(unique), labels)
     train = dict(suite.get("train") or {})
     res_cfg = suite.get("resources") or {}
+
+    def interim(note: str) -> Path:  # the tables of the seeds complete so far, while later seeds run
+        return write_outputs(suite, uri, live.invocation, results_root / suite["name"], experiments, sched.outcomes,
+                             env, ["(interim report: the run goes on)"], time.perf_counter() - t0,
+                             cache_root=cache_root, note=note)["path"]
+
+    on_finished = InterimReports(live.stage_finished, interim, experiments, len(unique), board)
     sched = Scheduler(unique, specs, train, cache_root, executor=executor, retries=retries, board=board,
-                      gpu_share=res_cfg.get("gpu"), on_finished=live.stage_finished)
+                      gpu_share=res_cfg.get("gpu"), on_finished=on_finished)
     try:
         outcomes = sched.run()
     except BaseException:

@@ -1,0 +1,125 @@
+"""Results as early as the DAG allows: evaluations first and seed 0 before seed 1 (the scheduler's submission
+order), and an interim report as each seed's experiments complete while later seeds still run."""
+
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import stage_fakes as fk
+from fixtures import tiny_minicity_suite, write_suite
+
+from bench.interim import InterimReports, SeedProgress
+from bench.scheduler import Scheduler, submission_order
+from bench.stage_keys import plan_stages
+from methods.base import Stage
+
+DATASETS = {"source": {"spec": {"name": "gta5"}, "fingerprint": "aaa"}}
+
+
+def _row(tag: int, long: bool) -> Stage:
+    """fit → train (→ train when ``long``) → eval; ``tag`` keeps two rows' keys apart."""
+    top = Stage("fake.root", "fit", fk.produce, {"value": tag})
+    top = Stage("fake.mid", "train", fk.produce, {"value": 1}, upstream={"x": top})
+    if long:
+        top = Stage("fake.mid2", "train", fk.produce, {"value": 2}, upstream={"x": top})
+    return Stage("fake.eval", "eval", fk.produce, {"value": 0}, upstream={"x": top})
+
+
+def _plan(seeds) -> dict:
+    """Two rows per seed (one with a longer chain), seeds planned in the given order."""
+    planned = [p for s in seeds for p in plan_stages([_row(10, False), _row(20, True)], s, DATASETS, {})]
+    return {p.key: p for p in planned}
+
+
+def test_submission_order_puts_evaluations_then_the_lower_seed_then_the_longer_chain_first():
+    stages = _plan([1, 0])  # seed 1 planned first: the order must not come from the plan
+    order = submission_order(stages)
+    ranked = sorted(stages, key=order.__getitem__)
+    described = [(stages[k].stage.kind, stages[k].seed) for k in ranked]
+    assert described[:2] == [("eval", 0), ("eval", 0)] and described[2:4] == [("eval", 1), ("eval", 1)]
+    trains = [k for k in ranked if stages[k].stage.kind != "eval"]
+    assert {stages[k].seed for k in trains[:5]} == {0} and {stages[k].seed for k in trains[5:]} == {1}
+    # within seed 0, the root of the longer chain (fit → train → train → eval) before the shorter one's
+    roots = [stages[k].stage.params["value"] for k in trains[:5] if stages[k].name == "fake.root"]
+    assert roots == [20, 10]
+    unseeded = Stage("fake.shared", "data", fk.produce, {"value": 3}, seeded=False)
+    both = {p.key: p for p in plan_stages([unseeded], 1, DATASETS, {})} | stages
+    first_train = min((k for k in both if both[k].stage.kind != "eval"), key=submission_order(both).__getitem__)
+    assert both[first_train].name == "fake.shared"  # shared by every seed: before seed 0's own stages
+
+
+def test_the_local_executor_runs_each_evaluation_once_its_model_exists_and_seed_0_first(tmp_path):
+    stages = _plan([1, 0])
+    finished = []
+    Scheduler(stages, {k: {} for k in stages}, {}, tmp_path / "cache", executor="local",
+              on_finished=lambda ps, o: finished.append(ps)).run()
+    assert [ps.seed for ps in finished] == [0] * 7 + [1] * 7
+    for i, ps in enumerate(finished):
+        if ps.stage.kind == "eval":  # straight after the train stage it evaluates
+            assert finished[i - 1].key in ps.upstream.values()
+    assert fk.calls(tmp_path / "cache" / "calls.txt") == [ps.key for ps in finished]  # the order they ran in
+
+
+def _exp(seed, keys):
+    return SimpleNamespace(seed=seed, stages=[SimpleNamespace(key=k) for k in keys])
+
+
+def test_seed_progress_completes_a_seed_only_with_every_stage_of_every_experiment():
+    p = SeedProgress([_exp(0, ["a", "b"]), _exp(0, ["a", "c"]), _exp(1, ["a", "d"])])
+    assert p.stage_finished("a") == [] and p.stage_finished("b") == []
+    assert p.stage_finished("c") == [0] and not p.all_complete()
+    assert p.stage_finished("c") == []  # told once
+    assert p.stage_finished("d") == [1] and p.all_complete()
+
+
+def test_interim_reports_are_written_for_every_seed_but_the_last_and_a_failing_write_is_a_warning(capsys):
+    told, notes = [], []
+    rep = InterimReports(lambda ps, o: told.append(ps.key), lambda note: notes.append(note) or "r.md",
+                         [_exp(0, ["a"]), _exp(1, ["b"]), _exp(2, ["c"])], total=3)
+    rep(SimpleNamespace(key="a"), None)
+    assert told == ["a"] and len(notes) == 1
+    assert "seed 0 has finished (1 of 3 stages); seed 1, 2 still running" in notes[0]
+    rep(SimpleNamespace(key="b"), None)
+    rep(SimpleNamespace(key="c"), None)  # the last seed: the run's own report follows
+    assert told == ["a", "b", "c"] and len(notes) == 2 and rep.written == [[0], [0, 1]]
+    assert "seed 0, 1 has finished" in notes[1] and "seed 0, 1 complete: interim report r.md" in capsys.readouterr().err
+
+    def refuse(note):
+        raise OSError("disk full")
+
+    rep = InterimReports(lambda ps, o: None, refuse, [_exp(0, ["a"]), _exp(1, ["b"])], total=2)
+    rep(SimpleNamespace(key="a"), None)
+    assert rep.written == [] and "interim report for seeds [0] not written (OSError: disk full)" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_two_seed_suite_writes_seed_0s_table_before_seed_1_trains(tmp_path, monkeypatch):
+    import bench.report
+
+    suite = tiny_minicity_suite(tmp_path, {"gta5": 4, "synthia": 2, "cityscapes_train": 4, "cityscapes_val": 2})
+    suite.update(only=["source_only"], seeds=[0, 1])
+    suite["methods"]["source_only"].update(iters=2, batch_size=2)
+    snapshots = []
+    real = bench.report.write_outputs
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        cache = k["cache_root"]
+        done = sorted(p.parent.name.split("-")[0] for p in cache.glob("*/DONE"))
+        snapshots.append((out["path"].read_text(), done))
+        shutil.copy(out["path"], tmp_path / f"report{len(snapshots)}.md")
+        return out
+
+    monkeypatch.setattr(bench.report, "write_outputs", spy)
+    from bench.suite_runner import run_suite
+
+    out = run_suite(str(write_suite(suite, tmp_path / "tiny.yaml")), results_root=tmp_path / "r", executor="local")
+    assert {o.status for o in out["outcomes"].values()} == {"done"}
+    (interim, done_then), (final, _) = snapshots
+    assert done_then == ["eval", "source_only"]  # seed 0's two stages, none of seed 1's
+    assert interim.startswith("# tiny\n\n> **Interim report**") and "seed 1 still running" in interim
+    assert "ours = mean±std over seeds [0] (of the suite's [0, 1])" in interim
+    assert "| source_only | ours (1 seed) |" in interim
+    assert "over seeds [0, 1]\n" in final and "ours (2 seeds)" in final
+    assert "Interim report" not in final
