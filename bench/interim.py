@@ -37,7 +37,7 @@ def interim_banner(complete: list[int], seeds: list[int], finished: int, total: 
     rest = ", ".join(str(s) for s in seeds if s not in complete)
     return (f"> **Interim report** after {seconds / 60:.0f} min: every experiment of seed {done} has finished "
             f"({finished} of {total} stages); seed {rest} still running. The run rewrites this report when it "
-            "ends: until then a mean ± std covers only the finished seeds.")
+            "ends; until then every row shows the finished seeds only.")
 
 
 class InterimReports:
@@ -45,7 +45,8 @@ class InterimReports:
     while another has not. A report that cannot be written is a warning: the run goes on."""
 
     def __init__(self, on_finished, write, experiments, total: int, board=None) -> None:
-        """``write(note)`` writes the report with ``note`` under its title and returns its path."""
+        """``write(note, seeds)`` writes the report of the complete ``seeds`` with ``note`` under its title and
+        returns its path."""
         self.on_finished, self.write, self.board = on_finished, write, board
         self.progress = SeedProgress(experiments)
         self.seeds = sorted(self.progress.keys_of)
@@ -60,7 +61,7 @@ class InterimReports:
         note = interim_banner(complete, self.seeds, len(self.progress.finished), self.total,
                               time.perf_counter() - self.t0)
         try:
-            path = self.write(note)
+            path = self.write(note, complete)
         except Exception as e:  # noqa: BLE001 - the final report is written at the end either way
             print(f"warning: the interim report for seeds {complete} not written ({type(e).__name__}: {e})",
                   file=sys.stderr)

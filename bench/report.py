@@ -240,9 +240,10 @@ def ledger_lines(experiments) -> list[str]:
 
 
 def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, env, summary, wall_seconds,
-                  tracker=None, cache_root: Path | None = None, note: str = "") -> dict:
+                  tracker=None, cache_root: Path | None = None, note: str = "", interim_seeds=None) -> dict:
     """Tables (+ paper rows), plots and ``report.md`` under ``out_dir``; logged as the invocation's artifacts.
-    ``note``: a paragraph under the title (an interim report's banner)."""
+    ``note``: a paragraph under the title. ``interim_seeds``: a report written while the run goes on, of those
+    seeds' results only (every row the same seeds, so paired intervals hold), neither logged nor timed."""
     from bench.tracking import load_results
 
     out_dir = Path(out_dir)
@@ -250,12 +251,16 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
     results, _ = load_results(uri, suite["name"], invocation)
+    if interim_seeds is not None:
+        results = [r for r in results if r["seed"] in interim_seeds]
     md = [f"# {suite['name']}", "", *([note, ""] if note else []), suite.get("description", ""), ""]
     md += ["## Results", ""]
     for target in list(suite.get("targets") or {"": {}}):
         md += target_results(suite, target, results, experiments, out_dir, cache_root)
     md += figure_sections(suite, experiments, outcomes, out_dir, cache_root)
-    if tracker is None:  # bench table: the timings the run recorded, not this re-render's
+    if interim_seeds is not None:
+        pass  # the timings so far, as given; the run's end writes its record
+    elif tracker is None:  # bench table: the timings the run recorded, not this re-render's
         outcomes, summary, wall_seconds = recorded_timings(uri, invocation, outcomes, summary, wall_seconds)
     else:
         write_timings(out_dir / TIMINGS, outcomes, summary, wall_seconds)

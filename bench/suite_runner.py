@@ -314,10 +314,10 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     train = dict(suite.get("train") or {})
     res_cfg = suite.get("resources") or {}
 
-    def interim(note: str) -> Path:  # the tables of the seeds complete so far, while later seeds run
+    def interim(note: str, seeds: list[int]) -> Path:  # the tables of the seeds complete so far
         return write_outputs(suite, uri, live.invocation, results_root / suite["name"], experiments, sched.outcomes,
                              env, ["(interim report: the run goes on)"], time.perf_counter() - t0,
-                             cache_root=cache_root, note=note)["path"]
+                             cache_root=cache_root, note=note, interim_seeds=seeds)["path"]
 
     on_finished = InterimReports(live.stage_finished, interim, experiments, len(unique), board)
     sched = Scheduler(unique, specs, train, cache_root, executor=executor, retries=retries, board=board,

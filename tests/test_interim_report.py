@@ -74,7 +74,7 @@ def test_seed_progress_completes_a_seed_only_with_every_stage_of_every_experimen
 
 def test_interim_reports_are_written_for_every_seed_but_the_last_and_a_failing_write_is_a_warning(capsys):
     told, notes = [], []
-    rep = InterimReports(lambda ps, o: told.append(ps.key), lambda note: notes.append(note) or "r.md",
+    rep = InterimReports(lambda ps, o: told.append(ps.key), lambda note, seeds: notes.append(note) or "r.md",
                          [_exp(0, ["a"]), _exp(1, ["b"]), _exp(2, ["c"])], total=3)
     rep(SimpleNamespace(key="a"), None)
     assert told == ["a"] and len(notes) == 1
@@ -84,7 +84,7 @@ def test_interim_reports_are_written_for_every_seed_but_the_last_and_a_failing_w
     assert told == ["a", "b", "c"] and len(notes) == 2 and rep.written == [[0], [0, 1]]
     assert "seed 0, 1 has finished" in notes[1] and "seed 0, 1 complete: interim report r.md" in capsys.readouterr().err
 
-    def refuse(note):
+    def refuse(note, seeds):
         raise OSError("disk full")
 
     rep = InterimReports(lambda ps, o: None, refuse, [_exp(0, ["a"]), _exp(1, ["b"])], total=2)
@@ -94,32 +94,35 @@ def test_interim_reports_are_written_for_every_seed_but_the_last_and_a_failing_w
 
 
 @pytest.mark.slow
-def test_a_two_seed_suite_writes_seed_0s_table_before_seed_1_trains(tmp_path, monkeypatch):
+def test_a_two_seed_suite_reports_seed_0_alone_before_seed_1_is_done(tmp_path, monkeypatch):
+    """Seed 1's source-only comes from the cache (an earlier run), so its result exists when seed 0 completes: the
+    interim report must still show seed 0 only, every row over the same seeds."""
     import bench.report
+    from bench.suite_runner import run_suite
 
     suite = tiny_minicity_suite(tmp_path, {"gta5": 4, "synthia": 2, "cityscapes_train": 4, "cityscapes_val": 2})
-    suite.update(only=["source_only"], seeds=[0, 1])
+    suite.update(only=["source_only"], seeds=[1])
     suite["methods"]["source_only"].update(iters=2, batch_size=2)
+    suite["methods"]["oracle"].update(iters=2, batch_size=2)
+    run_suite(str(write_suite(suite, tmp_path / "tiny.yaml")), results_root=tmp_path / "r", executor="local")
+    suite.update(only=["source_only", "oracle"], seeds=[0, 1])
     snapshots = []
     real = bench.report.write_outputs
 
     def spy(*a, **k):
         out = real(*a, **k)
-        cache = k["cache_root"]
-        done = sorted(p.parent.name.split("-")[0] for p in cache.glob("*/DONE"))
+        done = sorted(p.parent.name.split("-")[0] for p in k["cache_root"].glob("*/DONE"))
         snapshots.append((out["path"].read_text(), done))
         shutil.copy(out["path"], tmp_path / f"report{len(snapshots)}.md")
         return out
 
     monkeypatch.setattr(bench.report, "write_outputs", spy)
-    from bench.suite_runner import run_suite
-
     out = run_suite(str(write_suite(suite, tmp_path / "tiny.yaml")), results_root=tmp_path / "r", executor="local")
-    assert {o.status for o in out["outcomes"].values()} == {"done"}
+    assert sorted(o.status for o in out["outcomes"].values()) == ["cached"] * 2 + ["done"] * 6
     (interim, done_then), (final, _) = snapshots
-    assert done_then == ["eval", "source_only"]  # seed 0's two stages, none of seed 1's
+    assert done_then.count("eval") == 3 and done_then.count("source_only") == 3  # seed 1's oracle not yet
     assert interim.startswith("# tiny\n\n> **Interim report**") and "seed 1 still running" in interim
     assert "ours = mean±std over seeds [0] (of the suite's [0, 1])" in interim
-    assert "| source_only | ours (1 seed) |" in interim
-    assert "over seeds [0, 1]\n" in final and "ours (2 seeds)" in final
-    assert "Interim report" not in final
+    assert "| source_only | ours (1 seed) |" in interim and "| oracle | ours (1 seed) |" in interim
+    assert "Interim report" not in final and "over seeds [0, 1]\n" in final
+    assert "| source_only | ours (2 seeds) |" in final and "| oracle | ours (2 seeds) |" in final
