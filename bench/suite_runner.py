@@ -280,7 +280,6 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
               retries: int = 1, tracking_uri: str | None = None, cache_root: Path | None = None) -> dict:
     """Run a suite end to end; returns ``{"results", "outcomes", "invocation", "summary", "report"}``."""
     from bench.board import Board
-    from bench.interim import InterimReports
     from bench.live_log import LiveLog
     from bench.report import write_outputs
     from bench.scheduler import Scheduler, summary_lines
@@ -313,13 +312,8 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     board = Board(len(unique), labels)
     train = dict(suite.get("train") or {})
     res_cfg = suite.get("resources") or {}
-
-    def interim(note: str, seeds: list[int]) -> Path:  # the tables of the seeds complete so far
-        return write_outputs(suite, uri, live.invocation, results_root / suite["name"], experiments, sched.outcomes,
-                             env, ["(interim report: the run goes on)"], time.perf_counter() - t0,
-                             cache_root=cache_root, note=note, interim_seeds=seeds)["path"]
-
-    on_finished = InterimReports(live.stage_finished, interim, experiments, len(unique), board)
+    on_finished = interim_reports(suite, uri, live, results_root / suite["name"], experiments, env, cache_root, t0,
+                                  board, lambda: sched.outcomes)
     sched = Scheduler(unique, specs, train, cache_root, executor=executor, retries=retries, board=board,
                       gpu_share=res_cfg.get("gpu"), on_finished=on_finished)
     try:
@@ -340,6 +334,21 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
         print(line)
     return {"results": report["results"], "outcomes": outcomes, "invocation": invocation, "summary": summary,
             "report": report["path"], "tracking_uri": uri}
+
+
+def interim_reports(suite, uri, live, out_dir: Path, experiments, env, cache_root, t0: float, board, outcomes):
+    """The scheduler's ``on_finished``: MLflow's live log, then ``report.md`` of the seeds complete so far whenever
+    a seed completes before the last (``bench.interim``). ``outcomes()`` gives the scheduler's outcomes."""
+    from bench.interim import InterimReports
+    from bench.report import write_outputs
+
+    def write(note: str, seeds: list[int]) -> Path:
+        return write_outputs(suite, uri, live.invocation, out_dir, experiments, outcomes(), env,
+                             ["(interim report: the run goes on)"], time.perf_counter() - t0, cache_root=cache_root,
+                             note=note, interim_seeds=seeds)["path"]
+
+    total = len({ps.key for e in experiments for ps in e.stages})
+    return InterimReports(live.stage_finished, write, experiments, total, board)
 
 
 def render_suite(name: str, overrides=(), results_root: Path | None = None, tracking_uri: str | None = None,
