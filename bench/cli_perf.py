@@ -1,6 +1,6 @@
-"""``bench perf …``: the benchmark commands (evaluator, training, SS-D, GMM fit, sweep vs pipelines, loaders), their
-parsers and their printouts; the measurements themselves live in ``bench.perf``, ``bench.perf_sweep`` and
-``bench.perf_loader``."""
+"""``bench perf …``: the benchmark commands (evaluator, training, SS-D, GMM fit, sweep vs pipelines, loaders, stage
+order), their parsers and their printouts; the measurements themselves live in ``bench.perf``, ``bench.perf_sweep``,
+``bench.perf_loader`` and ``bench.perf_schedule``."""
 
 from __future__ import annotations
 
@@ -90,6 +90,32 @@ def cmd_perf_loader(a) -> int:
     return 0
 
 
+def cmd_perf_schedule(a) -> int:
+    from bench.perf_schedule import compare_orders
+    from bench.suite_runner import SuiteError
+
+    name, overrides = (a.args[0], a.args[1:]) if a.args and "=" not in a.args[0] else ("minicity", a.args)
+    try:
+        slots = [int(n) for n in a.slots.split(",") if n.strip()]
+        print(compare_orders(name, overrides, a.results, slots))
+    except (SuiteError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_perf_schedule_parser(perf) -> None:
+    """``bench perf schedule``: when results would come, from a finished run's stage times (bench.perf_schedule)."""
+    s = perf.add_parser("schedule", help="replay a finished run's recorded stage times on N slots: minutes to the "
+                        "first mIoU, to each seed's whole table and to the end, under the scheduler's order and "
+                        "under longest-chain-first")
+    s.add_argument("args", nargs="*", help="suite (default minicity), then dotted overrides, as the run had them")
+    s.add_argument("--results", type=Path, default=Path("results"), help="the run's results root (its cache/ holds "
+                   "each stage's meta.json; default %(default)s)")
+    s.add_argument("--slots", default="1,2,4", help="stages at once, comma-separated (default %(default)s)")
+    s.set_defaults(func=cmd_perf_schedule)
+
+
 def add_perf_loader_parser(perf) -> None:
     """``bench perf loader``: the train stages' DataLoaders on the CPU against the GPU's need (bench.perf_loader)."""
     lo = perf.add_parser("loader", help="images/s of every train stage's DataLoader (decode, resize, crop, normalise) "
@@ -114,7 +140,7 @@ def add_perf_loader_parser(perf) -> None:
 
 
 def add_perf_parsers(sub) -> None:
-    """``bench perf eval|train|ssd|gmm|sweep|loader``."""
+    """``bench perf eval|train|ssd|gmm|sweep|loader|schedule``."""
     perf = sub.add_parser("perf", help="benchmarks").add_subparsers(dest="perf_command", required=True)
     e = perf.add_parser("eval", help="evaluator throughput vs a numpy bincount-per-image baseline")
     e.add_argument("--images", type=int, default=20)
@@ -160,3 +186,4 @@ def add_perf_parsers(sub) -> None:
     w.add_argument("--executor", default="ray", choices=["ray", "local"])
     w.set_defaults(func=cmd_perf_sweep)
     add_perf_loader_parser(perf)
+    add_perf_schedule_parser(perf)

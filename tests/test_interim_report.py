@@ -1,5 +1,6 @@
 """Results as early as the DAG allows: evaluations first and seed 0 before seed 1 (the scheduler's submission
-order), and an interim report as each seed's experiments complete while later seeds still run."""
+order, and its replay in ``bench perf schedule``), and an interim report as each seed's experiments complete while
+later seeds still run."""
 
 import shutil
 from types import SimpleNamespace
@@ -58,6 +59,33 @@ def test_the_local_executor_runs_each_evaluation_once_its_model_exists_and_seed_
         if ps.stage.kind == "eval":  # straight after the train stage it evaluates
             assert finished[i - 1].key in ps.upstream.values()
     assert fk.calls(tmp_path / "cache" / "calls.txt") == [ps.key for ps in finished]  # the order they ran in
+
+
+def test_replay_of_recorded_times_matches_a_schedule_worked_out_by_hand(tmp_path):
+    """Two seeds × (fit 1 s → train 4 s → eval 1 s, and fit 1 s → train 4 s → train 4 s → eval 1 s) on 2 slots,
+    worked out by hand. Submission order: the first eval ends at 6 s, seed 0's last at 10, everything at 16 (32 s
+    of work, no slot idle). Longest chain first: no eval before 15 s, seed 0 done at 15, the end also at 16."""
+    from bench.perf_schedule import milestones, recorded_seconds, replay
+    from bench.scheduler import critical_path
+
+    stages = _plan([0, 1])
+    seconds = {k: {"fake.root": 1.0, "fake.mid": 4.0, "fake.mid2": 4.0, "fake.eval": 1.0}[ps.name]
+               for k, ps in stages.items()}
+    exps = [SimpleNamespace(seed=s, stages=[ps for ps in stages.values() if ps.seed == s]) for s in (0, 1)]
+    now = milestones(stages, exps, replay(stages, seconds, submission_order(stages), 2))
+    assert (60 * now["first_eval"], {s: 60 * v for s, v in now["seeds"].items()}, 60 * now["end"]) == \
+        (6.0, {0: 10.0, 1: 16.0}, 16.0)
+    height = critical_path(stages)
+    before = milestones(stages, exps, replay(stages, seconds, {k: -height[k] for k in stages}, 2))
+    assert (60 * before["first_eval"], 60 * before["seeds"][0], 60 * before["end"]) == (15.0, 15.0, 16.0)
+    one = replay(stages, seconds, submission_order(stages), 1)
+    assert max(end for _, end in one.values()) == 32.0  # one slot: the work, end to end
+
+    Scheduler(stages, {k: {} for k in stages}, {}, tmp_path / "cache", executor="local").run()
+    assert set(recorded_seconds(stages, tmp_path / "cache")) == set(stages)
+    (tmp_path / "cache" / next(iter(stages)) / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match="1 of 14 stages have no recorded time"):
+        recorded_seconds(stages, tmp_path / "cache")
 
 
 def _exp(seed, keys):
