@@ -17,6 +17,8 @@ from pathlib import Path
 
 def replay(stages: dict, seconds: dict[str, float], order: dict, slots: int) -> dict[str, tuple[float, float]]:
     """(start, end) in seconds of every stage of ``stages`` (key → PlannedStage) run ``slots`` at a time."""
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1 (got {slots})")
     plan = {k: i for i, k in enumerate(stages)}
     pending, done, running, timeline, t = set(stages), set(), [], {}, 0.0
     while pending or running:
@@ -81,7 +83,8 @@ def compare_orders(name: str, overrides, results_root: Path, slot_counts: list[i
     for n in slot_counts:
         for label, order in orders.items():
             m = milestones(stages, experiments, replay(stages, seconds, order, n))
-            lines.append(f"{n:>5}  {label:24s} {m['first_eval']:8.1f} {m['median_eval']:7.1f} "
+            first, median = (f"{m[k]:.1f}" if m[k] is not None else "–" for k in ("first_eval", "median_eval"))
+            lines.append(f"{n:>5}  {label:24s} {first:>8} {median:>7} "
                          + " ".join(f"{m['seeds'][s]:7.1f}" for s in seeds) + f" {m['end']:7.1f}")
     lines.append("seed N: the end of seed N's last stage (its whole table); 1st mIoU / median: the first and the "
                  "median evaluation's end")

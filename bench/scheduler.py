@@ -137,12 +137,15 @@ class Scheduler:
     def run(self) -> dict[str, Outcome]:
         # Complete stages are answered from the cache without a worker, once verified; a corrupt entry is
         # reported, moved aside and recomputed.
+        cached = []
         for key in self.stages:
             result = self.cache.cached_result(key, report=self._message)
             if result is not None:
                 o = self.outcomes[key]
                 o.status, o.result = "cached", result
-                self._finished(key)
+                cached.append(key)
+        for key in cached:  # told once every hit is known: what is left to compute is then what is pending
+            self._finished(key)
         if self.executor == "local":
             self._run_local()
         elif self.executor == "ray":
@@ -243,7 +246,10 @@ class Scheduler:
         order = submission_order(self.stages)
         gpus = float(cluster.get("GPU", 0))
         shares = [g for _, g in res_of.values() if g > 0]
-        slots = int(gpus / min(shares)) if gpus and shares else total_cpus
+        # no more than Ray can run at once: a stage Ray queues itself would run in Ray's order, not this one
+        slots = max(1, int(total_cpus // max(c for c, _ in res_of.values())))
+        if gpus and shares:
+            slots = min(slots, int(gpus / min(shares)))
         while True:
             self._skip_blocked()
             ready = [k for k in self._pending() if k not in running.values() and self._ready(k)]
@@ -270,7 +276,8 @@ def submission_order(stages: dict) -> dict[str, tuple]:
     """Per stage, its sort key among the stages ready to start (smallest first):
 
     1. evaluations: they take seconds, and a row's mIoU is what a user waits for;
-    2. the lower seed (stages shared by every seed first): seed 0's whole table before any of seed 1's stages;
+    2. the lower seed (stages shared by every seed first): a free slot goes to seed 1 only when no stage of seed 0
+       is ready, so seed 0's table comes early (strictly first on one slot, as the local executor runs);
     3. the longest chain of train stages still ahead (``critical_path``), so a long method does not start last.
 
     The recorded stage times of the 3-seed MiniCity default, replayed on 2 slots: the first mIoU comes at 4 min

@@ -319,6 +319,7 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
     try:
         outcomes = sched.run()
     except BaseException:
+        on_finished.stopped()  # an interim report must not promise a final one that will not come
         live.close(sched.outcomes)
         tracker.end(live.invocation, ok=False)  # an interrupted suite is not left RUNNING in the UI
         raise
@@ -326,9 +327,10 @@ def run_suite(name: str, overrides=(), results_root: Path | None = None, executo
         board.close()
     live.close(outcomes)
     summary = summary_lines(outcomes)
-    invocation = live.invocation
-    report = write_outputs(suite, uri, invocation, results_root / suite["name"], experiments, outcomes, env,
-                           summary, wall_seconds=time.perf_counter() - t0, tracker=tracker, cache_root=cache_root)
+    invocation, out_dir = live.invocation, results_root / suite["name"]
+    report = on_finished.final(lambda: write_outputs(suite, uri, invocation, out_dir, experiments, outcomes, env,
+                                                     summary, time.perf_counter() - t0, tracker=tracker,
+                                                     cache_root=cache_root))
     tracker.end(invocation, ok=not any(o.status in ("failed", "skipped") for o in outcomes.values()))
     for line in summary:
         print(line)
@@ -348,7 +350,8 @@ def interim_reports(suite, uri, live, out_dir: Path, experiments, env, cache_roo
                              note=note, interim_seeds=seeds)["path"]
 
     total = len({ps.key for e in experiments for ps in e.stages})
-    return InterimReports(live.stage_finished, write, experiments, total, board)
+    return InterimReports(live.stage_finished, write, experiments, total, board, t0,
+                          pending=lambda: any(o.status == "pending" for o in outcomes().values()))
 
 
 def render_suite(name: str, overrides=(), results_root: Path | None = None, tracking_uri: str | None = None,

@@ -88,6 +88,25 @@ def test_replay_of_recorded_times_matches_a_schedule_worked_out_by_hand(tmp_path
         recorded_seconds(stages, tmp_path / "cache")
 
 
+def test_an_interim_report_says_so_when_the_run_stops_before_its_own(tmp_path):
+    from bench.interim import RUNNING, STOPPED
+
+    report = tmp_path / "report.md"
+
+    def write(note, seeds):
+        report.write_text(f"# s\n\n{note}\n\nrows\n")
+        return report
+
+    rep = InterimReports(lambda ps, o: None, write, [_exp(0, ["a"]), _exp(1, ["b"])], total=2)
+    rep(SimpleNamespace(key="a"), None)
+    assert RUNNING in report.read_text()
+    with pytest.raises(KeyboardInterrupt):
+        rep.final(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+    text = report.read_text()
+    assert STOPPED in text and RUNNING not in text and text.endswith("rows\n")
+    assert rep.final(lambda: 7) == 7  # a final report that is written: nothing to change
+
+
 def _exp(seed, keys):
     return SimpleNamespace(seed=seed, stages=[SimpleNamespace(key=k) for k in keys])
 
@@ -106,11 +125,17 @@ def test_interim_reports_are_written_for_every_seed_but_the_last_and_a_failing_w
                          [_exp(0, ["a"]), _exp(1, ["b"]), _exp(2, ["c"])], total=3)
     rep(SimpleNamespace(key="a"), None)
     assert told == ["a"] and len(notes) == 1
-    assert "seed 0 has finished (1 of 3 stages); seed 1, 2 still running" in notes[0]
+    assert "seed 0 has finished (1 of 3 stages); seeds 1, 2 still running" in notes[0]
     rep(SimpleNamespace(key="b"), None)
     rep(SimpleNamespace(key="c"), None)  # the last seed: the run's own report follows
     assert told == ["a", "b", "c"] and len(notes) == 2 and rep.written == [[0], [0, 1]]
-    assert "seed 0, 1 has finished" in notes[1] and "seed 0, 1 complete: interim report r.md" in capsys.readouterr().err
+    assert "seeds 0, 1 has finished" in notes[1]
+    assert "seeds 0, 1 complete: interim report r.md" in capsys.readouterr().err
+
+    rep = InterimReports(lambda ps, o: None, lambda note, seeds: notes.append(note), [_exp(0, ["a"]), _exp(1, ["b"])],
+                         total=2, pending=lambda: False)
+    rep(SimpleNamespace(key="a"), None)  # nothing left to compute (all from the cache): the final report follows
+    assert len(notes) == 2 and rep.written == []
 
     def refuse(note, seeds):
         raise OSError("disk full")
@@ -154,3 +179,6 @@ def test_a_two_seed_suite_reports_seed_0_alone_before_seed_1_is_done(tmp_path, m
     assert "| source_only | ours (1 seed) |" in interim and "| oracle | ours (1 seed) |" in interim
     assert "Interim report" not in final and "over seeds [0, 1]\n" in final
     assert "| source_only | ours (2 seeds) |" in final and "| oracle | ours (2 seeds) |" in final
+    again = run_suite(str(tmp_path / "tiny.yaml"), results_root=tmp_path / "r", executor="local")
+    assert {o.status for o in again["outcomes"].values()} == {"cached"}
+    assert len(snapshots) == 3 and "Interim report" not in snapshots[2][0]  # all from the cache: the final alone

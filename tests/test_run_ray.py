@@ -56,3 +56,26 @@ def test_asking_for_more_gpus_than_the_cluster_has_stops_at_once(ray_gpu, tmp_pa
     with pytest.raises(ResourceError, match="2.0 GPU; the cluster has .* 1.0 GPU"):
         schedule([Stage("fake.where", "train", fk.where, {"i": 9}, gpu=2.0)], tmp_path / "cache")
     assert fk.calls(tmp_path / "cache" / "calls.txt") == []
+
+
+def test_ray_starts_evaluations_first_then_seed_0_and_never_more_than_it_can_run(ray_gpu, tmp_path):
+    """One GPU, whole-GPU stages: one at a time, in ``submission_order`` (seed 1 planned first must not matter).
+    With 2 CPUs and stages of 2 threads, Ray runs one at a time too: the driver must not queue a second in Ray,
+    where it would run in Ray's order."""
+    def row(tag, gpu):
+        top = Stage("fake.root", "fit", fk.produce, {"value": tag}, gpu=gpu)
+        top = Stage("fake.mid", "train", fk.produce, {"value": 1}, upstream={"x": top}, gpu=gpu)
+        return Stage("fake.eval", "eval", fk.produce, {"value": 0}, upstream={"x": top}, gpu=gpu)
+
+    for gpu, train in ((1.0, {"device": "auto"}), (0.0, {"device": "cpu", "threads": 2})):
+        planned = [p for s in (1, 0) for p in plan_stages([row(10, gpu), row(20, gpu)], s, {}, train)]
+        stages = {p.key: p for p in planned}
+        cache = tmp_path / f"cache_{gpu}"
+        seen: list = []
+        Scheduler(stages, {k: {} for k in stages}, train, cache, executor="ray",
+                  on_finished=lambda ps, o, seen=seen: seen.append(ps)).run()
+        assert fk.calls(cache / "calls.txt") == [ps.key for ps in seen]  # one at a time: ran = finished order
+        assert [ps.seed for ps in seen] == [0] * 6 + [1] * 6
+        for i, ps in enumerate(seen):
+            if ps.stage.kind == "eval":  # straight after the model it evaluates
+                assert seen[i - 1].key in ps.upstream.values()
