@@ -1,6 +1,6 @@
-"""``bench perf …``: the benchmark commands (evaluator, training, SS-D, GMM fit, sweep vs pipelines, loaders, stage
-order), their parsers and their printouts; the measurements themselves live in ``bench.perf``, ``bench.perf_sweep``,
-``bench.perf_loader`` and ``bench.perf_schedule``."""
+"""``bench perf …``: the benchmark commands (evaluator, training, bootstrap, SS-D, GMM fit, sweep vs pipelines,
+loaders, stage order), their parsers and their printouts; the measurements themselves live in ``bench.perf``,
+``bench.perf_sweep``, ``bench.perf_loader`` and ``bench.perf_schedule``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def cmd_perf_train(a) -> int:
     from bench.perf import train_speed
 
     print(train_speed(a.model, a.iters, a.batch, (a.width, a.height), a.device, a.amp))
+    return 0
+
+
+def cmd_perf_bootstrap(a) -> int:
+    from bench.perf import bootstrap_timing
+
+    print(bootstrap_timing(a.images, a.classes, a.boot, a.repeats))
     return 0
 
 
@@ -140,7 +147,7 @@ def add_perf_loader_parser(perf) -> None:
 
 
 def add_perf_parsers(sub) -> None:
-    """``bench perf eval|train|ssd|gmm|sweep|loader|schedule``."""
+    """``bench perf eval|train|bootstrap|ssd|gmm|sweep|loader|schedule``."""
     perf = sub.add_parser("perf", help="benchmarks").add_subparsers(dest="perf_command", required=True)
     e = perf.add_parser("eval", help="evaluator throughput vs a numpy bincount-per-image baseline")
     e.add_argument("--images", type=int, default=20)
@@ -156,6 +163,12 @@ def add_perf_parsers(sub) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
     t.set_defaults(func=cmd_perf_train)
+    b = perf.add_parser("bootstrap", help="seconds per paired-bootstrap Δ interval (one cell of a results table)")
+    b.add_argument("--images", type=int, default=200, help="validation images (MiniCity's val: 200)")
+    b.add_argument("--classes", type=int, default=19)
+    b.add_argument("--boot", type=int, default=2000, help="resamplings (the tables': 2000)")
+    b.add_argument("--repeats", type=int, default=3)
+    b.set_defaults(func=cmd_perf_bootstrap)
     d = perf.add_parser("ssd", help="SSF-DAN's separable discriminator: fast path vs the per-class loop")
     d.add_argument("--paper", action="store_true", help="the paper's widths: 2048 → 1024 → 512 → 256 → 128 → 1")
     d.add_argument("--channels", type=int, default=80, help="input channels (default: MiniCity's small net)")

@@ -158,3 +158,19 @@ def ssd_step(paper: bool, channels: int, widths: tuple, size: tuple, batch: int,
     chans, widths = (PAPER_IN_CHANNELS, PAPER_WIDTHS) if paper else (channels, tuple(widths))
     return benchmark(in_channels=chans, widths=widths, size=size, batch=batch, present=present, repeats=repeats,
                      device=device)
+
+
+def bootstrap_timing(images: int = 200, classes: int = 19, n_boot: int = 2000, repeats: int = 3, seed: int = 10) -> str:
+    """Seconds per Δ interval (``stats.paired_bootstrap``) of two rows' per-image matrices: the cost of one cell of
+    a results table's Δ column (median of ``repeats``)."""
+    from bench.stats import paired_bootstrap
+
+    rng = np.random.default_rng(seed)
+    a, b = (rng.integers(0, 5000, (images, classes, classes)) for _ in range(2))
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        paired_bootstrap(a, b, n_boot=n_boot)
+        times.append(time.perf_counter() - t)
+    return (f"paired bootstrap, {images} images × {classes} classes, {n_boot} resamplings: "
+            f"{float(np.median(times)):.3f} s per interval (median of {repeats})")

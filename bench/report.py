@@ -258,12 +258,10 @@ def write_outputs(suite, uri, invocation, out_dir: Path, experiments, outcomes, 
     for target in list(suite.get("targets") or {"": {}}):
         md += target_results(suite, target, results, experiments, out_dir, cache_root)
     md += figure_sections(suite, experiments, outcomes, out_dir, cache_root)
-    if interim_seeds is not None:
-        pass  # the timings so far, as given; the run's end writes its record
-    elif tracker is None:  # bench table: the timings the run recorded, not this re-render's
-        outcomes, summary, wall_seconds = recorded_timings(uri, invocation, outcomes, summary, wall_seconds)
-    else:
+    if tracker is not None:
         write_timings(out_dir / TIMINGS, outcomes, summary, wall_seconds)
+    elif interim_seeds is None:  # bench table: the run's recorded timings (an interim report shows those so far)
+        outcomes, summary, wall_seconds = recorded_timings(uri, invocation, outcomes, summary, wall_seconds)
     md += protocol_lines(suite, recorded_protocols(results, experiments))
     md += timing_lines(experiments, outcomes, summary, wall_seconds)
     md += ["## Fidelity ledger", ""] + ledger_lines(experiments)

@@ -49,3 +49,12 @@ def chain(a: int, b: int, extra: int = 0, gpu: float = 1.0) -> Stage:
 
 def calls(path: Path) -> list[str]:
     return path.read_text().split() if path.is_file() else []
+
+
+def evaluated_row(tag: int, long: bool = False, gpu: float = 0.0) -> Stage:
+    """fit → train (→ train when ``long``) → eval: a method's row; ``tag`` keeps two rows' keys apart."""
+    top = Stage("fake.root", "fit", produce, {"value": tag}, gpu=gpu)
+    top = Stage("fake.mid", "train", produce, {"value": 1}, upstream={"x": top}, gpu=gpu)
+    if long:
+        top = Stage("fake.mid2", "train", produce, {"value": 2}, upstream={"x": top}, gpu=gpu)
+    return Stage("fake.eval", "eval", produce, {"value": 0}, upstream={"x": top}, gpu=gpu)

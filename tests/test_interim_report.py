@@ -17,18 +17,10 @@ from methods.base import Stage
 DATASETS = {"source": {"spec": {"name": "gta5"}, "fingerprint": "aaa"}}
 
 
-def _row(tag: int, long: bool) -> Stage:
-    """fit → train (→ train when ``long``) → eval; ``tag`` keeps two rows' keys apart."""
-    top = Stage("fake.root", "fit", fk.produce, {"value": tag})
-    top = Stage("fake.mid", "train", fk.produce, {"value": 1}, upstream={"x": top})
-    if long:
-        top = Stage("fake.mid2", "train", fk.produce, {"value": 2}, upstream={"x": top})
-    return Stage("fake.eval", "eval", fk.produce, {"value": 0}, upstream={"x": top})
-
-
 def _plan(seeds) -> dict:
     """Two rows per seed (one with a longer chain), seeds planned in the given order."""
-    planned = [p for s in seeds for p in plan_stages([_row(10, False), _row(20, True)], s, DATASETS, {})]
+    rows = [fk.evaluated_row(10), fk.evaluated_row(20, long=True)]
+    planned = [p for s in seeds for p in plan_stages(rows, s, DATASETS, {})]
     return {p.key: p for p in planned}
 
 

@@ -62,13 +62,9 @@ def test_ray_starts_evaluations_first_then_seed_0_and_never_more_than_it_can_run
     """One GPU, whole-GPU stages: one at a time, in ``submission_order`` (seed 1 planned first must not matter).
     With 2 CPUs and stages of 2 threads, Ray runs one at a time too: the driver must not queue a second in Ray,
     where it would run in Ray's order."""
-    def row(tag, gpu):
-        top = Stage("fake.root", "fit", fk.produce, {"value": tag}, gpu=gpu)
-        top = Stage("fake.mid", "train", fk.produce, {"value": 1}, upstream={"x": top}, gpu=gpu)
-        return Stage("fake.eval", "eval", fk.produce, {"value": 0}, upstream={"x": top}, gpu=gpu)
-
     for gpu, train in ((1.0, {"device": "auto"}), (0.0, {"device": "cpu", "threads": 2})):
-        planned = [p for s in (1, 0) for p in plan_stages([row(10, gpu), row(20, gpu)], s, {}, train)]
+        rows = [fk.evaluated_row(10, gpu=gpu), fk.evaluated_row(20, gpu=gpu)]
+        planned = [p for s in (1, 0) for p in plan_stages(rows, s, {}, train)]
         stages = {p.key: p for p in planned}
         cache = tmp_path / f"cache_{gpu}"
         seen: list = []
