@@ -180,7 +180,8 @@ class LiveLog:
         return {"stage": ps.name, "display": self.names[ps.key], "cache_key": ps.key,
                 "seed": ps.seed if ps.stage.seeded else "-", "methods": ", ".join(sorted(self.users[ps.key])),
                 "cache_dir": self.cache_root / ps.key, "host": meta.get("host", "?"),
-                "cpu": cpu.get("cpu", "?"), "torch_cpu_capability": cpu.get("torch_cpu_capability", "?"),
+                "cpu": cpu.get("cpu", "?"), "cpu_id": cpu.get("cpu_id", "?"),
+                "torch_cpu_capability": cpu.get("torch_cpu_capability", "?"),
                 "units": "percent",
                 "invocation": self.invocation, "cache": "hit" if o.status == "cached" else o.status}
 

@@ -87,11 +87,44 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The vector extensions oneDNN and ATen choose kernels by: two CPUs that share a model name (a VM may show only
+# "AMD EPYC") but not these run other kernels and sum floats in another order.
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx_vnni",
+             "amx_tile", "amx_bf16")
+
+
+def cpu_signature(cpuinfo: str) -> str:
+    """``vendor family/model/stepping ISA-flags`` from the first processor of a ``/proc/cpuinfo`` text, e.g.
+    ``AuthenticAMD 25/1/1 avx avx2 fma``; "unknown" when it names no vendor."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block is enough: the kernels are chosen for all alike
+            continue
+        k, _, v = line.partition(":")
+        fields.setdefault(k.strip(), v.strip())
+    if "vendor_id" not in fields:
+        return "unknown"
+    flags = set(fields.get("flags", "").split())
+    ident = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return " ".join([fields["vendor_id"], ident, *(f for f in ISA_FLAGS if f in flags)])
+
+
+@functools.cache
+def _cpu_signature() -> str:
+    try:
+        return cpu_signature(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return "unknown"
+
+
 def cpu_environment() -> dict:
-    """What decides a CPU run's float sums besides the stage key: the CPU, the instruction set torch's kernels
-    dispatch to, and the caps set on it. The same key gives the same bytes on one machine; on a CPU of another
+    """What decides a CPU run's float sums besides the stage key: the CPU (its name, and its vendor, family, model
+    and vector extensions: ``cpu_id``), the instruction set torch's kernels dispatch to, and the caps set on it.
+    The same key gives the same bytes on one machine; on a CPU of another
     kind oneDNN may pick other kernels, and the numbers move (README: "Across machines")."""
-    out = {"cpu": cpu_model()}
+    out = {"cpu": cpu_model(), "cpu_id": _cpu_signature()}
     try:
         import torch
 

@@ -74,6 +74,7 @@ def test_stage_runs_are_logged_as_each_stage_ends_with_real_times(two_runs):
         assert run.info.status == "FINISHED"
         # which CPU and kernel ISA computed it: the bytes of a CPU run depend on them (README: "Across machines")
         assert run.data.tags["cpu"] == meta["cpu"]["cpu"] != "?"
+        assert run.data.tags["cpu_id"] == meta["cpu"]["cpu_id"] == bench.tracking.cpu_environment()["cpu_id"]
         assert run.data.tags["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert run.info.start_time == int(meta["started"] * 1000) and run.info.end_time == int(meta["ended"] * 1000)
         assert run.info.end_time - run.info.start_time == pytest.approx(meta["seconds"] * 1000, abs=2)
@@ -268,3 +269,28 @@ def test_cpu_environment_names_the_cpu_its_kernel_isa_and_the_caps_set_on_them(m
     assert env["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert isinstance(env["cpu"], str) and env["cpu"]
     assert bench.tracking.environment()["ONEDNN_MAX_CPU_ISA"] == "AVX2"  # what the report and the run tags show
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx fma avx2 avx512f avx512bw avx512vl avx512_bf16 sha_ni
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+"""
+
+
+def test_cpu_signature_tells_apart_two_cpus_a_vm_names_alike():
+    # the same masked model name, the kernels' ISA differs: the records must differ
+    zen4 = bench.tracking.cpu_signature(CPUINFO)
+    assert zen4 == "AuthenticAMD 25/17/1 avx avx2 fma avx512f avx512bw avx512vl avx512_bf16"  # first block only
+    zen3 = CPUINFO.replace("17", "1").replace(" avx512f avx512bw avx512vl avx512_bf16", "")
+    zen3 = bench.tracking.cpu_signature(zen3)
+    assert zen3 == "AuthenticAMD 25/1/1 avx avx2 fma"
+    assert bench.tracking.cpu_signature("model name\t: something\n") == "unknown"
+    assert bench.tracking.cpu_environment()["cpu_id"]  # recorded beside the name
