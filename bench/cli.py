@@ -36,7 +36,7 @@ def cmd_data_minicity(a) -> int:
     from bench.data.minicity import ensure_minicity, generate_minicity
 
     fn = generate_minicity if a.force else ensure_minicity
-    stats = fn(a.root, seed=a.seed)
+    stats = fn(a.root, seed=a.seed, source_weather=a.source_weather)
     if stats:
         print(f"MiniCity at {a.root}: {stats.get('files', '?')} files, {stats.get('bytes', 0) / 1e6:.1f} MB, "
               f"{stats.get('seconds', 0):.1f} s")
@@ -340,6 +340,8 @@ def add_data_parsers(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="generator seed; another seed is another benchmark "
                    "(default: %(default)s)")
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")
+    m.add_argument("--source-weather", action="store_true", help="the synthetic sources draw their sky per image, "
+                   "clear to overcast (the minicity_weather suite's tree)")
     m.set_defaults(func=cmd_data_minicity)
 
 

@@ -105,7 +105,8 @@ def children(path: tuple):
     if not path:
         return frozenset(SUITE_KEYS)
     head, rest = path[0], path[1:]
-    fixed = {"train": TRAIN_RULES, "resources": ("gpu",), "minicity": ("root", "seed", "size", "counts", "pretrain"),
+    fixed = {"train": TRAIN_RULES, "resources": ("gpu",),
+             "minicity": ("root", "seed", "size", "counts", "source_weather", "pretrain"),
              "paper": ("benchmark", "targets", "rows", "note")}
     if head == "minicity" and rest[:1] == ("pretrain",):
         from bench.pretrain import RECIPE

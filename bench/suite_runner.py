@@ -162,7 +162,7 @@ def ensure_minicity_data(mc: dict) -> None:
     from bench.fsio import file_lock
     from bench.paths import resolve_root
 
-    extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts") if k in mc}
+    extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts", "source_weather") if k in mc}
     root = resolve_root(mc["root"])
     # two runs starting together on a fresh checkout must not generate (and rename) the same tree at once
     with file_lock(root.parent / f".{root.name}.lock"):

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -32,7 +33,7 @@ from PIL import Image
 from bench.data.labels import CLASS_NAMES, ID_PALETTE, IGNORE, NUM_CLASSES, SYNTHIA_TO_TRAINID, TRAINID_TO_ID
 from bench.data.minicity_objects import PAINT, ROAD
 from bench.data.minicity_scene import SPECS, Scene, make_scene
-from bench.data.minicity_style import STYLES, Style, render
+from bench.data.minicity_style import STYLES, Style, render, weather_sky
 
 GENERATOR_VERSION = 3  # bump whenever the bytes written for a given seed change
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "minicity"  # <repo>/datasets/minicity
@@ -61,6 +62,9 @@ def _style_key(domain: str) -> str:
     return "cityscapes" if domain.startswith("cityscapes") else domain
 
 
+SOURCES = ("gta5", "synthia")  # the synthetic domains ``source_weather`` applies to
+
+
 def _rngs(seed: int, domain: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent scene and render generators for one image, from (seed, domain, index) only."""
     ss = np.random.SeedSequence([seed, DOMAINS.index(domain), index])
@@ -68,18 +72,29 @@ def _rngs(seed: int, domain: str, index: int) -> tuple[np.random.Generator, np.r
     return np.random.default_rng(a), np.random.default_rng(b)
 
 
+def _weather_rng(seed: int, domain: str, index: int) -> np.random.Generator:
+    """A third child of the image's seed sequence (the first two are ``_rngs``'): drawing the weather from it
+    leaves every other pixel of the image as it is without weather."""
+    return np.random.default_rng(np.random.SeedSequence([seed, DOMAINS.index(domain), index]).spawn(3)[2])
+
+
 def make_sample(domain: str, seed: int = 0, index: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
-                style: Style | None = None):
+                style: Style | None = None, source_weather: bool = False):
     """One (RGB uint8 ``[H,W,3]``, trainId uint8 ``[H,W]``, Scene) triple, in memory, as the writer makes it.
 
     ``domain`` is one of ``DOMAINS``; also useful for tests and quick experiments without touching disk.
     ``style`` renders the domain's scene in another style (``minicity_decompose``); default: the domain's own.
+    ``source_weather``: a synthetic source draws its sky per image (``minicity_style.weather_sky``); the target
+    and every other pixel stay as they are.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown MiniCity domain {domain!r}; valid: {DOMAINS}")
     scene_rng, render_rng = _rngs(seed, domain, index)
     scene = make_scene(SPECS[_style_key(domain)], scene_rng, size)
-    return render(scene, style or STYLES[_style_key(domain)], render_rng), scene.label, scene
+    style = style or STYLES[_style_key(domain)]
+    if source_weather and domain in SOURCES:
+        style = replace(style, sky=weather_sky(_weather_rng(seed, domain, index)))
+    return render(scene, style, render_rng), scene.label, scene
 
 
 def relpaths(domain: str, index: int) -> tuple[str, str]:
@@ -129,10 +144,10 @@ def _write_label(domain: str, scene: Scene, path: Path, rng: np.random.Generator
 
 def _make_items(args) -> tuple[int, int, np.ndarray]:
     """Worker: write items [lo, hi) of one domain; return (files, bytes, pixel counts per trainId + ignore)."""
-    root, domain, lo, hi, seed, size = args
+    root, domain, lo, hi, seed, size, weather = args
     nbytes, counts = 0, np.zeros(NUM_CLASSES + 1, np.int64)
     for i in range(lo, hi):
-        image, label, scene = make_sample(domain, seed, i, size)
+        image, label, scene = make_sample(domain, seed, i, size, source_weather=weather)
         img_path, lbl_path = (Path(root) / p for p in relpaths(domain, i))
         img_path.parent.mkdir(parents=True, exist_ok=True)
         lbl_path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,19 +169,24 @@ def _norm_counts(counts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
-def _config(seed: int, size, counts) -> dict:
+def _config(seed: int, size, counts, source_weather: bool = False) -> dict:
     w, h = (int(v) for v in size)
     if w < 32 or h < 16:
         raise ValueError(f"MiniCity size {size} is too small; use at least (32, 16) as (width, height)")
+    if not isinstance(source_weather, bool):
+        raise ValueError(f"MiniCity source_weather = {source_weather!r}: must be true or false")
+    # the key only when on: a tree generated before the option existed keeps its manifest
     return {"generator": "minicity", "version": GENERATOR_VERSION, "seed": int(seed), "size": [w, h],
-            "counts": _norm_counts(counts)}
+            "counts": _norm_counts(counts), **({"source_weather": True} if source_weather else {})}
 
 
 def generate_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=DEFAULT_SIZE,
-                      counts: Mapping[str, int] | None = None, processes: int | None = None) -> dict:
+                      counts: Mapping[str, int] | None = None, processes: int | None = None,
+                      source_weather: bool = False) -> dict:
     """(Re)write the whole MiniCity tree under ``root`` and its manifest; return statistics.
 
-    ``size`` is (width, height); ``counts`` overrides any of ``DEFAULT_COUNTS``; ``processes`` defaults to
+    ``size`` is (width, height); ``counts`` overrides any of ``DEFAULT_COUNTS``; ``source_weather``: the
+    synthetic sources draw their sky per image (``make_sample``); ``processes`` defaults to
     min(2, CPUs); workers are spawned, so a script calling this needs an ``if __name__ == "__main__":``
     guard. Existing ``gta5/``, ``synthia/``, ``cityscapes/`` subtrees under a MiniCity ``root`` are
     replaced; a directory holding them without MiniCity's manifest is refused (FileExistsError).
@@ -174,7 +194,7 @@ def generate_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, siz
     name, plus ``"ignore"``) and the manifest fields.
     """
     t0, root = time.perf_counter(), Path(root)
-    cfg = _config(seed, size, counts)
+    cfg = _config(seed, size, counts, source_weather)
     ours = (root / MANIFEST).exists() or (root / _PARTIAL).exists()
     if not ours and any((root / sub).exists() for sub in _SUBDIRS):
         # Never delete what MiniCity did not write (e.g. a real dataset root passed by mistake).
@@ -187,7 +207,7 @@ def generate_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, siz
     for sub in _SUBDIRS:
         shutil.rmtree(root / sub, ignore_errors=True)
     chunk = 25
-    tasks = [(str(root), d, lo, min(lo + chunk, n), cfg["seed"], tuple(cfg["size"]))
+    tasks = [(str(root), d, lo, min(lo + chunk, n), cfg["seed"], tuple(cfg["size"]), source_weather)
              for d, n in cfg["counts"].items() for lo in range(0, n, chunk)]
     procs = max(1, min(processes or min(2, os.cpu_count() or 1), len(tasks) or 1))
     if processes is None and sum(cfg["counts"].values()) <= 200:
@@ -220,7 +240,7 @@ def _complete(root: Path, cfg: dict) -> dict | None:
         man = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-    if any(man.get(k) != v for k, v in cfg.items()):
+    if {k: v for k, v in man.items() if k != "stats"} != cfg:  # both ways: an extra key is another tree
         return None
     for d, n in cfg["counts"].items():
         if not all((root / p).is_file() for i in range(n) for p in relpaths(d, i)):
@@ -229,17 +249,18 @@ def _complete(root: Path, cfg: dict) -> dict | None:
 
 
 def ensure_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=DEFAULT_SIZE,
-                    counts: Mapping[str, int] | None = None, processes: int | None = None) -> dict:
+                    counts: Mapping[str, int] | None = None, processes: int | None = None,
+                    source_weather: bool = False) -> dict:
     """Generate MiniCity under ``root`` unless a complete tree with the same manifest is already there.
 
     Returns the statistics (as ``generate_minicity``) with ``regenerated`` saying whether it wrote anything.
     """
     root = Path(root)
-    man = _complete(root, _config(seed, size, counts))
+    man = _complete(root, _config(seed, size, counts, source_weather))
     if man is not None:
         stats = man.pop("stats", {})
         return {**man, **stats, "regenerated": False}
-    return {**generate_minicity(root, seed, size, counts, processes), "regenerated": True}
+    return {**generate_minicity(root, seed, size, counts, processes, source_weather), "regenerated": True}
 
 
 if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [--force]
@@ -250,7 +271,8 @@ if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [-
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=None)
     ap.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
+    ap.add_argument("--source-weather", action="store_true", help="the synthetic sources draw their sky per image")
     args = ap.parse_args()
     run = generate_minicity if args.force else ensure_minicity
-    out = run(args.root, seed=args.seed, processes=args.processes)
+    out = run(args.root, seed=args.seed, processes=args.processes, source_weather=args.source_weather)
     print(json.dumps({k: v for k, v in out.items() if k != "class_freq"}, indent=1))

@@ -14,13 +14,14 @@ import numpy as np
 from bench.data.labels import CLASS_NAMES, NUM_CLASSES
 
 
-def class_mean_colours(domain: str, n: int = 40, seed: int = 0, size=(256, 128)) -> np.ndarray:
-    """``[19, 3]`` mean RGB of each trainId over ``n`` generated images of a MiniCity ``domain`` (NaN if absent)."""
+def class_mean_colours(domain: str, n: int = 40, seed: int = 0, size=(256, 128), source_weather: bool = False):
+    """``[19, 3]`` mean RGB of each trainId over ``n`` generated images of a MiniCity ``domain`` (NaN if absent);
+    ``source_weather`` as ``make_sample``'s."""
     from bench.data.minicity import make_sample
 
     sums, counts = np.zeros((NUM_CLASSES, 3)), np.zeros(NUM_CLASSES)
     for i in range(n):
-        img, lbl, _ = make_sample(domain, seed, i, size)
+        img, lbl, _ = make_sample(domain, seed, i, size, source_weather=source_weather)
         keep = lbl < NUM_CLASSES
         sums += np.stack([np.bincount(lbl[keep], img[..., c][keep].astype(float), NUM_CLASSES) for c in range(3)], 1)
         counts += np.bincount(lbl[keep], minlength=NUM_CLASSES)
@@ -52,8 +53,11 @@ def misassigned(src: np.ndarray, tgt: np.ndarray) -> list[tuple[str, str]]:
     return [(CLASS_NAMES[c], CLASS_NAMES[j]) for c, j in enumerate(near) if j >= 0 and j != c]
 
 
-if __name__ == "__main__":
-    s, t = class_mean_colours("gta5"), class_mean_colours("cityscapes_train")
+if __name__ == "__main__":  # python -m bench.data.minicity_shift [--source-weather]
+    import sys
+
+    s = class_mean_colours("gta5", source_weather="--source-weather" in sys.argv[1:])
+    t = class_mean_colours("cityscapes_train")
     bad = misassigned(s, t)
     print(f"{len(bad)} of {NUM_CLASSES} target class means lie nearest another class after one affine map")
     for c, j in bad:

@@ -101,6 +101,7 @@ class Style:
     p_shadow: float = 0.0
     haze: tuple[float, float] = (0.0, 0.0)  # blend toward a haze colour near the horizon
     vignette: float = 0.0
+    sky: tuple[float, float, float] | None = None  # this image's sky material (``weather_sky``); None: canonical
 
     @property
     def palette(self) -> np.ndarray:
@@ -121,6 +122,18 @@ STYLES: dict[str, Style] = {
 }
 
 
+# A synthetic source's weather (``minicity.source_weather``): GTA5 renders clear to overcast skies, at day to dusk
+# light, where the canonical look has one blue. Overcast stays bluish so it is not wall's grey-white.
+CLEAR_SKY, OVERCAST_SKY = CANONICAL[SKY], _pal((165, 175, 185))
+WEATHER_LIGHT = (0.7, 1.05)
+
+
+def weather_sky(rng: np.random.Generator) -> tuple[float, float, float]:
+    """One image's sky colour: a uniform blend of clear and overcast, times a uniform day-to-dusk light."""
+    u, light = rng.uniform(0, 1), rng.uniform(*WEATHER_LIGHT)
+    return tuple(float(c) for c in light * ((1 - u) * CLEAR_SKY + u * OVERCAST_SKY))
+
+
 def _smooth_noise(rng, shape, sigma: float) -> np.ndarray:
     n = cv2.GaussianBlur(rng.standard_normal(shape, dtype=_F), (0, 0), sigma)
     return n / (n.std() + 1e-6)
@@ -134,6 +147,8 @@ def render(scene, style: Style, rng: np.random.Generator) -> np.ndarray:
     base = np.where(real[:, None], CANONICAL[np.minimum(cls, len(CANONICAL) - 1)], VOID_COLOURS[scene.inst_void])
     cars = np.flatnonzero(cls == CAR)
     base[cars] = CAR_COLOURS[rng.integers(len(CAR_COLOURS), size=len(cars))]
+    if style.sky is not None:
+        base[cls == SKY] = style.sky
     base = base * (1 + style.jitter * rng.standard_normal((n, 1), dtype=_F))
     base = base * (1 + style.tint * rng.standard_normal((n, 3), dtype=_F))
     img = base.astype(_F)[scene.inst]

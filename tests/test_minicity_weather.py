@@ -1,0 +1,79 @@
+"""MiniCity's ``source_weather`` option: the synthetic sources draw their sky per image; nothing else changes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.data import minicity as mc
+from bench.data.minicity_objects import SKY
+from bench.data.minicity_style import weather_sky
+
+SIZE = (64, 32)
+
+
+class _Midpoint:
+    """A generator whose every uniform draw is its range's midpoint."""
+
+    def uniform(self, lo, hi):
+        return (lo + hi) / 2
+
+
+def test_weather_sky_blends_clear_and_overcast_at_a_light_level():
+    # midpoints: u = 0.5, light = (0.7 + 1.05) / 2 = 0.875; clear (120, 170, 230), overcast (165, 175, 185)
+    # → 0.875 · (142.5, 172.5, 207.5), worked out by hand
+    np.testing.assert_allclose(weather_sky(_Midpoint()), (124.6875, 150.9375, 181.5625))
+    draws = np.array([weather_sky(np.random.default_rng(i)) for i in range(300)])
+    blueness = draws[:, 2] / draws[:, 0]  # clear 1.92, overcast 1.12
+    assert blueness.min() < 1.2 and blueness.max() > 1.8
+    assert draws.max() <= 1.05 * 230 + 1e-6 and draws.min() >= 0.7 * 120 - 1e-6
+
+
+@pytest.mark.parametrize("domain", ["gta5", "synthia"])
+def test_source_weather_changes_the_source_sky_and_nothing_else(domain):
+    with_sky = changed = 0
+    for i in range(6):  # SYNTHIA-like scenes often show no sky: 2 of these 6 do
+        plain, label, _ = mc.make_sample(domain, 0, i, SIZE)
+        wet, label_w, _ = mc.make_sample(domain, 0, i, SIZE, source_weather=True)
+        np.testing.assert_array_equal(label, label_w)
+        sky = label == SKY
+        np.testing.assert_array_equal(plain[~sky], wet[~sky])  # same scene, same draws outside the sky
+        with_sky += int(sky.any())
+        changed += int((plain[sky] != wet[sky]).any())
+    assert changed == with_sky >= 2
+
+
+def test_source_weather_leaves_the_target_as_it_is():
+    for domain in ("cityscapes_train", "cityscapes_val"):
+        a, _, _ = mc.make_sample(domain, 0, 1, SIZE)
+        b, _, _ = mc.make_sample(domain, 0, 1, SIZE, source_weather=True)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_weather_tree_and_a_plain_tree_are_different_trees(tmp_path):
+    root, counts = tmp_path / "mc", {"gta5": 2, "synthia": 1, "cityscapes_train": 1, "cityscapes_val": 1}
+    assert mc.ensure_minicity(root, size=SIZE, counts=counts, processes=1)["regenerated"]
+    assert "source_weather" not in json.loads((root / mc.MANIFEST).read_text())  # older manifests stay valid
+    assert mc.ensure_minicity(root, size=SIZE, counts=counts, processes=1, source_weather=True)["regenerated"]
+    assert json.loads((root / mc.MANIFEST).read_text())["source_weather"] is True
+    assert not mc.ensure_minicity(root, size=SIZE, counts=counts, processes=1, source_weather=True)["regenerated"]
+    # the manifest's extra key counts too: a plain request does not take the weather tree
+    assert mc.ensure_minicity(root, size=SIZE, counts=counts, processes=1)["regenerated"]
+    with pytest.raises(ValueError, match="source_weather"):
+        mc.ensure_minicity(root, size=SIZE, counts=counts, processes=1, source_weather="yes")
+
+
+def test_source_weather_keeps_the_shift_a_covariate_one():
+    """Issue 15's check with the weather on: ≤ 4 target class means nearest another class's mapped source mean."""
+    from bench.data.minicity_shift import class_mean_colours, misassigned
+
+    src = class_mean_colours("gta5", 40, source_weather=True)
+    assert len(misassigned(src, class_mean_colours("cityscapes_train", 40))) <= 4
+
+
+def test_the_suite_takes_source_weather():
+    from bench.suite_runner import load_suite
+
+    assert load_suite("minicity", ["minicity.source_weather=true"])["minicity"]["source_weather"] is True
