@@ -36,6 +36,8 @@ def cmd_data_minicity(a) -> int:
     from bench.data.minicity import ensure_minicity, generate_minicity
 
     fn = generate_minicity if a.force else ensure_minicity
+    if a.root is None:  # a weather tree never overwrites the default one
+        a.root = REPO / "datasets" / ("minicity_weather" if a.source_weather else "minicity")
     stats = fn(a.root, seed=a.seed, source_weather=a.source_weather)
     if stats:
         print(f"MiniCity at {a.root}: {stats.get('files', '?')} files, {stats.get('bytes', 0) / 1e6:.1f} MB, "
@@ -335,8 +337,9 @@ def add_data_parsers(sub) -> None:
                    "by their header only, which a truncated file passes)")
     c.set_defaults(func=cmd_data_check)
     m = data.add_parser("minicity", help="generate the embedded MiniCity benchmark (GTA5/SYNTHIA/Cityscapes trees)")
-    m.add_argument("--root", type=Path, default=REPO / "datasets" / "minicity",
-                   help="where to write it (default: %(default)s)")
+    m.add_argument("--root", type=Path, default=None,
+                   help="where to write it (default: datasets/minicity, or datasets/minicity_weather with "
+                   "--source-weather)")
     m.add_argument("--seed", type=int, default=0, help="generator seed; another seed is another benchmark "
                    "(default: %(default)s)")
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")

@@ -77,3 +77,16 @@ def test_the_suite_takes_source_weather():
     from bench.suite_runner import load_suite
 
     assert load_suite("minicity", ["minicity.source_weather=true"])["minicity"]["source_weather"] is True
+
+
+def test_the_suite_and_the_cli_pass_source_weather_to_the_generator(tmp_path, monkeypatch):
+    from bench import cli
+    from bench.suite_runner import ensure_minicity_data
+
+    counts = {"gta5": 1, "synthia": 0, "cityscapes_train": 1, "cityscapes_val": 1}
+    ensure_minicity_data({"root": str(tmp_path / "w"), "size": [64, 32], "counts": counts, "source_weather": True})
+    assert json.loads((tmp_path / "w" / mc.MANIFEST).read_text())["source_weather"] is True
+    calls = []
+    monkeypatch.setattr(mc, "ensure_minicity", lambda root, **kw: calls.append((root, kw)) or {})
+    assert cli.main(["data", "minicity", "--source-weather"]) == 0
+    assert calls[0][0].name == "minicity_weather" and calls[0][1]["source_weather"] is True  # not the default tree

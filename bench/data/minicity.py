@@ -12,7 +12,8 @@ so the embedded suite goes through exactly the loaders the real benchmark uses. 
 ``minicity_scene`` (geometry, per-domain class frequencies), pixels from ``minicity_style`` (appearance).
 Every image is seeded by (seed, domain, index) alone, so the output is byte-identical for a seed whatever
 the process count. ``ensure_minicity`` regenerates only when the manifest or a file is missing or differs.
-Command line: ``python -m bench.data.minicity [ROOT] [--seed N] [--force]``.
+``source_weather=True`` gives the synthetic sources a sky drawn per image (the ``minicity_weather`` suite).
+Command line: ``python -m bench.data.minicity [ROOT] [--seed N] [--force] [--source-weather]``.
 """
 
 from __future__ import annotations
@@ -263,16 +264,17 @@ def ensure_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=
     return {**generate_minicity(root, seed, size, counts, processes, source_weather), "regenerated": True}
 
 
-if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [--force]
+if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [--force] [--source-weather]
     import argparse
 
     ap = argparse.ArgumentParser(description="Generate the MiniCity benchmark tree.")
-    ap.add_argument("root", nargs="?", default=str(DEFAULT_ROOT))
+    ap.add_argument("root", nargs="?", help="default: datasets/minicity (datasets/minicity_weather with weather)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=None)
     ap.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
     ap.add_argument("--source-weather", action="store_true", help="the synthetic sources draw their sky per image")
     args = ap.parse_args()
     run = generate_minicity if args.force else ensure_minicity
-    out = run(args.root, seed=args.seed, processes=args.processes, source_weather=args.source_weather)
+    root = args.root or DEFAULT_ROOT.with_name("minicity_weather" if args.source_weather else DEFAULT_ROOT.name)
+    out = run(root, seed=args.seed, processes=args.processes, source_weather=args.source_weather)
     print(json.dumps({k: v for k, v in out.items() if k != "class_freq"}, indent=1))

@@ -3,7 +3,8 @@ the target's appearance effects switched off and score the model on each variant
 
 The scenes (layout, class frequencies, camera) stay the target's; only ``minicity_style.STYLES["cityscapes"]``
 changes. ``source_look`` renders them in the source's style, so what is left of the gap there is the scene
-shift alone. A model trained on the source that gains much when ``look`` is switched off suffers from the
+shift alone (the default source's one blue sky: for a model trained on a ``source_weather`` tree it is one of its
+skies, not all). A model trained on the source that gains much when ``look`` is switched off suffers from the
 global colour transform; one trained on the target (the oracle) loses there instead.
 
 Command line: ``python -m bench.data.minicity_decompose NAME=STAGE_DIR [NAME=STAGE_DIR …] [--images N]``.

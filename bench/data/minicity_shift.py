@@ -14,7 +14,8 @@ import numpy as np
 from bench.data.labels import CLASS_NAMES, NUM_CLASSES
 
 
-def class_mean_colours(domain: str, n: int = 40, seed: int = 0, size=(256, 128), source_weather: bool = False):
+def class_mean_colours(domain: str, n: int = 40, seed: int = 0, size=(256, 128),
+                       source_weather: bool = False) -> np.ndarray:
     """``[19, 3]`` mean RGB of each trainId over ``n`` generated images of a MiniCity ``domain`` (NaN if absent);
     ``source_weather`` as ``make_sample``'s."""
     from bench.data.minicity import make_sample
