@@ -33,17 +33,16 @@ def cmd_data_check(a) -> int:
 
 
 def cmd_data_minicity(a) -> int:
-    from bench.data.minicity import ensure_minicity, generate_minicity
+    from bench.data.minicity import ensure_minicity
 
-    fn = generate_minicity if a.force else ensure_minicity
     if a.root is None:  # a weather tree never overwrites the default one
         a.root = REPO / "datasets" / ("minicity_weather" if a.source_weather else "minicity")
-    stats = fn(a.root, seed=a.seed, source_weather=a.source_weather)
-    if stats:
+    stats = ensure_minicity(a.root, seed=a.seed, source_weather=a.source_weather, force=a.force)
+    if stats.get("regenerated"):
         print(f"MiniCity at {a.root}: {stats.get('files', '?')} files, {stats.get('bytes', 0) / 1e6:.1f} MB, "
               f"{stats.get('seconds', 0):.1f} s")
     else:
-        print(f"MiniCity at {a.root} is up to date")
+        print(f"MiniCity at {a.root} is up to date (--force regenerates it)")
     return 0
 
 

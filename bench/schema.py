@@ -109,10 +109,10 @@ def children(path: tuple):
              "minicity": ("root", "seed", "size", "counts", "source_weather", "pretrain"),
              "paper": ("benchmark", "targets", "rows", "note")}
     if head == "minicity" and rest[:1] == ("pretrain",):
-        from bench.pretrain import RECIPE
+        from bench.pretrain import OPTIONAL, RECIPE
 
-        return {1: frozenset(("root", "name", "recipe")), 2: frozenset(RECIPE)}.get(len(rest), FREE) \
-            if rest[1:2] in ((), ("recipe",)) else FREE
+        keys = {1: frozenset(("root", "name", "recipe")), 2: frozenset(RECIPE) | frozenset(OPTIONAL)}
+        return keys.get(len(rest), FREE) if rest[1:2] in ((), ("recipe",)) else FREE
     if head in fixed:
         return frozenset(fixed[head]) if not rest else FREE
     if head == "evaluation":

@@ -127,20 +127,19 @@ class SuiteDataError(SuiteError):
 def ensure_minicity_pretraining(spec: dict) -> None:
     """``minicity.pretrain: {root, name}``: train the small net's generic-domain backbone once (the suite's stand-in
     for ImageNet weights; ``bench.pretrain``), before planning, since the stage keys hold the file's hash."""
-    from bench.fsio import file_lock
     from bench.paths import resolve_root
-    from bench.pretrain import RECIPE, ensure_pretrained
+    from bench.pretrain import RECIPE, check_recipe, ensure_pretrained
 
     unknown = sorted(set(spec) - {"root", "name", "recipe"})
     if unknown or "root" not in spec:
         raise SuiteError(f"minicity.pretrain: expected keys root (and optional name, recipe), got {sorted(spec)}")
-    bad = sorted(set(spec.get("recipe") or {}) - set(RECIPE))
-    if bad:
-        raise SuiteError(f"minicity.pretrain.recipe: unknown key(s) {bad}; valid: {sorted(RECIPE)}")
+    try:
+        check_recipe(spec.get("recipe") or {})
+    except ValueError as e:
+        raise SuiteError(f"minicity.pretrain.recipe: {e}") from None
     root = resolve_root(spec["root"])
     name = spec.get("name", "minicity_generic_small")
-    with file_lock(root / f".{name}.lock"):
-        st = ensure_pretrained(root, name, {**RECIPE, **(spec.get("recipe") or {})})
+    st = ensure_pretrained(root, name, {**RECIPE, **(spec.get("recipe") or {})})  # locks the file's name
     if st["regenerated"]:
         print(f"MiniCity pretraining (generic shapes domain) written to {spec['root']}/{name}.pt: "
               f"{st['seconds']:.0f} s, once for every seed and method")
@@ -159,14 +158,11 @@ def ensure_data(suite: dict) -> dict:
 def ensure_minicity_data(mc: dict) -> None:
     """The suite's ``minicity`` section: generate the tree (once per content) and its generic pretraining."""
     from bench.data.minicity import ensure_minicity
-    from bench.fsio import file_lock
     from bench.paths import resolve_root
 
     extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts", "source_weather") if k in mc}
-    root = resolve_root(mc["root"])
-    # two runs starting together on a fresh checkout must not generate (and rename) the same tree at once
-    with file_lock(root.parent / f".{root.name}.lock"):
-        st = ensure_minicity(root, seed=mc.get("seed", 0), **extra)
+    # two runs starting together on a fresh checkout never generate one tree at once: ensure_minicity locks it
+    st = ensure_minicity(resolve_root(mc["root"]), seed=mc.get("seed", 0), **extra)
     if st.get("regenerated"):
         print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
               f"{st['seconds']:.0f} s")

@@ -9,7 +9,7 @@ import torch
 
 from bench.data.generic_shapes import KINDS, GenericShapes, make_generic
 from bench.models import build_model
-from bench.pretrain import RECIPE, ensure_pretrained
+from bench.pretrain import RECIPE, check_recipe, ensure_pretrained
 from bench.stage_keys import init_file_hashes, stage_key
 from methods.base import Stage
 
@@ -83,6 +83,49 @@ def test_ensure_pretrained_trains_once_and_again_for_another_recipe(tmp_path):
     assert other["regenerated"]
 
 
+def test_head_kept_file_gives_every_seed_one_head_but_a_fresh_classifier(tmp_path):
+    gn = {**TINY, "keep": "all_but_classifier", "head_norm": "gn"}
+    st = ensure_pretrained(tmp_path, "head", gn)
+    state = torch.load(st["path"], weights_only=True)
+    assert {k.split(".")[0] for k in state} == {"stem", "layer1", "layer2", "layer3", "layer4", "context", "low",
+                                                "fuse"}
+    assert "context.bn.running_mean" not in state  # GroupNorm, as the suite rows' head
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model("small", init_weights=st["path"], head_norm="gn"))
+    a, b = models
+    assert torch.equal(a.fuse[1][0].weight, state["fuse.1.0.weight"]) and torch.equal(a.fuse[1][0].weight,
+                                                                                        b.fuse[1][0].weight)
+    assert not torch.equal(a.classifier.weight, b.classifier.weight)  # the seed's own 19-class classifier
+    assert a.init_report.kept == ["classifier.bias", "classifier.weight"]
+    with pytest.raises(ValueError, match="missing keys"):  # a BN head cannot take the GroupNorm head's file
+        build_model("small", init_weights=st["path"])
+    # the STM encoder reads only the backbone, whatever head the file holds
+    from bench.models.weights import load_backbone
+
+    bn = build_model("small")
+    report = load_backbone(bn, st["path"])
+    assert torch.equal(bn.layer4[0].conv1.weight, state["layer4.0.conv1.weight"])
+    assert "context.reduce.0.weight" in report.kept
+    # the optional keys at their defaults are the recipe without them: the same file, not retrained
+    plain = ensure_pretrained(tmp_path, "plain", TINY)
+    again = ensure_pretrained(tmp_path, "plain", {**TINY, "keep": "backbone", "head_norm": "bn"})
+    assert plain["regenerated"] and not again["regenerated"]
+    for bad, key in (({"keep": "head"}, "keep"), ({"head_norm": "ln"}, "head_norm"), ({"kep": 1}, "kep")):
+        with pytest.raises(ValueError, match=key):
+            check_recipe({**TINY, **bad})
+
+
+def test_a_file_missing_part_of_a_head_module_is_refused(tmp_path):
+    src = build_model("small", num_classes=19)
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("classifier.")}
+    del state["fuse.0.0.weight"]  # whole modules may be absent (fresh init), a module in part may not
+    torch.save(state, tmp_path / "part.pt")
+    with pytest.raises(ValueError, match="fuse.0.0.weight"):
+        build_model("small", init_weights=tmp_path / "part.pt")
+
+
 def test_stage_key_holds_the_init_files_hash(tmp_path):
     f = tmp_path / "w.pt"
     f.write_bytes(b"one")
@@ -103,6 +146,8 @@ def test_suite_pretrain_section_is_checked_and_trains_into_its_root(tmp_path, ca
         ensure_minicity_pretraining({"rot": str(tmp_path)})
     with pytest.raises(SuiteError, match="itres"):
         ensure_minicity_pretraining({"root": str(tmp_path), "recipe": {"itres": 3}})
+    with pytest.raises(SuiteError, match="minicity.pretrain.recipe: .*keep="):
+        ensure_minicity_pretraining({"root": str(tmp_path), "recipe": {"keep": "everything"}})
     ensure_minicity_pretraining({"root": str(tmp_path), "name": "w", "recipe": {k: TINY[k] for k in
                                                                               ("iters", "images", "size")}})
     assert (tmp_path / "w.pt").is_file() and "written to" in capsys.readouterr().out
@@ -127,3 +172,27 @@ def test_bismap_stm_backbone_encoder_is_the_pretrained_suite_model(tmp_path):
     with torch.no_grad():
         assert name == "backbone" and norm == "imagenet"
         assert torch.allclose(encode(x), src(x).features["layer4"])
+
+
+def test_makers_hold_the_file_lock_so_a_second_process_waits(tmp_path):
+    # bench data minicity and a run (or two runs) starting together: each maker takes the lock itself, so no
+    # caller can forget it; a holder keeps the other waiting until it releases
+    import threading
+
+    from bench.data.minicity import ensure_minicity
+    from bench.fsio import file_lock
+
+    ensure_pretrained(tmp_path, "tiny", TINY)
+    counts = {"gta5": 1, "synthia": 0, "cityscapes_train": 1, "cityscapes_val": 1}
+    jobs = {"pretrain": (tmp_path / ".tiny.lock", lambda: ensure_pretrained(tmp_path, "tiny", TINY)),
+            "minicity": (tmp_path / ".mc.lock", lambda: ensure_minicity(tmp_path / "mc", size=(64, 32),
+                                                                         counts=counts, processes=1))}
+    for name, (lock, job) in jobs.items():
+        with file_lock(lock):
+            t = threading.Thread(target=job)
+            t.start()
+            t.join(1.0)
+            assert t.is_alive(), f"{name}: ran while another process held {lock.name}"
+        t.join(60)
+        assert not t.is_alive()
+    assert (tmp_path / "mc" / "minicity.json").is_file()

@@ -251,17 +251,23 @@ def _complete(root: Path, cfg: dict) -> dict | None:
 
 def ensure_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=DEFAULT_SIZE,
                     counts: Mapping[str, int] | None = None, processes: int | None = None,
-                    source_weather: bool = False) -> dict:
-    """Generate MiniCity under ``root`` unless a complete tree with the same manifest is already there.
+                    source_weather: bool = False, force: bool = False) -> dict:
+    """Generate MiniCity under ``root`` unless a complete tree with the same manifest is already there
+    (``force``: regenerate anyway).
 
     Returns the statistics (as ``generate_minicity``) with ``regenerated`` saying whether it wrote anything.
+    Holds ``<root's parent>/.<root's name>.lock`` throughout: two processes (two runs, or a run and
+    ``bench data minicity``) never write one tree at once; the second finds the first's tree complete.
     """
+    from bench.fsio import file_lock
+
     root = Path(root)
-    man = _complete(root, _config(seed, size, counts, source_weather))
-    if man is not None:
-        stats = man.pop("stats", {})
-        return {**man, **stats, "regenerated": False}
-    return {**generate_minicity(root, seed, size, counts, processes, source_weather), "regenerated": True}
+    with file_lock(root.parent / f".{root.name}.lock"):
+        man = None if force else _complete(root, _config(seed, size, counts, source_weather))
+        if man is not None:
+            stats = man.pop("stats", {})
+            return {**man, **stats, "regenerated": False}
+        return {**generate_minicity(root, seed, size, counts, processes, source_weather), "regenerated": True}
 
 
 if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [--force] [--source-weather]
@@ -274,7 +280,7 @@ if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [-
     ap.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
     ap.add_argument("--source-weather", action="store_true", help="the synthetic sources draw their sky per image")
     args = ap.parse_args()
-    run = generate_minicity if args.force else ensure_minicity
     root = args.root or DEFAULT_ROOT.with_name("minicity_weather" if args.source_weather else DEFAULT_ROOT.name)
-    out = run(root, seed=args.seed, processes=args.processes, source_weather=args.source_weather)
+    out = ensure_minicity(root, seed=args.seed, processes=args.processes, source_weather=args.source_weather,
+                          force=args.force)
     print(json.dumps({k: v for k, v in out.items() if k != "class_freq"}, indent=1))

@@ -104,9 +104,12 @@ def load_init(model: nn.Module, path: str | os.PathLike, fmt: str) -> InitReport
     else:
         mapped, skipped = {_strip(k, "module."): v for k, v in state.items()}, []
         required = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
-        backbone = _backbone_keys(model) if hasattr(model, "backbone_modules") else []
-        if backbone and {k for k in mapped if not k.endswith("num_batches_tracked")} == set(backbone):
-            required = backbone  # a backbone-only file: the heads keep their fresh init
+        if hasattr(model, "backbone_modules"):
+            # A file of whole top-level modules holding the backbone (a backbone-only ImageNet stand-in, or one
+            # with its head layers too): the modules it lacks keep their fresh init; a module it holds in part
+            # is a layout error.
+            given = {k.split(".", 1)[0] for k in mapped}
+            required = sorted(set(_backbone_keys(model)) | {k for k in required if k.split(".", 1)[0] in given})
     _check_layout(model, mapped, required, path, fmt)
     merged = model.state_dict()
     merged.update(mapped)
@@ -114,6 +117,22 @@ def load_init(model: nn.Module, path: str | os.PathLike, fmt: str) -> InitReport
     kept = sorted(set(model.state_dict()) - set(mapped))
     norm = {"caffe_deeplab": "caffe", "torchvision": "imagenet"}.get(fmt, getattr(model, "normalization", ""))
     return InitReport(path, fmt, sorted(mapped), sorted(skipped), kept, norm)
+
+
+def load_backbone(model: nn.Module, path: str | os.PathLike) -> InitReport:
+    """Load only the backbone modules' weights of a native file into ``model`` (whose head may be built
+    otherwise than the file's, e.g. with BN where the file's has GroupNorm); errors as ``load_init``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init weights {path!r} not found; pass the local file the suite made or names")
+    backbone = _backbone_keys(model)
+    prefixes = tuple({k.split(".", 1)[0] + "." for k in backbone})
+    mapped = {k: v for k, v in ((_strip(k, "module."), v) for k, v in _read_state_dict(path).items())
+              if k.startswith(prefixes)}
+    _check_layout(model, mapped, backbone, path, "native")
+    model.load_state_dict({**model.state_dict(), **mapped}, strict=True)
+    kept = sorted(set(model.state_dict()) - set(mapped))
+    return InitReport(path, "native", sorted(mapped), [], kept, getattr(model, "normalization", ""))
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -52,9 +52,12 @@ def stm_encoder(p: dict, ctx):
             return _imagenet_r101(p["encoder_weights"], ctx.device), "imagenet", name
         if name == "backbone" and p["encoder_weights"]:  # the suite's own model, pretrained off both domains
             from bench.models import build_model
+            from bench.models.weights import load_backbone
             from bench.paths import resolve_root
 
-            model = build_model(p["model"], init_weights=resolve_root(p["encoder_weights"])).to(ctx.device).eval()
+            model = build_model(p["model"])  # only its backbone is read, so the file's head layout is no matter
+            load_backbone(model, resolve_root(p["encoder_weights"]))
+            model = model.to(ctx.device).eval()
             norm = ctx.dataset("source", plain=True).transform.normalize
             return (lambda x, net=model: net(x).features["layer4"]), norm, name
         if name == "warmup":
