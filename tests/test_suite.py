@@ -72,7 +72,7 @@ def test_unknown_top_level_key_is_refused():
 
 
 @pytest.mark.parametrize("name", ["minicity", "minicity_ablations", "minicity_delta_d", "minicity_quick",
-                                  "minicity_weather", "gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity"])
+                                  "minicity_weather", "minicity_head", "gta5_cityscapes", "synthia_cityscapes", "cityscapes_crosscity"])
 def test_suites_paper_rows_resolve(name):
     from bench.report import published_rows
 
@@ -97,6 +97,27 @@ def test_quick_suite_runs_the_defaults_own_stages():
     got, default = keys(quick), keys(base)
     assert set(got) == {("source_only", 0), ("oracle", 0), ("adaptsegnet", 0)}
     assert all(got[k] == default[k] for k in got)
+
+
+def test_head_suite_starts_every_stage_from_the_head_file():
+    """minicity_head measures the head pretrained with the backbone: a row left on the backbone-only file would
+    mix two starting points in one table."""
+    from bench.suite_plan import dataset_specs, plan_suite
+
+    suite = load_suite("minicity_head")
+    fps = {"": {name: {"spec": {k: v for k, v in spec.items() if k != "root"}, "fingerprint": f"fp-{name}",
+                       "images": 1} for name, spec in dataset_specs(suite).items()}}
+
+    def files(obj):
+        if isinstance(obj, dict):
+            return [f for v in obj.values() for f in files(v)]
+        if isinstance(obj, (list, tuple)):
+            return [f for v in obj for f in files(v)]
+        return [obj] if isinstance(obj, str) and obj.endswith(".pt") else []
+
+    found = {f for e in plan_suite(suite, fps)[0] for st in e.stages for f in files(st.stage.params)}
+    assert found == {"datasets/weights/minicity_generic_small_head.pt"}
+    assert suite["minicity"]["pretrain"]["recipe"] == {"keep": "all_but_classifier", "head_norm": "gn"}
 
 
 def test_misspelt_paper_row_fails_before_training(tmp_path):
