@@ -35,8 +35,8 @@ def cmd_data_check(a) -> int:
 def cmd_data_minicity(a) -> int:
     from bench.data.minicity import ensure_minicity
 
-    if a.root is None:  # a weather tree never overwrites the default one
-        a.root = REPO / "datasets" / ("minicity_weather" if a.source_weather else "minicity")
+    if a.root is None:  # a tree without weather never overwrites the default one
+        a.root = REPO / "datasets" / ("minicity" if a.source_weather else "minicity_clear")
     stats = ensure_minicity(a.root, seed=a.seed, source_weather=a.source_weather, force=a.force)
     if stats.get("regenerated"):
         print(f"MiniCity at {a.root}: {stats.get('files', '?')} files, {stats.get('bytes', 0) / 1e6:.1f} MB, "
@@ -337,13 +337,14 @@ def add_data_parsers(sub) -> None:
     c.set_defaults(func=cmd_data_check)
     m = data.add_parser("minicity", help="generate the embedded MiniCity benchmark (GTA5/SYNTHIA/Cityscapes trees)")
     m.add_argument("--root", type=Path, default=None,
-                   help="where to write it (default: datasets/minicity, or datasets/minicity_weather with "
-                   "--source-weather)")
+                   help="where to write it (default: datasets/minicity, or datasets/minicity_clear with "
+                   "--no-source-weather)")
     m.add_argument("--seed", type=int, default=0, help="generator seed; another seed is another benchmark "
                    "(default: %(default)s)")
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")
-    m.add_argument("--source-weather", action="store_true", help="the synthetic sources draw their sky per image, "
-                   "clear to overcast (the minicity_weather suite's tree)")
+    m.add_argument("--source-weather", action=argparse.BooleanOptionalAction, default=True,
+                   help="the synthetic sources draw their sky per image, clear to overcast (default); "
+                   "--no-source-weather: generator v3's one blue source sky (the minicity_clear suite's tree)")
     m.set_defaults(func=cmd_data_minicity)
 
 

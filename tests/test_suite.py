@@ -72,7 +72,7 @@ def test_unknown_top_level_key_is_refused():
 
 
 @pytest.mark.parametrize("name", ["minicity", "minicity_ablations", "minicity_delta_d", "minicity_quick",
-                                  "minicity_weather", "minicity_head", "gta5_cityscapes", "synthia_cityscapes",
+                                  "minicity_clear", "minicity_head", "gta5_cityscapes", "synthia_cityscapes",
                                   "cityscapes_crosscity"])
 def test_suites_paper_rows_resolve(name):
     from bench.report import published_rows

@@ -12,8 +12,9 @@ so the embedded suite goes through exactly the loaders the real benchmark uses. 
 ``minicity_scene`` (geometry, per-domain class frequencies), pixels from ``minicity_style`` (appearance).
 Every image is seeded by (seed, domain, index) alone, so the output is byte-identical for a seed whatever
 the process count. ``ensure_minicity`` regenerates only when the manifest or a file is missing or differs.
-``source_weather=True`` gives the synthetic sources a sky drawn per image (the ``minicity_weather`` suite).
-Command line: ``python -m bench.data.minicity [ROOT] [--seed N] [--force] [--source-weather]``.
+The synthetic sources draw their sky per image (``source_weather``, on since generator v4; ``False`` gives
+v3's one blue source sky, the ``minicity_clear`` suite).
+Command line: ``python -m bench.data.minicity [ROOT] [--seed N] [--force] [--no-source-weather]``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bench.data.minicity_objects import PAINT, ROAD
 from bench.data.minicity_scene import SPECS, Scene, make_scene
 from bench.data.minicity_style import STYLES, Style, render, weather_sky
 
-GENERATOR_VERSION = 3  # bump whenever the bytes written for a given seed change
+GENERATOR_VERSION = 4  # bump whenever the bytes written for a given seed change (4: source weather by default)
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "datasets" / "minicity"  # <repo>/datasets/minicity
 DEFAULT_SIZE = (256, 128)
 DEFAULT_COUNTS = {"gta5": 1000, "synthia": 1000, "cityscapes_train": 500, "cityscapes_val": 200}
@@ -80,13 +81,13 @@ def _weather_rng(seed: int, domain: str, index: int) -> np.random.Generator:
 
 
 def make_sample(domain: str, seed: int = 0, index: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
-                style: Style | None = None, source_weather: bool = False):
+                style: Style | None = None, source_weather: bool = True):
     """One (RGB uint8 ``[H,W,3]``, trainId uint8 ``[H,W]``, Scene) triple, in memory, as the writer makes it.
 
     ``domain`` is one of ``DOMAINS``; also useful for tests and quick experiments without touching disk.
     ``style`` renders the domain's scene in another style (``minicity_decompose``); default: the domain's own.
-    ``source_weather``: a synthetic source draws its sky per image (``minicity_style.weather_sky``); the target
-    and every other pixel stay as they are.
+    ``source_weather``: a synthetic source draws its sky per image (``minicity_style.weather_sky``; ``False``:
+    the one canonical blue); the target and every other pixel are the same either way.
     """
     if domain not in DOMAINS:
         raise ValueError(f"unknown MiniCity domain {domain!r}; valid: {DOMAINS}")
@@ -170,20 +171,19 @@ def _norm_counts(counts: Mapping[str, int] | None) -> dict[str, int]:
     return out
 
 
-def _config(seed: int, size, counts, source_weather: bool = False) -> dict:
+def _config(seed: int, size, counts, source_weather: bool = True) -> dict:
     w, h = (int(v) for v in size)
     if w < 32 or h < 16:
         raise ValueError(f"MiniCity size {size} is too small; use at least (32, 16) as (width, height)")
     if not isinstance(source_weather, bool):
         raise ValueError(f"MiniCity source_weather = {source_weather!r}: must be true or false")
-    # the key only when on: a tree generated before the option existed keeps its manifest
     return {"generator": "minicity", "version": GENERATOR_VERSION, "seed": int(seed), "size": [w, h],
-            "counts": _norm_counts(counts), **({"source_weather": True} if source_weather else {})}
+            "counts": _norm_counts(counts), "source_weather": source_weather}
 
 
 def generate_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=DEFAULT_SIZE,
                       counts: Mapping[str, int] | None = None, processes: int | None = None,
-                      source_weather: bool = False) -> dict:
+                      source_weather: bool = True) -> dict:
     """(Re)write the whole MiniCity tree under ``root`` and its manifest; return statistics.
 
     ``size`` is (width, height); ``counts`` overrides any of ``DEFAULT_COUNTS``; ``source_weather``: the
@@ -251,7 +251,7 @@ def _complete(root: Path, cfg: dict) -> dict | None:
 
 def ensure_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=DEFAULT_SIZE,
                     counts: Mapping[str, int] | None = None, processes: int | None = None,
-                    source_weather: bool = False, force: bool = False) -> dict:
+                    source_weather: bool = True, force: bool = False) -> dict:
     """Generate MiniCity under ``root`` unless a complete tree with the same manifest is already there
     (``force``: regenerate anyway).
 
@@ -270,17 +270,18 @@ def ensure_minicity(root: str | os.PathLike = DEFAULT_ROOT, seed: int = 0, size=
         return {**generate_minicity(root, seed, size, counts, processes, source_weather), "regenerated": True}
 
 
-if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [--force] [--source-weather]
+if __name__ == "__main__":  # python -m bench.data.minicity [ROOT] [--seed N] [--force] [--no-source-weather]
     import argparse
 
     ap = argparse.ArgumentParser(description="Generate the MiniCity benchmark tree.")
-    ap.add_argument("root", nargs="?", help="default: datasets/minicity (datasets/minicity_weather with weather)")
+    ap.add_argument("root", nargs="?", help="default: datasets/minicity (datasets/minicity_clear without weather)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--processes", type=int, default=None)
     ap.add_argument("--force", action="store_true", help="regenerate even if the manifest matches")
-    ap.add_argument("--source-weather", action="store_true", help="the synthetic sources draw their sky per image")
+    ap.add_argument("--source-weather", action=argparse.BooleanOptionalAction, default=True,
+                    help="the synthetic sources draw their sky per image (default); --no-source-weather: v3's one sky")
     args = ap.parse_args()
-    root = args.root or DEFAULT_ROOT.with_name("minicity_weather" if args.source_weather else DEFAULT_ROOT.name)
+    root = args.root or DEFAULT_ROOT.with_name(DEFAULT_ROOT.name if args.source_weather else "minicity_clear")
     out = ensure_minicity(root, seed=args.seed, processes=args.processes, source_weather=args.source_weather,
                           force=args.force)
     print(json.dumps({k: v for k, v in out.items() if k != "class_freq"}, indent=1))

@@ -15,7 +15,7 @@ from bench.data.labels import CLASS_NAMES, NUM_CLASSES
 
 
 def class_mean_colours(domain: str, n: int = 40, seed: int = 0, size=(256, 128),
-                       source_weather: bool = False) -> np.ndarray:
+                       source_weather: bool = True) -> np.ndarray:
     """``[19, 3]`` mean RGB of each trainId over ``n`` generated images of a MiniCity ``domain`` (NaN if absent);
     ``source_weather`` as ``make_sample``'s."""
     from bench.data.minicity import make_sample
@@ -54,10 +54,10 @@ def misassigned(src: np.ndarray, tgt: np.ndarray) -> list[tuple[str, str]]:
     return [(CLASS_NAMES[c], CLASS_NAMES[j]) for c, j in enumerate(near) if j >= 0 and j != c]
 
 
-if __name__ == "__main__":  # python -m bench.data.minicity_shift [--source-weather]
+if __name__ == "__main__":  # python -m bench.data.minicity_shift [--no-source-weather]
     import sys
 
-    s = class_mean_colours("gta5", source_weather="--source-weather" in sys.argv[1:])
+    s = class_mean_colours("gta5", source_weather="--no-source-weather" not in sys.argv[1:])
     t = class_mean_colours("cityscapes_train")
     bad = misassigned(s, t)
     print(f"{len(bad)} of {NUM_CLASSES} target class means lie nearest another class after one affine map")
