@@ -95,6 +95,7 @@ def load_init(model: nn.Module, path: str | os.PathLike, fmt: str) -> InitReport
             "path; nothing is downloaded."
         )
     state = _read_state_dict(path)
+    fresh: list[str] = []
     if fmt == "caffe_deeplab":
         mapped, skipped = _map_caffe(model, state, path)
         required = _backbone_keys(model)
@@ -110,13 +111,13 @@ def load_init(model: nn.Module, path: str | os.PathLike, fmt: str) -> InitReport
             # is a layout error.
             given = {k.split(".", 1)[0] for k in mapped}
             required = sorted(set(_backbone_keys(model)) | {k for k in required if k.split(".", 1)[0] in given})
+            back = {n for n, m in model.named_children() if any(m is b for b in model.backbone_modules())}
+            if given - back:  # some head layers from the file: say which others stay fresh (after the check)
+                fresh = sorted(n for n, m in model.named_children()
+                               if n not in given and any(True for _ in m.parameters()))
     _check_layout(model, mapped, required, path, fmt)
-    if fmt not in ("caffe_deeplab", "torchvision") and hasattr(model, "backbone_modules"):
-        given = {k.split(".", 1)[0] for k in mapped}
-        back = {n for n, m in model.named_children() if any(m is b for b in model.backbone_modules())}
-        fresh = sorted(n for n, m in model.named_children() if n not in given and any(True for _ in m.parameters()))
-        if given - back and fresh:  # some head layers from the file, others not: say which stay fresh
-            warnings.warn(f"{path}: {fresh} not in the file, kept at their fresh init", UserWarning, stacklevel=3)
+    if fresh:
+        warnings.warn(f"{path}: {fresh} not in the file, kept at their fresh init", UserWarning, stacklevel=3)
     merged = model.state_dict()
     merged.update(mapped)
     model.load_state_dict(merged, strict=True)
