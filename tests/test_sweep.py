@@ -214,3 +214,31 @@ def test_sweep_of_a_categorical_setting_writes_its_plot_and_tables(tmp_path):
     assert path.stat().st_size > 1000
     assert "| ssd_car (best on val) (held-out choice) | 1 | 31.0 | 32.0 |" in sweep_markdown(frame, study, None, "t")
     assert "global & 1 & 29.0 & 30.0" in sweep_latex(frame, study, "t")
+
+
+def test_every_named_study_plans_on_the_default_minicity_suite():
+    """Each of the 9 studies still plans on ``minicity`` as shipped (issue 15: the studies must keep running after
+    the generator and schedule changes): one trial per value, each with its own model, val and held-out
+    evaluation, and the upstream stages (where the method has any) shared by every value."""
+    from bench.suite_plan import dataset_specs
+    from bench.suite_runner import load_suite
+    from bench.sweep import HOLDOUT, all_studies
+    from bench.sweep_trials import plan_trials
+
+    suite = load_suite("minicity")
+    specs = dataset_specs(suite, "")
+    fps = {d: {"spec": {}, "fingerprint": "x" + d, "images": 1} for d in suite["datasets"]}
+    specs["target_holdout"] = {**specs["target_train"], "labels": True, "holdout": HOLDOUT}
+    fps["target_holdout"] = {"spec": {"holdout": HOLDOUT}, "fingerprint": "h"}
+    studies = {n: s for n, s in all_studies().items() if s.method in suite["methods"]}
+    assert len(studies) == 9
+    for name, study in studies.items():
+        trials = plan_trials(suite, study, list(study.values), [0], specs, fps, True)
+        assert len(trials) == len(study.values), name
+        models = [t.stages[-1].stage.upstream["model"] for t in trials]
+        assert len(set(models)) == len(models), (name, models)  # every value trains its own model
+        assert all(t.holdout_eval is not None for t in trials), name
+        first = {ps.key for ps in trials[0].stages}
+        shared = first.intersection(*[{ps.key for ps in t.stages} for t in trials[1:]])
+        assert shared != first, name  # the swept tail is the value's own
+        assert bool(shared) == (len(first) > 2), name  # upstream stages (not SSF-DAN's one training) are shared
