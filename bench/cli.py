@@ -92,6 +92,7 @@ def cmd_sweep(a) -> int:
     from bench.scheduler import ResourceError
     from bench.suite_runner import SuiteError
     from bench.sweep import list_studies, run_sweep
+    from bench.sweep_tune import NoTrialFinished
 
     if a.list:
         print(list_studies())
@@ -107,6 +108,9 @@ def cmd_sweep(a) -> int:
     except (SuiteError, DataError, ResourceError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    except NoTrialFinished as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"table: {out['paths']['md']}  plot: {out['paths']['png']}  ({out['seconds']:.0f} s)")
     return 0
 

@@ -145,7 +145,7 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
     """Run a study as a Tune search on ``metric`` (label-free; ``bench.sweep_tune``); returns ``{"frame", "paths",
     "trials", "shared", "seconds", "tracking_uri", "sweep_run", "search", "best", "regret", "computed"}``."""
     from bench.sweep_report import record_sweep
-    from bench.sweep_tune import Planner, resolve_metric, search_frame
+    from bench.sweep_tune import Planner, check_some_trial_finished, resolve_metric, search_frame
 
     t0 = time.perf_counter()
     study, space, seeds, overrides = parse_axes(study_or_method, assignments)
@@ -170,6 +170,7 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
     planner = Planner(suite, study, seeds, specs, fps, holdout, train, str(cache_root))
     table = search_frame(_search(planner, space, search, num_samples, metric, mode, search_seed, executor,
                                  results_root, probes), study.param, metric, mode)
+    check_some_trial_finished(table, study.param, metric)
     values = list(dict.fromkeys(table[study.param].tolist()))  # a random search may draw a value twice
     values = [v for v in space.args if v in values] if search == "grid" else values
     trials = plan_trials(suite, study, values, seeds, specs, fps, holdout)

@@ -200,3 +200,28 @@ def test_a_value_the_data_cannot_support_fails_its_trial_and_the_sweep_goes_on(m
     assert list(table["trial_id"]) == ["a", "b"] and "labelled no target pixel |" in md and "| nan" not in md
     frame = sweep_frame(trial_rows(study, [trial(50.0), trial(150.0)], tmp_path))
     assert "| 150.0 (failed: see the search table) | 1 | – |" in sweep_markdown(frame, study, None, "t")
+
+
+def test_a_sweep_whose_every_trial_failed_stops_with_each_reason(monkeypatch, capsys):
+    """BiSMAP's δ study on MiniCity (δ 0-150 label no pixel of its features): every trial fails, and the sweep
+    ends with one error naming each value's reason, not a traceback from the table it cannot write."""
+    import bench.sweep
+    from bench.cli import main
+    from bench.sweep_tune import NoTrialFinished, check_some_trial_finished
+
+    table = pd.DataFrame({"trial_id": ["a", "b"], "delta_override": [0.0, 50.0],
+                          "holdout_miou": [float("nan")] * 2, "failed": ["labelled no target pixel", "out of memory"]})
+    with pytest.raises(NoTrialFinished, match=r"2 of 2.*delta_override=0.0: labelled no target pixel; "
+                                              r"delta_override=50.0: out of memory.*cache"):
+        check_some_trial_finished(table, "delta_override", "holdout_miou")
+    with pytest.raises(NoTrialFinished, match=r"delta_override=0.0, 50.0: labelled no target pixel. The"):
+        check_some_trial_finished(table.assign(failed="labelled no target pixel"), "delta_override", "holdout_miou")
+    check_some_trial_finished(table.assign(holdout_miou=[float("nan"), 30.0]), "delta_override", "holdout_miou")
+
+    def run(*a, **k):
+        check_some_trial_finished(table, "delta_override", "holdout_miou")
+
+    monkeypatch.setattr(bench.sweep, "run_sweep", run)
+    assert main(["sweep", "bismap_delta", "--holdout", "--metric", "holdout_miou"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: every trial failed") and "Traceback" not in err and len(err.splitlines()) == 1
