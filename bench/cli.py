@@ -92,7 +92,7 @@ def cmd_sweep(a) -> int:
     from bench.scheduler import ResourceError
     from bench.suite_runner import SuiteError
     from bench.sweep import list_studies, run_sweep
-    from bench.sweep_tune import NoTrialFinished
+    from bench.sweep_tune import SweepFailed
 
     if a.list:
         print(list_studies())
@@ -108,7 +108,7 @@ def cmd_sweep(a) -> int:
     except (SuiteError, DataError, ResourceError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
-    except NoTrialFinished as e:
+    except SweepFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"table: {out['paths']['md']}  plot: {out['paths']['png']}  ({out['seconds']:.0f} s)")

@@ -110,9 +110,14 @@ def _run_shared(probes, train, cache_root, executor, gpu_share):
     specs_by_key = {ps.key: t.specs for t in probes for ps in t.stages}
     outcomes = Scheduler(common, {k: specs_by_key[k] for k in common}, train, cache_root, executor=executor,
                          gpu_share=gpu_share).run()
-    failed = [o for o in outcomes.values() if o.status in ("failed", "skipped")]
+    failed = ([o for o in outcomes.values() if o.status == "failed"]  # the cause, not the stages it skipped
+              or [o for o in outcomes.values() if o.status == "skipped"])
     if failed:
-        raise RuntimeError(f"shared stages failed: {[(o.name, o.error) for o in failed]}")
+        from bench.sweep_tune import SweepFailed
+
+        reasons = "; ".join(f"{o.name}: {o.error}" for o in failed)
+        raise SweepFailed(f"a stage every value shares failed, so no trial can run: {reasons}. The stages that ran "
+                          "are kept in the cache; fix the setting it names and rerun")
     return common, outcomes
 
 

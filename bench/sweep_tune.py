@@ -157,12 +157,12 @@ def search_frame(df: pd.DataFrame, param: str, metric: str, mode: str) -> pd.Dat
     return out.sort_values(metric, ascending=mode == "min", kind="stable").reset_index(drop=True)
 
 
-class NoTrialFinished(RuntimeError):
-    """Every trial of a sweep failed: there is no value to tabulate or choose."""
+class SweepFailed(RuntimeError):
+    """A sweep with no value to tabulate or choose: the stages every value shares, or every trial, failed."""
 
 
 def check_some_trial_finished(table: pd.DataFrame, param: str, metric: str) -> None:
-    """Raise ``NoTrialFinished`` naming every value's failure when no trial reported ``metric`` (the tables, the
+    """Raise ``SweepFailed`` naming every value's failure when no trial reported ``metric`` (the tables, the
     selection regret and the best-trial line all need one); the stages that ran stay in the cache."""
     if table.empty or table[metric].notna().any():
         return
@@ -171,5 +171,5 @@ def check_some_trial_finished(table: pd.DataFrame, param: str, metric: str) -> N
     for v, why in zip(table[param], failed.fillna("no result")):
         by_reason.setdefault(why, []).append(str(v))
     reasons = "; ".join(f"{param}={', '.join(vs)}: {why}" for why, vs in by_reason.items())
-    raise NoTrialFinished(f"every trial failed ({len(table)} of {len(table)}), so the sweep has no table: {reasons}. "
+    raise SweepFailed(f"every trial failed ({len(table)} of {len(table)}), so the sweep has no table: {reasons}. "
                           "The stages that ran are kept in the cache; change the values and rerun")

@@ -207,14 +207,14 @@ def test_a_sweep_whose_every_trial_failed_stops_with_each_reason(monkeypatch, ca
     ends with one error naming each value's reason, not a traceback from the table it cannot write."""
     import bench.sweep
     from bench.cli import main
-    from bench.sweep_tune import NoTrialFinished, check_some_trial_finished
+    from bench.sweep_tune import SweepFailed, check_some_trial_finished
 
     table = pd.DataFrame({"trial_id": ["a", "b"], "delta_override": [0.0, 50.0],
                           "holdout_miou": [float("nan")] * 2, "failed": ["labelled no target pixel", "out of memory"]})
-    with pytest.raises(NoTrialFinished, match=r"2 of 2.*delta_override=0.0: labelled no target pixel; "
+    with pytest.raises(SweepFailed, match=r"2 of 2.*delta_override=0.0: labelled no target pixel; "
                                               r"delta_override=50.0: out of memory.*cache"):
         check_some_trial_finished(table, "delta_override", "holdout_miou")
-    with pytest.raises(NoTrialFinished, match=r"delta_override=0.0, 50.0: labelled no target pixel. The"):
+    with pytest.raises(SweepFailed, match=r"delta_override=0.0, 50.0: labelled no target pixel. The"):
         check_some_trial_finished(table.assign(failed="labelled no target pixel"), "delta_override", "holdout_miou")
     check_some_trial_finished(table.assign(holdout_miou=[float("nan"), 30.0]), "delta_override", "holdout_miou")
 
@@ -225,3 +225,23 @@ def test_a_sweep_whose_every_trial_failed_stops_with_each_reason(monkeypatch, ca
     assert main(["sweep", "bismap_delta", "--holdout", "--metric", "holdout_miou"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: every trial failed") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_sweep_whose_shared_stage_failed_stops_with_the_cause(monkeypatch, tmp_path):
+    """BiSMAP's CAs-Δd study on MiniCity: the STM every value shares reads MAPs labels at the paper's δ, which
+    labels nothing there. The sweep stops with the failed stage and its reason (not the stages it skipped)."""
+    from types import SimpleNamespace as NS
+
+    import bench.scheduler
+    import bench.sweep
+    from bench.sweep_tune import SweepFailed
+
+    outcomes = {"a": NS(name="bismap.stm", status="failed", error="the MAPs label stage labelled no target pixel"),
+                "b": NS(name="bismap.self_train", status="skipped", error="upstream bismap.stm did not finish"),
+                "c": NS(name="bismap.warmup", status="cached", error=None)}
+    monkeypatch.setattr(bench.scheduler, "Scheduler", lambda *a, **k: NS(run=lambda: outcomes))
+    monkeypatch.setattr(bench.sweep, "shared_stages", lambda probes: ["a"])
+    with pytest.raises(SweepFailed, match=r"shares failed.*bismap.stm: the MAPs label stage labelled no target "
+                                          r"pixel. The stages that ran are kept") as e:
+        bench.sweep._run_shared([NS(specs={}, stages=[NS(key="a")])], {}, tmp_path, "local", None)
+    assert "self_train" not in str(e.value)
