@@ -431,16 +431,20 @@ def _shutdown_ray() -> None:
 
 
 def main(argv=None) -> int:
+    from bench.signals import catch_sigterm, terminated
+
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    catch_sigterm()
     try:
         return int(a.func(a) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         # one line, not a traceback: finished stages are in the cache and a partial one has its checkpoints
         words = " ".join(sys.argv[1:] if argv is None else argv)
-        print(f"\ninterrupted: completed stages are kept in the cache and an unfinished stage resumes from its last "
+        what = "terminated (SIGTERM)" if terminated(e) else "interrupted"
+        print(f"\n{what}: completed stages are kept in the cache and an unfinished stage resumes from its last "
               f"checkpoint; rerun `bench {words}` to continue", file=sys.stderr)
-        return 130
+        return 143 if terminated(e) else 130
     finally:
         _shutdown_ray()
 

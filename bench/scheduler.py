@@ -68,6 +68,9 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None):
         else:
             ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kw)
             _watch_local_ray()
+        from bench.signals import catch_sigterm
+
+        catch_sigterm()  # ray.init replaced the driver's SIGTERM handler with its own
     return ray.cluster_resources()
 
 

@@ -68,7 +68,9 @@ def test_a_valid_suite_still_loads(suite_file):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path):
+@pytest.mark.parametrize(("sig", "rc", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                  (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path, sig, rc, word):
     results = tmp_path / "results"
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -81,14 +83,15 @@ def test_ctrl_c_stops_with_one_line_and_the_resume_hint(suite_file, tmp_path):
     while not list((results / "cache").glob("source_only-train-*/ckpt_*.pt")):  # training, past a checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    assert proc.returncode == 130
+    assert proc.returncode == rc
     assert "Traceback" not in err and "rerun `bench run" in err and "resumes from its last checkpoint" in err, err
+    assert err.strip().startswith(word), err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
 
 
@@ -105,3 +108,32 @@ def test_ray_is_shut_down_when_a_command_ends(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_run", interrupted)
     assert main(["run", "minicity"]) == 130 and calls == ["shutdown"]
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_sigterm_handler_is_ours_again_after_ray_init(monkeypatch):
+    """Ray's ``init`` installs its own SIGTERM handler on the driver (``sys.exit`` after a C++ stack dump);
+    ``init_ray`` puts back the one that stops a run like Ctrl-C, which Ray's blocking calls re-raise as a plain
+    KeyboardInterrupt: the handler's record still tells ``main`` it was SIGTERM."""
+    import bench.scheduler
+    import bench.signals
+    from bench.signals import Terminated, _on_sigterm, terminated
+
+    monkeypatch.setattr(bench.signals, "_RECEIVED", [])  # the handler's record must not outlive the test
+
+    def ray_init(**kw):
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(15))  # what Ray's driver does
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=ray_init, cluster_resources=lambda: {"CPU": 2})
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(bench.scheduler, "_watch_local_ray", lambda: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert bench.scheduler.init_ray(2, 0) == {"CPU": 2}
+        assert signal.getsignal(signal.SIGTERM) is _on_sigterm
+        assert not terminated(KeyboardInterrupt())
+        with pytest.raises(Terminated):
+            _on_sigterm(signal.SIGTERM, None)
+        assert terminated(KeyboardInterrupt())  # Ray re-raises the handler's exception as a plain interrupt
+    finally:
+        signal.signal(signal.SIGTERM, before)
