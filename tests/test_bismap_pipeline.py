@@ -210,6 +210,46 @@ def test_label_scores_and_thresholds_hand_case():
     assert lab.tolist() == [[IGNORE, IGNORE, 1, 1]] * 2  # the feature grid nearest-upsampled
 
 
+def test_label_stage_records_where_the_threshold_sits():
+    """The scores a fixed threshold met, as quantiles (hand cases above): MAPs' one score −0.9189 everywhere;
+    CAs' margins 1 and 2 (linear quantiles: median 1.5, 5 % = 1.05)."""
+    from methods.bismap import equations as bm
+    from methods.bismap import labels as bl
+
+    g = bm.ClassGMMs(torch.ones(2, 1), torch.tensor([[[0.0]], [[3.0]]]), torch.ones(2, 1, 1), *[None] * 4)
+    maps = bl.ScoreSample(0)
+    bl.pseudo_labels({"pla": "maps", "full_resolution": True}, torch.zeros(1, 1, 1, 1), (1, 2), g, None, 5.0, maps)
+    assert list(maps.quantiles().values()) == pytest.approx([-0.5 * math.log(2 * math.pi)] * 5)
+    cas = bl.ScoreSample(0)
+    feats = torch.tensor([1.0, 2.5]).reshape(1, 1, 1, 2)
+    bl.pseudo_labels({"pla": "cas", "full_resolution": False}, feats, (2, 4), None, torch.tensor([[0.0], [3.0]]),
+                     1.5, cas)
+    assert cas.quantiles() == pytest.approx({"q0": 1.0, "q5": 1.05, "q50": 1.5, "q95": 1.95, "q100": 2.0})
+    assert bl.ScoreSample(0).quantiles() == {}  # nothing seen: no quantiles, not NaN
+
+
+def test_a_label_stage_that_labelled_nothing_says_where_delta_should_be(tmp_path):
+    """The STM's e_c needs MAPs labels; when δ labelled none, the error gives δ against the recorded score range
+    and the two ways to set δ in the features' units. A stage cached before the quantiles existed gets the how."""
+    import json
+    from types import SimpleNamespace
+
+    from methods.bismap import stm
+
+    torch.save(torch.full((19,), float("nan"), dtype=torch.float64), tmp_path / "class_entropy.pt")
+    ctx = SimpleNamespace(inputs={"labels": tmp_path})
+    (tmp_path / "result.json").write_text(json.dumps({"threshold": 100.0, "pl_ratio": 0.0}))
+    with pytest.raises(ValueError, match=r"labelled no target pixel.*delta_override.*bismap_delta.*pl_ratio_target"):
+        stm._class_entropy({"entropy": "pseudo_labels"}, ctx)
+    q = {"pl_score_q0": -31.5, "pl_score_q5": -26.0, "pl_score_q50": -21.25, "pl_score_q95": -17.0,
+         "pl_score_q100": -12.0}
+    (tmp_path / "result.json").write_text(json.dumps({"threshold": 100.0, "pl_ratio": 0.0, **q}))
+    with pytest.raises(ValueError) as err:
+        stm._class_entropy({"entropy": "pseudo_labels"}, ctx)
+    assert ("δ = 100, while the target pixels' max log-density lies in [-31.50, -12.00] (5 / 50 / 95 %: -26.00 / "
+            "-21.25 / -17.00); δ is in the log-density units") in str(err.value)
+
+
 def test_losses_terms_per_configuration():
     torch.manual_seed(0)
     from bench.models import build_model
@@ -263,6 +303,10 @@ def test_bismap_runs_on_tiny_minicity(tiny_suite):
     maps = sorted(r["pl_ratio"] for r in by["bismap.label"])
     assert len(maps) == 2 and abs(maps[0] - 0.6) < 0.15  # δ from the ratio target (sampled pixel scores)
     assert maps[1] == 1.0 and by["bismap.label_cas"][0]["pl_ratio"] > 0.5  # δ = -1e30: all; Δd = 0: all but ties
+    for r in by["bismap.label"] + by["bismap.label_cas"]:  # the scores the threshold met, in their own units
+        assert r["pl_score_q0"] <= r["pl_score_q5"] <= r["pl_score_q50"] <= r["pl_score_q95"] <= r["pl_score_q100"]
+    assert min(r["threshold"] for r in by["bismap.label"]) == -1.0e30 < by["bismap.label"][0]["pl_score_q0"]
+    assert not any(k.startswith("pl_score") for r in by["bismap.label_ias"] for k in r)  # IAS has no threshold
     assert [r["pla"] for r in by["bismap.label_ias"]] == ["ias"] and len(by["bismap.label_cas"]) == 1
     labels = by["bismap.label"] + by["bismap.label_cas"] + by["bismap.label_ias"]
     # precision where some pseudo-label lies on a class pixel, none otherwise (an untrained IAS may label nothing)

@@ -135,19 +135,47 @@ def pixel_scores(pla: str, feats: torch.Tensor, gmms, anchors) -> torch.Tensor:
     return top2[1] - top2[0]
 
 
-def pseudo_labels(p: dict, f: torch.Tensor, size, gmms, anchors, threshold: float) -> torch.Tensor:
-    """One image's MAPs (Eq. 6 with δ) or CAs (CAG Eq. 5-7 with Δd) pseudo-labels [H, W] from features f."""
+def pseudo_labels(p: dict, f: torch.Tensor, size, gmms, anchors, threshold: float,
+                  scores: ScoreSample | None = None) -> torch.Tensor:
+    """One image's MAPs (Eq. 6 with δ) or CAs (CAG Eq. 5-7 with Δd) pseudo-labels [H, W] from features f;
+    ``scores`` (if given) also gets a sample of the per-pixel scores the threshold was compared with."""
     g = _at_resolution(p, f, size)
     h, w = g.shape[-2:]
     if p["pla"] == "maps":
         flat = g[0].reshape(g.shape[1], -1).T.contiguous()  # row-major rows: ~2.5x faster densities
-        lab = bm.density_pseudo_labels(bm.log_density(gmms, flat), threshold)
-        lab = lab.reshape(h, w)
+        density = bm.log_density(gmms, flat)
+        lab = bm.density_pseudo_labels(density, threshold).reshape(h, w)
+        if scores is not None:
+            scores.update(torch.nan_to_num(density, nan=-float("inf")).max(1).values)
     else:
         lab = cag.anchor_pseudo_labels(g, anchors, threshold)[0]
+        if scores is not None:
+            scores.update(pixel_scores("cas", g[0].reshape(g.shape[1], -1).T, None, anchors))
     if tuple(lab.shape) != tuple(size):
         lab = F.interpolate(lab[None, None].float(), size=size, mode="nearest")[0, 0].long()
     return lab
+
+
+class ScoreSample:
+    """A seeded sample of the per-pixel scores a fixed threshold is compared with (``pixel_scores``;
+    ``RATIO_SAMPLES`` per image), summarised as quantiles: where δ (Δd) sits in the features' own units.
+    A diagnostic of the label stage (the labels do not depend on it)."""
+
+    QUANTILES = (0, 5, 50, 95, 100)
+
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.samples: list[torch.Tensor] = []
+
+    def update(self, scores: torch.Tensor) -> None:
+        scores = scores.detach().reshape(-1).cpu().double()
+        self.samples.append(scores[torch.randperm(scores.numel(), generator=self.gen)[:RATIO_SAMPLES]])
+
+    def quantiles(self) -> dict[str, float]:
+        """``{"q0": …, "q5": …, "q50": …, "q95": …, "q100": …}`` of the finite scores; {} when there are none."""
+        s = torch.cat(self.samples) if self.samples else torch.zeros(0, dtype=torch.float64)
+        s = s[torch.isfinite(s)]
+        return {f"q{q}": float(ias.linear_percentile(s, q)) for q in self.QUANTILES} if s.numel() else {}
 
 
 def delta_for_source(p: dict, ctx) -> float:
@@ -194,12 +222,13 @@ def label_target(p: dict, ctx) -> dict:
     gt = ctx.ground_truth("target_train")
     gt_index = {s.name: j for j, s in enumerate(gt.samples)} if gt is not None else {}
     stats, entropy = LabelStats(), ClassEntropy()
+    scores = ScoreSample(ctx.seed) if p["pla"] != "ias" else None
     for i, f, logits, size in images():
         probs = torch.softmax(upsample(logits, size), 1)
         if p["pla"] == "ias":
             lab = selector(probs[0])
         else:
-            lab = pseudo_labels(p, f, size, gmms, anchors, threshold)
+            lab = pseudo_labels(p, f, size, gmms, anchors, threshold, scores)
         entropy.update(probs[0], lab)
         arr = lab.cpu().numpy().astype(np.uint8)
         save_label(ctx.out_dir / LABEL_DIR, i, arr)
@@ -209,6 +238,8 @@ def label_target(p: dict, ctx) -> dict:
     torch.save(entropy, ctx.out_dir / "class_entropy.pt")
     if threshold is not None:
         result["threshold"] = threshold
+    if scores is not None:  # what the threshold was compared with, in the features' units
+        result.update({f"pl_score_{k}": v for k, v in scores.quantiles().items()})
     if p["pla"] == "ias":
         result["ias_final_thresholds"] = selector.theta.tolist()
     return {**result, **stats.summary("pl_"), "class_entropy": entropy.tolist()}

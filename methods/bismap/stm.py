@@ -11,6 +11,8 @@ cell's D is its distance to the nearest prototype (Eq. 7); the per-pixel weight 
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.data.transforms import normalize, resize_label
+from bench.stage_cache import RESULT
 from methods.bismap import equations as bm
 from methods.bismap.labels import source_tree
 
@@ -126,12 +129,31 @@ def build_stm(p: dict, ctx) -> dict:
             "stm_class_entropy_norm": bm.normalised_class_entropy(entropy).tolist()}
 
 
+def no_label_hint(label_dir) -> str:
+    """Why a MAPs label stage labelled nothing and what to set, from its recorded threshold and score quantiles
+    (``label_target``); a generic hint for a stage cached before the quantiles were recorded."""
+    fix = ("δ is in the log-density units of the network's own features (the paper's δ = 0–100 fit DeepLab-v2 "
+           "on GTA5/SYNTHIA): set methods.bismap.delta_override in those units (a study: `bench sweep "
+           "bismap_delta SUITE delta_override=a,b,c`), or choose δ by label share with methods.bismap.pl_ratio_target "
+           "(study `bismap_ratio`)")
+    try:
+        result = json.loads((Path(label_dir) / RESULT).read_text())
+    except (OSError, ValueError):
+        return fix
+    q = {k: result.get(f"pl_score_q{k}") for k in (0, 5, 50, 95, 100)}
+    delta = result.get("threshold")
+    if delta is None or None in q.values():
+        return fix
+    return (f"δ = {delta:g}, while the target pixels' max log-density lies in [{q[0]:.2f}, {q[100]:.2f}] "
+            f"(5 / 50 / 95 %: {q[5]:.2f} / {q[50]:.2f} / {q[95]:.2f}); {fix}")
+
+
 def _class_entropy(p: dict, ctx) -> torch.Tensor:
     if p["entropy"] == "pseudo_labels":
         e = torch.load(ctx.inputs["labels"] / "class_entropy.pt", weights_only=True).double()
         if not torch.isfinite(e).any():
             raise ValueError("stm_entropy 'pseudo_labels': the MAPs label stage labelled no target pixel, so e_c is "
-                             "undefined (δ too high for these features?): set delta_override or pl_ratio_target")
+                             f"undefined: {no_label_hint(ctx.inputs['labels'])}")
         return e
     source = ctx.dataset_specs["source"]["name"]
     table = {"gta5": p["entropy_gta5_code"], "synthia": p["entropy_synthia_code"]}
