@@ -14,7 +14,7 @@ import inspect
 from functools import cache, lru_cache
 
 SUITE_KEYS = ("name", "extends", "description", "minicity", "datasets", "targets", "evaluation", "seeds",
-              "resources", "train", "paper", "methods", "only", "ablations")
+              "resources", "train", "paper", "methods", "only", "ablations", "studies")
 FREE = None  # a mapping whose keys the user names (domains, variants, model options)
 # dict-valued method settings that are themselves a method's Config (CAG-UDA's source-only pretraining)
 NESTED_CONFIGS = {"pretrain": "source_only"}
@@ -123,6 +123,10 @@ def children(path: tuple):
         return FREE if len(rest) < 2 else _dataset_children(rest[2:])
     if head == "methods":
         return frozenset(method_names()) if not rest else _method_children(rest[0], rest[1:])
+    if head == "studies":  # a named study's values for this suite (bench sweep)
+        from methods.base import studies
+
+        return frozenset(studies()) if not rest else FREE
     return FREE
 
 

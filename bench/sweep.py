@@ -74,6 +74,14 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | 
     return study, space, seeds, overrides
 
 
+def suite_space(suite: dict, name: str, space: Space, assignments) -> Space:
+    """A named study's values from the suite (``studies: {name: [v, …]}``, e.g. BiSMAP's δ in the log-density
+    units of MiniCity's features, where the paper's δ = 0–150 labels nothing) unless the command line gave some."""
+    values = (suite.get("studies") or {}).get(name)
+    given = any(word.split("=", 1)[0] == space.key for word in assignments)
+    return Space(space.key, "grid", tuple(values)) if values and not given else space
+
+
 def shared_stages(trials: list[Trial]) -> dict:
     """Stages that more than one trial needs (the common upstream of the swept parameter): key → PlannedStage.
     Their own upstream stages are shared too, so the result is closed under dependencies."""
@@ -157,6 +165,7 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
     metric, mode = resolve_metric(metric, mode, holdout)
     space.check(search)  # a range under a grid fails here, before any stage
     suite = load_suite(suite_name, overrides)
+    space = suite_space(suite, study_or_method, space, assignments)
     results_root = Path(results_root or REPO / "results").resolve()
     cache_root = results_root / "cache"
     specs, fps, seeds = _prepare(seeds, suite, holdout)

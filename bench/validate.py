@@ -112,7 +112,8 @@ TRAIN_RULES: dict[str, tuple[str, Any]] = {
 
 
 def validate_suite(suite: dict, where: str) -> None:
-    """The suite-level settings: seeds, train, evaluation, resources. ``where`` names the suite (and file)."""
+    """The suite-level settings: seeds, train, evaluation, resources, studies. ``where`` names the suite (and
+    file)."""
     from bench.data.labels import SUBSETS
     from bench.protocols import PROTOCOLS
 
@@ -147,3 +148,11 @@ def validate_suite(suite: dict, where: str) -> None:
                                "train.threads)")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value:
             raise SettingError(f"{where}: resources.gpu = {value!r}: expected a GPU share > 0, e.g. 0.5 or 1")
+    studies = suite.get("studies") or {}
+    if not isinstance(studies, dict):
+        raise SettingError(f"{where}: studies = {studies!r}: expected a mapping of study name → its values")
+    for name, values in studies.items():
+        if not isinstance(values, list) or not values or any(isinstance(v, (dict, list, bool)) or v is None
+                                                             for v in values):
+            raise SettingError(f"{where}: studies.{name} = {values!r}: expected a non-empty list of the swept key's "
+                               "values, e.g. [-25, -20, -15]")

@@ -22,6 +22,7 @@ from bench.suite_runner import SuiteError, load_suite
     ("methods.cag_uda.variants.stage1.num_stagez=1", "methods.cag_uda.variants.stage1.num_stagez",
      "methods.cag_uda.variants.stage1.num_stages"),                                      # depth 5
     ("methods.cag_uda={delta_dd: 2}", "methods.cag_uda.delta_dd", "methods.cag_uda.delta_d"),  # a mapping value
+    ("studies.bismap_detla=[1]", "studies.bismap_detla", "studies.bismap_delta"),        # a study's values
 ])
 def test_unknown_override_keys_fail_with_valid_keys_and_a_suggestion(override, path, suggestion):
     with pytest.raises(SuiteError) as err:
@@ -73,3 +74,9 @@ def test_repeated_stages_get_distinct_names():
     assert names[full.eval.key] == "eval(cag_uda.stage3.train)"
     stage1 = next(e for e in experiments if e.variant == "stage1")  # shares stage 1: the same name there
     assert names[stage1.eval.key] == "eval(cag_uda.stage1.train)"
+
+
+@pytest.mark.parametrize("values", ["[]", "{a: 1}", "[1, [2]]", "[null]", "3"])
+def test_a_studys_suite_values_must_be_a_list_of_values(values):
+    with pytest.raises(SuiteError, match=r"studies.cag_delta_d = .*expected a non-empty list"):
+        load_suite("minicity", [f"studies.cag_delta_d={values}"])

@@ -222,7 +222,8 @@ def test_every_named_study_plans_on_the_default_minicity_suite():
     evaluation, and the upstream stages (where the method has any) shared by every value."""
     from bench.suite_plan import dataset_specs
     from bench.suite_runner import load_suite
-    from bench.sweep import HOLDOUT, all_studies
+    from bench.sweep import HOLDOUT, all_studies, suite_space
+    from bench.sweep_space import Space
     from bench.sweep_trials import plan_trials
 
     suite = load_suite("minicity")
@@ -233,8 +234,9 @@ def test_every_named_study_plans_on_the_default_minicity_suite():
     studies = {n: s for n, s in all_studies().items() if s.method in suite["methods"]}
     assert len(studies) == 9
     for name, study in studies.items():
-        trials = plan_trials(suite, study, list(study.values), [0], specs, fps, True)
-        assert len(trials) == len(study.values), name
+        values = suite_space(suite, name, Space(study.param, "grid", study.values), []).args
+        trials = plan_trials(suite, study, list(values), [0], specs, fps, True)
+        assert len(trials) == len(values), name
         models = [t.stages[-1].stage.upstream["model"] for t in trials]
         assert len(set(models)) == len(models), (name, models)  # every value trains its own model
         assert all(t.holdout_eval is not None for t in trials), name
@@ -242,3 +244,24 @@ def test_every_named_study_plans_on_the_default_minicity_suite():
         shared = first.intersection(*[{ps.key for ps in t.stages} for t in trials[1:]])
         assert shared != first, name  # the swept tail is the value's own
         assert bool(shared) == (len(first) > 2), name  # upstream stages (not SSF-DAN's one training) are shared
+
+
+def test_a_suite_gives_a_study_its_own_values_and_the_command_line_wins():
+    """``studies: {name: [...]}`` replaces a named study's values in that suite (MiniCity's δ in its features' units:
+    the paper's δ = 0–150 labels no MiniCity pixel); ``key=…`` on the command line replaces both; a study the suite
+    does not name keeps its own."""
+    from bench.suite_runner import load_suite
+    from bench.sweep import all_studies, parse_axes, suite_space
+
+    suite = load_suite("minicity")
+    delta = all_studies()["bismap_delta"]
+    _, space, _, _ = parse_axes("bismap_delta", [])
+    assert space.args == delta.values == (0.0, 50.0, 100.0, 150.0)
+    own = suite_space(suite, "bismap_delta", space, [])
+    assert own.key == "delta_override" and own.args == tuple(suite["studies"]["bismap_delta"])
+    assert max(own.args) < 0  # log-densities of a 32-d feature
+    _, given, _, _ = parse_axes("bismap_delta", ["delta_override=-30,-10", "seed=0"])
+    assert suite_space(suite, "bismap_delta", given, ["delta_override=-30,-10", "seed=0"]).args == (-30.0, -10.0)
+    _, cag, _, _ = parse_axes("cag_delta_d", [])
+    assert suite_space(suite, "cag_delta_d", cag, []) is cag
+    assert suite_space(load_suite("minicity", ["studies.cag_delta_d=[1, 2]"]), "cag_delta_d", cag, []).args == (1, 2)
