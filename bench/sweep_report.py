@@ -118,6 +118,16 @@ def sweep_latex(frame: pd.DataFrame, study, caption: str, label: str = "tab:swee
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
 
 
+def paper_on_axis(x, paper: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The paper's points if they share our x-axis: None when their range and ours do not overlap (a value in
+    another unit, e.g. MiniCity's δ −25…−15 against the paper's 0–150), which on one axis would squeeze one curve
+    into a corner and read as one scale."""
+    if paper is None or not len(paper) or not len(x):
+        return paper
+    lo, hi = float(np.min(x)), float(np.max(x))
+    return paper if lo <= float(paper.index.max()) and float(paper.index.min()) <= hi else None
+
+
 def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Path) -> Path:
     import matplotlib
 
@@ -131,6 +141,7 @@ def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Pat
     if not numeric:
         ax.set_xticks(x, [str(v) for v in frame.index], rotation=20, fontsize=7)
         paper = None  # the papers' points sit on a numeric axis
+    paper = paper_on_axis(x, paper) if numeric else paper
     ax.errorbar(x, frame["mIoU"], yerr=frame["mIoU_std"].fillna(0), marker="o", ls="-" if numeric else "",
                 label="ours: mIoU (val)")
     if "holdout mIoU" in frame:

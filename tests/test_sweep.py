@@ -265,3 +265,15 @@ def test_a_suite_gives_a_study_its_own_values_and_the_command_line_wins():
     _, cag, _, _ = parse_axes("cag_delta_d", [])
     assert suite_space(suite, "cag_delta_d", cag, []) is cag
     assert suite_space(load_suite("minicity", ["studies.cag_delta_d=[1, 2]"]), "cag_delta_d", cag, []).args == (1, 2)
+
+
+def test_the_papers_points_leave_the_plot_when_their_values_are_in_another_unit():
+    """MiniCity's δ (−25…−15) against the paper's (0–150): no shared axis; overlapping ranges keep the points."""
+    import pandas as pd
+
+    from bench.sweep_report import paper_on_axis
+
+    paper = pd.DataFrame({"mIoU": [56.4, 57.1, 57.3]}, index=[0.0, 50.0, 100.0])
+    assert paper_on_axis([-25.0, -20.0, -15.0], paper) is None
+    assert paper_on_axis([-10.0, 20.0], paper) is paper and paper_on_axis([120.0, 150.0], paper) is None
+    assert paper_on_axis([], paper) is paper and paper_on_axis([1.0], None) is None
