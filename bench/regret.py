@@ -12,6 +12,8 @@ import math
 import pandas as pd
 
 VAL = "mIoU"  # the sweep frame's target-val column (mean over seeds)
+# the importance weights' effective sample size (% of rows) and the share of seeds where they are degenerate
+IW_ESS, IW_BAD = "IW ESS pct", "IW degenerate"  # MLflow metric names allow no "%"
 
 
 def regret_criteria(frame: pd.DataFrame) -> dict[str, str]:
@@ -23,6 +25,15 @@ def regret_criteria(frame: pd.DataFrame) -> dict[str, str]:
     if "holdout mIoU" in frame:
         out["holdout mIoU"] = "max"
     return out
+
+
+def _weights_note(frame: pd.DataFrame, name: str, scores: pd.Series) -> str:
+    """For IWCV and DEV: on how many of the scored values the importance weights were degenerate (the sweep
+    frame's ``IW degenerate``, the share of seeds; ``bench.selection.weights_degenerate``)."""
+    if name not in ("iwcv", "dev") or IW_BAD not in frame:
+        return ""
+    bad = int((frame.loc[scores.notna(), IW_BAD] > 0).sum())
+    return f"weights degenerate on {bad} of {int(scores.notna().sum())} values" if bad else ""
 
 
 def selection_regret(frame: pd.DataFrame, criteria: dict[str, str] | None = None) -> pd.DataFrame:
@@ -43,9 +54,9 @@ def selection_regret(frame: pd.DataFrame, criteria: dict[str, str] | None = None
             continue
         pick = scores.idxmax() if mode == "max" else scores.idxmin()
         rows.append({"criterion": name, "mode": mode, "picks": pick, "val mIoU": val[pick],
-                     "regret": best - val[pick]})
+                     "regret": best - val[pick], "note": _weights_note(frame, name, scores)})
     rows.append({"criterion": "oracle (target val)", "mode": "max", "picks": val.idxmax(), "val mIoU": best,
-                 "regret": 0.0})
+                 "regret": 0.0, "note": ""})
     return pd.DataFrame(rows)
 
 
@@ -57,9 +68,11 @@ def _fmt(x, digits: int = 1) -> str:
 
 def regret_markdown(table: pd.DataFrame, param: str, title: str) -> str:
     """The regret table as Markdown (mIoU points)."""
-    head = ["criterion", "mode", f"picks {param}", "its val mIoU", "regret (mIoU pts)"]
-    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|"]
+    notes = "note" in table and table["note"].fillna("").astype(bool).any()
+    head = ["criterion", "mode", f"picks {param}", "its val mIoU", "regret (mIoU pts)"] + (["note"] if notes else [])
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|" + ("---|" if notes else "")]
     for _, r in table.iterrows():
         pick = f"{r['picks']:g}" if isinstance(r["picks"], (int, float)) else str(r["picks"])
-        lines.append(f"| {r['criterion']} | {r['mode']} | {pick} | {_fmt(r['val mIoU'])} | {_fmt(r['regret'])} |")
+        note = f" {r['note'] or ''} |" if notes else ""
+        lines.append(f"| {r['criterion']} | {r['mode']} | {pick} | {_fmt(r['val mIoU'])} | {_fmt(r['regret'])} |{note}")
     return "\n".join(lines) + "\n"

@@ -64,6 +64,7 @@ def criteria_from_outputs(target_probs, target_feats, fit_feats, val_feats, val_
         dev_risk,
         domain_probability,
         fit_domain_classifier,
+        importance_ess,
         importance_weights,
         iwcv_risk,
         target_criteria,
@@ -76,6 +77,8 @@ def criteria_from_outputs(target_probs, target_feats, fit_feats, val_feats, val_
                                  len(target_feats))
     out["iwcv"] = iwcv_risk(val_losses, weights)
     out["dev"] = dev_risk(val_losses, weights)
+    # how many losses IWCV/DEV rest on, and the weights' mean (1 in expectation when the density ratio is sound)
+    out.update(iw_ess=importance_ess(weights), iw_rows=len(weights), iw_mean=float(weights.mean()))
     return out
 
 
@@ -104,4 +107,4 @@ def select_stage(model_stage):
 
     params = {"target_images": TARGET_IMAGES, "source_images": SOURCE_IMAGES, "rows_per_image": ROWS_PER_IMAGE}
     return Stage("select", "eval", run_select, params, upstream={"model": model_stage},
-                 datasets=("target_train", "source"), version="1", gpu=model_stage.gpu)
+                 datasets=("target_train", "source"), version="2", gpu=model_stage.gpu)  # 2: iw_ess

@@ -10,9 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.selection import CRITERIA
+from bench.regret import IW_BAD, IW_ESS
+from bench.selection import CRITERIA, MEAN_WEIGHT_BAND, MIN_ESS_SHARE, weights_degenerate
 from bench.stage_cache import StageCache
 from bench.table_render import tex_escape, tex_header, tex_number
+
+IW_NOTE = (f"† importance weights degenerate on at least one seed (effective sample size under "
+           f"{100 * MIN_ESS_SHARE:g} % of the source rows, or mean weight outside {MEAN_WEIGHT_BAND[0]:g}–"
+           f"{MEAN_WEIGHT_BAND[1]:g} against a density ratio's 1): IWCV and DEV rest on a few pixels there.")
 
 
 def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
@@ -42,6 +47,9 @@ def trial_rows(study, trials, cache_root: Path) -> pd.DataFrame:
         if t.select is not None:
             sel = done(t.select)
             row.update({name: sel.get(name, np.nan) for name in CRITERIA})
+            if "iw_ess" in sel:  # select stages from before version 2 lack it
+                row[IW_ESS] = 100 * sel["iw_ess"] / sel["iw_rows"]
+                row[IW_BAD] = float(weights_degenerate(sel["iw_ess"], sel["iw_rows"], sel["iw_mean"]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -85,8 +93,18 @@ def _digits(col: str) -> int:
     return 3 if col == "threshold" or col in CRITERIA else 1
 
 
+def _columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in ("seeds", IW_BAD) and not c.endswith("_std")]
+
+
+def _flag(frame: pd.DataFrame, value, col: str, mark: str) -> str:
+    """``mark`` on IWCV/DEV cells of a value whose importance weights were degenerate on some seed."""
+    bad = col in ("iwcv", "dev") and IW_BAD in frame and frame.loc[value, IW_BAD] > 0
+    return mark if bad else ""
+
+
 def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title: str) -> str:
-    cols = [c for c in frame.columns if c != "seeds" and not c.endswith("_std")]
+    cols = _columns(frame)
     best_val = frame["mIoU"].idxmax() if frame["mIoU"].notna().any() else None
     best_hold = frame["holdout mIoU"].idxmax() if "holdout mIoU" in frame and frame["holdout mIoU"].notna().any() \
         else None
@@ -95,27 +113,33 @@ def sweep_markdown(frame: pd.DataFrame, study, paper: pd.DataFrame | None, title
     for v, r in frame.iterrows():
         mark = (" (best on val)" if v == best_val else "") + (" (held-out choice)" if v == best_hold else "") + \
             (" (failed: see the search table)" if pd.isna(r["mIoU"]) else "")
-        cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"], _digits(c)) for c in cols]
+        cells = [f"{v}{mark}", str(int(r["seeds"]))] + [_cell(r[c], r[f"{c}_std"], _digits(c)) +
+                                                         _flag(frame, v, c, " †") for c in cols]
         if paper is not None:
             p = paper.loc[round(v, 9)] if isinstance(v, (int, float)) and round(v, 9) in paper.index else None
             cells += [_cell(p["PL ratio"], None) if p is not None else "–", _cell(p["mIoU"], None) if p is not None
                       else "–"]
         lines.append("| " + " | ".join(cells) + " |")
+    if IW_BAD in frame and (frame[IW_BAD] > 0).any():
+        lines += ["", IW_NOTE]
     return "\n".join(lines) + "\n"
 
 
 def sweep_latex(frame: pd.DataFrame, study, caption: str, label: str = "tab:sweep") -> str:
     """The sweep table in booktabs LaTeX (booktabs only)."""
-    cols = [c for c in frame.columns if c != "seeds" and not c.endswith("_std")]
+    cols = _columns(frame)
     out = [tex_header(), r"\begin{table}[t]", r"\centering", rf"\caption{{{tex_escape(caption)}}}",
            rf"\label{{{label}}}",
            rf"\begin{{tabular}}{{r{'r' * (len(cols) + 1)}}}", r"\toprule",
            " & ".join(tex_escape(c) for c in [study.param, "seeds", *cols]) + r" \\", r"\midrule"]
     for v, r in frame.iterrows():
-        cells = [tex_number(v), str(int(r["seeds"]))] + [tex_number(_cell(r[c], r[f"{c}_std"], _digits(c)))
-                                                         for c in cols]
-        out.append(" & ".join(cells) + r" \\")
-    return "\n".join(out + [r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
+        cells = [tex_number(_cell(r[c], r[f"{c}_std"], _digits(c))) + _flag(frame, v, c, r"$^\dagger$")
+                 for c in cols]
+        out.append(" & ".join([tex_number(v), str(int(r["seeds"])), *cells]) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if IW_BAD in frame and (frame[IW_BAD] > 0).any():
+        out.append(r"\par\smallskip{\footnotesize " + tex_escape(IW_NOTE).replace("†", r"$^\dagger$") + "}")
+    return "\n".join(out + [r"\end{table}"]) + "\n"
 
 
 def paper_on_axis(x, paper: pd.DataFrame | None) -> pd.DataFrame | None:
@@ -235,6 +259,11 @@ def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Pat
     best = best_line(search, study.param) if search is not None else None
     if best:
         print(best)
+        if search["metric"] in ("iwcv", "dev") and IW_BAD in rows and (rows[IW_BAD] > 0).any():
+            bad = sorted(rows.loc[rows[IW_BAD] > 0, "value"].unique().tolist())
+            print(f"warning: {search['metric']}'s importance weights are degenerate for {study.param} = {bad} (†"
+                  " under the sweep table): there it compares a few pixels' losses. Prefer --metric snd, or "
+                  "--holdout --metric holdout_miou")
     if search is not None and "failed" in search["table"]:
         bad = search["table"].dropna(subset=["failed"])
         print(f"{len(bad)} of {len(search['table'])} trial(s) failed (their columns are –):")

@@ -130,6 +130,29 @@ def test_importance_weights_by_hand():
     assert importance_weights(np.array([0.8]), 100, 100)[0] == pytest.approx(4.0)
 
 
+def test_importance_ess_by_hand_and_by_the_coefficient_of_variation():
+    from bench.selection import importance_ess
+
+    assert importance_ess([2.0, 2.0, 2.0, 2.0]) == pytest.approx(4.0)  # equal weights: every row counts
+    assert importance_ess([5.0, 0.0, 0.0]) == pytest.approx(1.0)  # one row holds all the mass
+    assert importance_ess([1.0, 1.0, 2.0]) == pytest.approx(16 / 6)  # (1+1+2)² / (1+1+4)
+    assert importance_ess([1e300, 1.0]) == pytest.approx(1.0)  # no overflow in the squares
+    w = np.random.default_rng(3).lognormal(0, 1.5, 500)  # Kong's form: N / (1 + cv²), population variance
+    assert importance_ess(w) == pytest.approx(len(w) / (1 + w.var() / w.mean() ** 2))
+    assert importance_ess(np.zeros(3)) == 0.0
+    for bad in ([], [1.0, -0.5], [np.inf, 1.0]):
+        with pytest.raises(ValueError, match="importance weights"):
+            importance_ess(bad)
+
+
+def test_weights_degenerate_by_its_two_bounds():
+    from bench.selection import weights_degenerate
+
+    assert not weights_degenerate(10.24, 1024, 1.0) and weights_degenerate(10.0, 1024, 1.0)  # 1 % of 1,024
+    assert weights_degenerate(500, 1024, 12.0) and weights_degenerate(500, 1024, 0.05)
+    assert not weights_degenerate(500, 1024, 9.9) and not weights_degenerate(500, 1024, 0.1)
+
+
 def test_dev_by_hand_and_against_the_reference_formula():
     losses, weights = np.array([1.0, 2.0, 3.0]), np.array([0.5, 1.0, 1.5])
     wl = weights * losses  # 0.5, 2, 4.5 → mean 7/3

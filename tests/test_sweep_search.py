@@ -113,11 +113,54 @@ def test_select_stage_criteria_see_a_shift_and_rank_confident_models():
     losses = np.r_[np.zeros(100), np.ones(100)]  # the model fails on the target-like half of source
     a = criteria_from_outputs(sharp, tgt, src, val, losses)
     b = criteria_from_outputs(flat, tgt, src, val, losses)
-    assert set(a) == {"entropy", "info_max", "snd", "iwcv", "dev"} and all(math.isfinite(v) for v in a.values())
+    assert set(a) == {"entropy", "info_max", "snd", "iwcv", "dev", "iw_ess", "iw_rows", "iw_mean"}
+    assert all(math.isfinite(v) for v in a.values()) and a["iw_rows"] == 200 and 1 < a["iw_ess"] < 200
     assert a["entropy"] < b["entropy"] and a["info_max"] > b["info_max"]
     assert a["iwcv"] > losses.mean()  # weighting towards the target counts the failing half more
     assert pick_images(20, 8) == pick_images(20, 8) and len(set(pick_images(20, 8))) == 8
     assert pick_images(3, 8) == [0, 1, 2]
+
+
+def test_select_stage_flags_a_source_pixel_the_domain_classifier_calls_certainly_target():
+    """The v4 SSF-DAN failure in miniature: a channel silent on every source-fit pixel and active on the target, and
+    one source-validation pixel active there. Its importance weight takes nearly all of IWCV's mass."""
+    from bench.select_stage import criteria_from_outputs
+    from bench.selection import weights_degenerate
+
+    rng = np.random.default_rng(1)
+    src, tgt, val = rng.normal(0, 1, (300, 3)), rng.normal(0.3, 1, (300, 3)), rng.normal(0, 1, (200, 3))
+    mild = criteria_from_outputs(np.full((5, 2), 0.5), tgt, src, val, np.ones(200))  # an ordinary shift
+    src[:, 2], tgt[:, 2] = 0.0, np.abs(rng.normal(0, 1, 300))  # a ReLU channel: dead on source, alive on target
+    val[:, 2] = 0.0
+    val[7, 2] = 0.1
+    bad = criteria_from_outputs(np.full((5, 2), 0.5), tgt, src, val, np.ones(200))
+    assert not weights_degenerate(mild["iw_ess"], mild["iw_rows"], mild["iw_mean"])
+    assert bad["iw_ess"] < 1.5 and bad["iw_mean"] > 10 and weights_degenerate(bad["iw_ess"], 200, bad["iw_mean"])
+    assert bad["iwcv"] > 100 * mild["iwcv"]  # every loss is 1: only the weights move IWCV
+
+
+def test_sweep_tables_mark_iwcv_and_dev_where_the_weights_are_degenerate():
+    from bench.regret import IW_BAD, IW_ESS, regret_markdown, selection_regret
+    from bench.sweep_report import sweep_latex, sweep_markdown
+
+    study = type("S", (), {"param": "rho_upper"})()
+    frame = pd.DataFrame({"seeds": [2, 2], "mIoU": [30.0, 32.0], "iwcv": [0.4, 9e6], "dev": [0.3, 0.2],
+                          IW_ESS: [40.0, 0.1], IW_BAD: [0.0, 0.5]}, index=[0.2, 0.8])
+    for c in ("mIoU", "iwcv", "dev", IW_ESS):
+        frame[f"{c}_std"] = np.nan
+    md = sweep_markdown(frame, study, None, "t")
+    assert "| 0.2 | 2 | 30.0 | 0.400 | 0.300 | 40.0 |" in md  # sound weights: no mark, flag column not shown
+    assert "9000000.000 † | 0.200 † | 0.1 |" in md and "† importance weights degenerate" in md
+    assert md.count("†") == 3 and IW_BAD not in md
+    tex = sweep_latex(frame, study, "c")
+    assert tex.count(r"$^\dagger$") == 3 and "1 \\%" in tex and IW_BAD not in tex
+    t = selection_regret(frame).set_index("criterion")
+    assert t.loc["iwcv", "note"] == t.loc["dev", "note"] == "weights degenerate on 1 of 2 values"
+    assert t.loc["oracle (target val)", "note"] == ""
+    assert "| dev | min | 0.8 | 32.0 | 0.0 | weights degenerate on 1 of 2 values |" in regret_markdown(
+        t.reset_index(), "rho_upper", "r")
+    clean = selection_regret(frame.drop(columns=[IW_BAD, IW_ESS]))
+    assert "note" not in regret_markdown(clean, "rho_upper", "r")  # no weights column: the table as before
 
 
 def test_list_names_every_study_with_method_values_and_paper(capsys):
