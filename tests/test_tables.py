@@ -199,6 +199,8 @@ def emitted_tables() -> dict[str, str]:
     rows = pd.DataFrame({"value": [-0.5, 0.1, 0.1], "seed": [0, 0, 1], "mIoU": [30.0, 33.0, 35.0],
                          "PL ratio": [20.0, 25.0, float("nan")], "threshold": [-0.012, 0.3, 0.31]})
     out["sweep"] = sweep_latex(sweep_frame(rows), SimpleNamespace(param="delta_d"), "Δd sweep, ρ_upper", "tab:sw")
+    rows = rows.assign(iwcv=[0.4, 9e6, 0.5], **{"IW ESS pct": [40.0, 0.1, 30.0], "IW degenerate": [0.0, 1.0, 0.0]})
+    out["sweep_iw"] = sweep_latex(sweep_frame(rows), SimpleNamespace(param="delta_d"), "† weights", "tab:swiw")
     return out
 
 
