@@ -74,12 +74,32 @@ def parse_axes(study_or_method: str, assignments) -> tuple[Study, Space, list | 
     return study, space, seeds, overrides
 
 
+def suite_study(suite: dict, name: str) -> tuple[list | None, dict]:
+    """(values, settings) the suite gives a named study: ``studies: {name: [v, …]}`` or ``studies: {name: {values:
+    [v, …], set: {key: value}}}`` (both optional in the mapping form)."""
+    entry = (suite.get("studies") or {}).get(name)
+    if isinstance(entry, dict):
+        return entry.get("values"), dict(entry.get("set") or {})
+    return entry, {}
+
+
 def suite_space(suite: dict, name: str, space: Space, assignments) -> Space:
-    """A named study's values from the suite (``studies: {name: [v, …]}``, e.g. BiSMAP's δ in the log-density
-    units of MiniCity's features, where the paper's δ = 0–150 labels nothing) unless the command line gave some."""
-    values = (suite.get("studies") or {}).get(name)
+    """A named study's values from the suite (e.g. BiSMAP's δ in the log-density units of MiniCity's features,
+    where the paper's δ = 0–150 labels nothing) unless the command line gave some."""
+    values, _ = suite_study(suite, name)
     given = any(word.split("=", 1)[0] == space.key for word in assignments)
     return Space(space.key, "grid", tuple(values)) if values and not given else space
+
+
+def suite_settings(suite: dict, name: str, study: Study, assignments) -> Study:
+    """``study`` with the suite's ``set`` for it added to its fixed settings (e.g. the δ of the MAPs labels the STM
+    needs in BiSMAP's CAs studies, in MiniCity's units); ``methods.<method>.<key>=…`` on the command line wins."""
+    import dataclasses
+
+    _, settings = suite_study(suite, name)
+    given = {word.split("=", 1)[0] for word in assignments}
+    settings = {k: v for k, v in settings.items() if f"methods.{study.method}.{k}" not in given}
+    return dataclasses.replace(study, fixed={**study.fixed, **settings}) if settings else study
 
 
 def shared_stages(trials: list[Trial]) -> dict:
@@ -166,6 +186,7 @@ def run_sweep(study_or_method: str, suite_name: str = "minicity", assignments=()
     space.check(search)  # a range under a grid fails here, before any stage
     suite = load_suite(suite_name, overrides)
     space = suite_space(suite, study_or_method, space, assignments)
+    study = suite_settings(suite, study_or_method, study, assignments)
     results_root = Path(results_root or REPO / "results").resolve()
     cache_root = results_root / "cache"
     specs, fps, seeds = _prepare(seeds, suite, holdout)

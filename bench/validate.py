@@ -151,8 +151,30 @@ def validate_suite(suite: dict, where: str) -> None:
     studies = suite.get("studies") or {}
     if not isinstance(studies, dict):
         raise SettingError(f"{where}: studies = {studies!r}: expected a mapping of study name → its values")
-    for name, values in studies.items():
+    for name, entry in studies.items():
+        _check_study(where, name, entry)
+
+
+def _check_study(where: str, name: str, entry) -> None:
+    """``studies.<name>``: a list of values, or ``{values: [...], set: {<method key>: value}}``."""
+    import dataclasses
+
+    from methods.base import get_method, studies
+
+    values, settings = (entry.get("values"), entry.get("set")) if isinstance(entry, dict) else (entry, None)
+    if isinstance(entry, dict) and (set(entry) - {"values", "set"} or not entry):
+        raise SettingError(f"{where}: studies.{name} = {entry!r}: a mapping takes `values` (a list) and `set` (the "
+                           "method's settings for the study), e.g. {values: [0.5, 1], set: {delta_override: -20}}")
+    if values is not None or not isinstance(entry, dict):
         if not isinstance(values, list) or not values or any(isinstance(v, (dict, list, bool)) or v is None
                                                              for v in values):
             raise SettingError(f"{where}: studies.{name} = {values!r}: expected a non-empty list of the swept key's "
                                "values, e.g. [-25, -20, -15]")
+    if settings is not None:
+        method = studies()[name].method if name in studies() else None
+        if not isinstance(settings, dict) or not settings:
+            raise SettingError(f"{where}: studies.{name}.set = {settings!r}: expected a mapping of {method} settings")
+        fields = {f.name for f in dataclasses.fields(get_method(method).Config)} if method else set(settings)
+        if set(settings) - fields:
+            raise SettingError(f"{where}: studies.{name}.set: {sorted(set(settings) - fields)} are not {method} "
+                               f"settings; valid: {sorted(fields)}")

@@ -76,7 +76,7 @@ def test_repeated_stages_get_distinct_names():
     assert names[stage1.eval.key] == "eval(cag_uda.stage1.train)"
 
 
-@pytest.mark.parametrize("values", ["[]", "{a: 1}", "[1, [2]]", "[null]", "3"])
+@pytest.mark.parametrize("values", ["[]", "[1, [2]]", "[null]", "3"])
 def test_a_studys_suite_values_must_be_a_list_of_values(values):
     with pytest.raises(SuiteError, match=r"studies.cag_delta_d = .*expected a non-empty list"):
         load_suite("minicity", [f"studies.cag_delta_d={values}"])

@@ -267,6 +267,60 @@ def test_a_suite_gives_a_study_its_own_values_and_the_command_line_wins():
     assert suite_space(load_suite("minicity", ["studies.cag_delta_d=[1, 2]"]), "cag_delta_d", cag, []).args == (1, 2)
 
 
+def test_a_suite_sets_what_a_study_needs_and_the_command_line_wins():
+    """``studies: {name: {set: {...}}}``: MiniCity gives BiSMAP's CAs study the δ of the MAPs labels its STM needs
+    (Table 5's ``pl_ratio_target: null`` would take the paper's δ, which labels no MiniCity pixel); the trials'
+    MAPs label stage then carries it, and ``methods.bismap.delta_override=…`` replaces it."""
+    from bench.suite_runner import load_suite
+    from bench.sweep import all_studies, suite_settings, suite_space, suite_study
+    from bench.sweep_space import Space
+
+    suite = load_suite("minicity")
+    study = all_studies()["bismap_cas_delta_d"]
+    values, settings = suite_study(suite, "bismap_cas_delta_d")
+    assert values is None and settings == {"delta_override": -22.67}
+    space = Space(study.param, "grid", study.values)
+    assert suite_space(suite, "bismap_cas_delta_d", space, []) is space  # the mapping gives no values: the study's
+    got = suite_settings(suite, "bismap_cas_delta_d", study, [])
+    assert got.fixed == {**study.fixed, "delta_override": -22.67} and study.fixed.get("delta_override") is None
+    assert suite_settings(suite, "bismap_cas_delta_d", study, ["methods.bismap.delta_override=-20"]) is study
+    assert suite_settings(suite, "cag_delta_d", all_studies()["cag_delta_d"], []) is all_studies()["cag_delta_d"]
+    both = load_suite("minicity", ["studies.cag_delta_d={values: [1, 2], set: {num_stages: 2}}"])
+    assert suite_study(both, "cag_delta_d") == ([1, 2], {"num_stages": 2})
+    assert suite_settings(both, "cag_delta_d", all_studies()["cag_delta_d"], []).fixed == {"num_stages": 2}
+
+
+def test_the_suites_cas_study_labels_the_stm_with_its_delta():
+    """Planned as `bench sweep bismap_cas_delta_d minicity` plans it: every trial's MAPs label stage (the STM's
+    labels) has the suite's δ and no label share, and its CAs label stage the swept Δd."""
+    from bench.suite_plan import dataset_specs
+    from bench.suite_runner import load_suite
+    from bench.sweep import all_studies, suite_settings
+    from bench.sweep_trials import plan_trials
+
+    suite = load_suite("minicity")
+    study = suite_settings(suite, "bismap_cas_delta_d", all_studies()["bismap_cas_delta_d"], [])
+    specs = dataset_specs(suite, "")
+    fps = {d: {"spec": {}, "fingerprint": "x" + d, "images": 1} for d in suite["datasets"]}
+    trials = plan_trials(suite, study, [0.5, 2.0], [0], specs, fps, False)
+    for t, d in zip(trials, (0.5, 2.0)):
+        maps = [ps.stage.params for ps in t.stages if ps.name == "bismap.label"]
+        cas = [ps.stage.params for ps in t.stages if ps.name == "bismap.label_cas"]
+        assert maps and all(p["delta_override"] == -22.67 and p["ratio_target"] is None for p in maps)
+        assert cas and all(p["delta_d"] == d for p in cas)
+
+
+@pytest.mark.parametrize("entry, match", [
+    ("{vals: [1]}", "a mapping takes `values`"), ("{}", "a mapping takes `values`"),
+    ("{values: []}", "expected a non-empty list"), ("{set: [1]}", "expected a mapping of cag_uda settings"),
+    ("{set: {delta_dd: 1}}", r"\['delta_dd'\] are not cag_uda settings; valid: \[.*'delta_d'")])
+def test_a_studys_suite_mapping_is_checked(entry, match):
+    from bench.suite_runner import load_suite
+
+    with pytest.raises(SuiteError, match=match):
+        load_suite("minicity", [f"studies.cag_delta_d={entry}"])
+
+
 def test_the_papers_points_leave_the_plot_when_their_values_are_in_another_unit():
     """MiniCity's δ (−25…−15) against the paper's (0–150): no shared axis; overlapping ranges keep the points."""
     import pandas as pd
