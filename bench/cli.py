@@ -91,12 +91,17 @@ def cmd_rehearse(a) -> int:
 def cmd_sweep(a) -> int:
     from bench.data import DataError
     from bench.scheduler import ResourceError
-    from bench.suite_runner import SuiteError
+    from bench.suite_runner import SuiteError, load_suite
     from bench.sweep import list_studies, run_sweep
     from bench.sweep_tune import SweepFailed
 
-    if a.list:
-        print(list_studies())
+    if a.list:  # `bench sweep --list [SUITE]`: the word after --list names a suite
+        try:
+            suite = load_suite(a.study) if a.study else None
+        except SuiteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(list_studies(suite))
         return 0
     if a.study is None:
         print("error: name a study or a method (bench sweep --list shows the studies)", file=sys.stderr)
@@ -233,7 +238,8 @@ def add_sweep_parser(sub, suite_opts) -> None:
     sw.add_argument("study", nargs="?", help="a named study (see below) or a method for an ad-hoc sweep (then give "
                     "key=v1,v2,… or key=uniform(lo,hi) / loguniform(lo,hi) / randint(lo,hi) / choice([a,b]))")
     suite_opts(sw)
-    sw.add_argument("--list", action="store_true", help="print every study: method, parameter, values, paper table")
+    sw.add_argument("--list", action="store_true", help="print every study: method, parameter, values, paper table "
+                    "(`--list SUITE`: also the values and settings that suite gives them)")
     sw.add_argument("--holdout", action="store_true", help="also score every trial on a fixed 20 %% of target "
                     "train (seed 0) and mark the value that choice would pick, next to the val numbers")
     sw.add_argument("--metric", default="snd", choices=metric_names(),

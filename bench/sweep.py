@@ -241,11 +241,17 @@ def paper_tables(study: Study) -> str:
     return "; ".join(parts) or "–"
 
 
-def list_studies() -> str:
-    """``bench sweep --list``: every named study with its method, parameter, values, fixed settings and paper table."""
+def list_studies(suite: dict | None = None) -> str:
+    """``bench sweep --list [SUITE]``: every named study with its method, parameter, values, fixed settings and paper
+    table; with a suite, the values and settings it gives a study (``studies:``), which its sweeps use."""
     lines = []
     for name, s in all_studies().items():
         fixed = f"  fixed: {s.fixed}" if s.fixed else ""
         lines += [f"{name}: {s.method}.{s.param} = {', '.join(str(v) for v in s.values)}{fixed}",
                   f"    paper: {paper_tables(s)}"] + ([f"    note: {s.note}"] if s.note else [])
+        values, settings = suite_study(suite or {}, name)
+        if values or settings:
+            own = ([f"{s.param} = {', '.join(str(v) for v in values)}"] if values else []) + \
+                ([f"set: {settings}"] if settings else [])
+            lines.append(f"    in {suite['name']}: {'; '.join(own)}")
     return "\n".join(lines)

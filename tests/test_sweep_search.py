@@ -172,7 +172,12 @@ def test_list_names_every_study_with_method_values_and_paper(capsys):
     assert len(all_studies()) == 9
     for name, s in all_studies().items():
         assert f"{name}: {s.method}.{s.param} = " in out
-    assert "bismap Table 5 (CAs-PLA)" in out and "pixintrada Table 8" in out
+    assert "bismap Table 5 (CAs-PLA)" in out and "pixintrada Table 8" in out and " in minicity" not in out
+    assert main(["sweep", "--list", "minicity"]) == 0  # what that suite's sweeps use instead
+    out = capsys.readouterr().out
+    assert "    in minicity: delta_override = -25.0, -22.5, -20.0, -17.5, -15.0\n" in out
+    assert "    in minicity: set: {'delta_override': -22.67}" in out and out.count(" in minicity:") == 2
+    assert main(["sweep", "--list", "minicty"]) == 2 and "minicity" in capsys.readouterr().err
 
 
 def test_cli_bad_range_is_one_error_before_anything_runs(capsys):
