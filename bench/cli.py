@@ -95,6 +95,16 @@ def cmd_sweep(a) -> int:
     from bench.sweep import list_studies, run_sweep
     from bench.sweep_tune import SweepFailed
 
+    if a.regret:  # `bench sweep --regret [SUITE]`: the finished sweeps' regret side by side
+        from bench.sweep_report import write_regret_summary
+
+        try:
+            md, paths = write_regret_summary(Path(a.results or REPO / "results"), a.study or "minicity")
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(md + f"\ntable: {paths['md']}")
+        return 0
     if a.list:  # `bench sweep --list [SUITE]`: the word after --list names a suite
         try:
             suite = load_suite(a.study) if a.study else None
@@ -240,6 +250,8 @@ def add_sweep_parser(sub, suite_opts) -> None:
     suite_opts(sw)
     sw.add_argument("--list", action="store_true", help="print every study: method, parameter, values, paper table "
                     "(`--list SUITE`: also the values and settings that suite gives them)")
+    sw.add_argument("--regret", action="store_true", help="summarise the selection regret of every finished sweep "
+                    "of a suite (`--regret SUITE`, default minicity), one row per sweep")
     sw.add_argument("--holdout", action="store_true", help="also score every trial on a fixed 20 %% of target "
                     "train (seed 0) and mark the value that choice would pick, next to the val numbers")
     sw.add_argument("--metric", default="snd", choices=metric_names(),

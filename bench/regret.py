@@ -76,3 +76,37 @@ def regret_markdown(table: pd.DataFrame, param: str, title: str) -> str:
         note = f" {r['note'] or ''} |" if notes else ""
         lines.append(f"| {r['criterion']} | {r['mode']} | {pick} | {_fmt(r['val mIoU'])} | {_fmt(r['regret'])} |{note}")
     return "\n".join(lines) + "\n"
+
+
+def regret_matrix(sweeps: dict[str, pd.DataFrame], val_range: dict[str, float] | None = None) -> pd.DataFrame:
+    """Every sweep's regret table (``selection_regret``, e.g. read back from ``regret.csv``) side by side: one row per
+    sweep, one column per criterion (mIoU points lost against the target-val oracle; ``NaN`` where a sweep lacks
+    the criterion), with a ``val range`` column when ``val_range`` gives it (best − worst swept value on target
+    val: what a pick can lose at most) and a ``†`` column counting the criteria whose importance weights were
+    degenerate there. Then the rows ``mean`` and ``best picked`` (how many sweeps the criterion picked a value as
+    good as the oracle's)."""
+    rows = {}
+    for name, table in sorted(sweeps.items()):
+        t = table.set_index("criterion")
+        row = {c: float(t.loc[c, "regret"]) for c in t.index if c != "oracle (target val)"}
+        if val_range is not None:
+            row["val range"] = val_range.get(name, math.nan)
+        notes = t["note"].fillna("").astype(str) if "note" in t else pd.Series(dtype=str)
+        row["†"] = int((notes != "").sum())
+        rows[name] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    crit = [c for c in out.columns if c not in ("val range", "†")]
+    summary = pd.DataFrame({c: [out[c].mean(), float((out[c] <= 1e-9).sum())] for c in crit},
+                           index=["mean", "best picked"])
+    return pd.concat([out, summary])
+
+
+def regret_matrix_markdown(matrix: pd.DataFrame, title: str) -> str:
+    """The matrix as Markdown: regrets with one decimal, counts as integers, – where missing."""
+    cols = list(matrix.columns)
+    lines = [f"### {title}", "", "| sweep | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, r in matrix.iterrows():
+        count = name == "best picked"
+        cells = ["–" if pd.isna(r[c]) else f"{int(r[c])}" if count or c == "†" else f"{r[c]:.1f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -303,3 +303,29 @@ def _log_runs(suite, study, trials, rows, cache_root, results_root, uri, paths, 
         tracker.log_artifact(parent, p, "sweep")
     tracker.end(parent)
     return parent
+
+
+def write_regret_summary(results_root: Path, suite_name: str) -> tuple[str, dict]:
+    """``bench sweep --regret SUITE``: every finished sweep's selection regret under ``<results>/<suite>/sweeps``,
+    side by side (``bench.regret.regret_matrix``), to ``regret_summary.{md,csv}`` there. → (markdown, paths)."""
+    from bench.regret import regret_matrix, regret_matrix_markdown
+
+    root = Path(results_root) / suite_name / "sweeps"
+    found = {p.parent.name: pd.read_csv(p) for p in sorted(root.glob("*/regret.csv"))}
+    spread = {}
+    for name in found:
+        val = pd.read_csv(root / name / "sweep.csv")["mIoU"] if (root / name / "sweep.csv").exists() else None
+        spread[name] = float(val.max() - val.min()) if val is not None and val.notna().any() else float("nan")
+    if not found:
+        raise FileNotFoundError(f"no sweep with a regret.csv under {root}: run `bench sweep STUDY {suite_name}` "
+                                "first (or pass --results where its sweeps are)")
+    matrix = regret_matrix(found, spread)
+    md = regret_matrix_markdown(matrix, f"{suite_name}: selection regret of each label-free criterion "
+                                f"over {len(found)} sweeps (mIoU points below the target-val oracle's pick; reporting "
+                                "only)")
+    md += ("\nval range: the spread of target-val mIoU over a sweep's values (the most a pick can lose). †: criteria "
+           "whose importance weights were degenerate in that sweep (its sweep.md says where).\n")
+    paths = {"md": root / "regret_summary.md", "csv": root / "regret_summary.csv"}
+    paths["md"].write_text(md)
+    matrix.to_csv(paths["csv"])
+    return md, paths

@@ -101,6 +101,35 @@ def test_selection_regret_on_a_hand_made_sweep():
         selection_regret(frame.drop(columns="mIoU"))
 
 
+def test_regret_matrix_puts_sweeps_side_by_side(tmp_path, capsys):
+    from bench.cli import main
+    from bench.regret import regret_matrix, regret_matrix_markdown, selection_regret
+
+    a = pd.DataFrame({"mIoU": [10.0, 30.0, 20.0], "snd": [1.0, 2.0, 3.0], "iwcv": [0.3, 0.1, 0.2]}, index=[1, 2, 3])
+    b = pd.DataFrame({"mIoU": [40.0, 41.0], "snd": [4.0, 5.0], "iwcv": [0.1, 0.2], "IW degenerate": [1.0, 0.0]},
+                     index=[0.5, 1.0])
+    m = regret_matrix({"b_sweep": selection_regret(b), "a_sweep": selection_regret(a)}, {"a_sweep": 20.0})
+    assert list(m.index) == ["a_sweep", "b_sweep", "mean", "best picked"]
+    assert m.loc["a_sweep", "snd"] == 10.0 and m.loc["a_sweep", "iwcv"] == 0.0 and m.loc["a_sweep", "val range"] == 20
+    assert np.isnan(m.loc["b_sweep", "val range"]) and "val range" not in regret_matrix({"a": selection_regret(a)})
+    assert m.loc["b_sweep", "snd"] == 0.0 and m.loc["b_sweep", "iwcv"] == 1.0 and m.loc["b_sweep", "†"] == 1
+    assert m.loc["mean", "snd"] == 5.0 and m.loc["mean", "iwcv"] == 0.5
+    assert m.loc["best picked", "snd"] == m.loc["best picked", "iwcv"] == 1
+    md = regret_matrix_markdown(m, "t")
+    assert "| a_sweep | 10.0 | 0.0 | 20.0 | 0 |" in md and "| best picked | 1 | 1 | – | – |" in md
+    root = tmp_path / "minicity" / "sweeps"
+    for name, frame in (("a_sweep", a), ("b_sweep", b)):
+        (root / name).mkdir(parents=True)
+        selection_regret(frame).to_csv(root / name / "regret.csv", index=False)
+        frame.to_csv(root / name / "sweep.csv")
+    assert main(["sweep", "--regret", "minicity", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 sweeps" in out and "| b_sweep | 0.0 | 1.0 | 1.0 | 1 |" in out and "| a_sweep | 10.0 | 0.0 | 20.0 | 0 |" in out
+    assert (root / "regret_summary.md").read_text() in out and (root / "regret_summary.csv").exists()
+    assert main(["sweep", "--regret", "other", "--results", str(tmp_path)]) == 2
+    assert "no sweep with a regret.csv under" in capsys.readouterr().err
+
+
 def test_select_stage_criteria_see_a_shift_and_rank_confident_models():
     from bench.select_stage import criteria_from_outputs, pick_images
 
