@@ -158,7 +158,7 @@ def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(5, 3.9))
     numeric = pd.api.types.is_numeric_dtype(frame.index)
     # a categorical setting (e.g. ssf_dan.ablation): one evenly spaced, labelled position per value
     x = frame.index.to_numpy(dtype=float) if numeric else np.arange(len(frame), dtype=float)
@@ -187,8 +187,9 @@ def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Pat
     else:
         h2, l2 = [], []
     h1, l1 = ax.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
-    fig.tight_layout()
+    # below the axes: inside, "best" sees only one of the twin axes and covered the other's points
+    fig.legend(h1 + h2, l1 + l2, fontsize=7, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * ((len(l1 + l2) + 1) // 2), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
