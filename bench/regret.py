@@ -66,14 +66,20 @@ def _fmt(x, digits: int = 1) -> str:
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
 
+def _notes(column: pd.Series) -> pd.Series:
+    """The note column as strings, "" where empty (read back from CSV, an all-empty column is float NaN)."""
+    return column.astype(object).where(column.notna(), "").astype(str)
+
+
 def regret_markdown(table: pd.DataFrame, param: str, title: str) -> str:
     """The regret table as Markdown (mIoU points)."""
-    notes = "note" in table and table["note"].fillna("").astype(bool).any()
+    notes = "note" in table and _notes(table["note"]).astype(bool).any()
     head = ["criterion", "mode", f"picks {param}", "its val mIoU", "regret (mIoU pts)"] + (["note"] if notes else [])
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|" + ("---|" if notes else "")]
+    table = table.assign(note=_notes(table["note"])) if notes else table
     for _, r in table.iterrows():
         pick = f"{r['picks']:g}" if isinstance(r["picks"], (int, float)) else str(r["picks"])
-        note = f" {r['note'] or ''} |" if notes else ""
+        note = f" {r['note']} |" if notes else ""
         lines.append(f"| {r['criterion']} | {r['mode']} | {pick} | {_fmt(r['val mIoU'])} | {_fmt(r['regret'])} |{note}")
     return "\n".join(lines) + "\n"
 
@@ -91,7 +97,7 @@ def regret_matrix(sweeps: dict[str, pd.DataFrame], val_range: dict[str, float] |
         row = {c: float(t.loc[c, "regret"]) for c in t.index if c != "oracle (target val)"}
         if val_range is not None:
             row["val range"] = val_range.get(name, math.nan)
-        notes = t["note"].fillna("").astype(str) if "note" in t else pd.Series(dtype=str)
+        notes = _notes(t["note"]) if "note" in t else pd.Series(dtype=str)
         row["†"] = int((notes != "").sum())
         rows[name] = row
     out = pd.DataFrame.from_dict(rows, orient="index")
