@@ -321,6 +321,14 @@ def test_a_studys_suite_mapping_is_checked(entry, match):
         load_suite("minicity", [f"studies.cag_delta_d={entry}"])
 
 
+def test_values_spanning_decades_get_a_log_axis():
+    from bench.sweep_report import log_axis
+
+    assert log_axis([0.0002, 0.0005, 0.001, 0.002, 0.005])  # SSF-DAN's δ: 25×
+    assert not log_axis([0.5, 1.0, 1.5, 2.0]) and not log_axis([-25.0, -15.0]) and not log_axis([0.0, 1.0, 100.0])
+    assert not log_axis([0.01]) and log_axis([1, 20])
+
+
 def test_the_papers_points_leave_the_plot_when_their_values_are_in_another_unit():
     """MiniCity's δ (−25…−15) against the paper's (0–150): no shared axis; overlapping ranges keep the points."""
     import pandas as pd
