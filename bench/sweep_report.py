@@ -324,13 +324,13 @@ def write_regret_summary(results_root: Path, suite_name: str) -> tuple[str, dict
 
     root = Path(results_root) / suite_name / "sweeps"
     found = {p.parent.name: pd.read_csv(p) for p in sorted(root.glob("*/regret.csv"))}
+    if not found:
+        raise FileNotFoundError(f"no sweep with a regret.csv under {root}: run `bench sweep STUDY {suite_name}` "
+                                "first (or pass --results where its sweeps are)")
     spread = {}
     for name in found:
         val = pd.read_csv(root / name / "sweep.csv")["mIoU"] if (root / name / "sweep.csv").exists() else None
         spread[name] = float(val.max() - val.min()) if val is not None and val.notna().any() else float("nan")
-    if not found:
-        raise FileNotFoundError(f"no sweep with a regret.csv under {root}: run `bench sweep STUDY {suite_name}` "
-                                "first (or pass --results where its sweeps are)")
     matrix = regret_matrix(found, spread)
     md = regret_matrix_markdown(matrix, f"{suite_name}: selection regret of each label-free criterion "
                                 f"over {len(found)} sweeps (mIoU points below the target-val oracle's pick; reporting "
