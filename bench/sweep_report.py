@@ -327,17 +327,53 @@ def write_regret_summary(results_root: Path, suite_name: str) -> tuple[str, dict
     if not found:
         raise FileNotFoundError(f"no sweep with a regret.csv under {root}: run `bench sweep STUDY {suite_name}` "
                                 "first (or pass --results where its sweeps are)")
+    duplicates = _same_trials(root, list(found))
+    for name in duplicates:
+        found.pop(name)
     spread = {}
     for name in found:
         val = pd.read_csv(root / name / "sweep.csv")["mIoU"] if (root / name / "sweep.csv").exists() else None
         spread[name] = float(val.max() - val.min()) if val is not None and val.notna().any() else float("nan")
     matrix = regret_matrix(found, spread)
-    md = regret_matrix_markdown(matrix, f"{suite_name}: selection regret of each label-free criterion "
-                                f"over {len(found)} sweeps (mIoU points below the target-val oracle's pick; reporting "
-                                "only)")
+    sweeps = f"{len(found)} sweep{'' if len(found) == 1 else 's'}"
+    md = regret_matrix_markdown(matrix, f"{suite_name}: selection regret of each label-free criterion over {sweeps} "
+                                "(mIoU points below the target-val oracle's pick; reporting only)")
     md += ("\nval range: the spread of target-val mIoU over a sweep's values (the most a pick can lose). †: criteria "
            "whose importance weights were degenerate in that sweep (its sweep.md says where).\n")
+    if duplicates:
+        md += ("\nLeft out, the same trials as a newer sweep (same values, seeds and target-val mIoU; e.g. one study "
+               "run under two names): " + "; ".join(f"`{d}` (as `{k}`)" for d, k in duplicates.items()) + ".\n")
     paths = {"md": root / "regret_summary.md", "csv": root / "regret_summary.csv"}
     paths["md"].write_text(md)
     matrix.to_csv(paths["csv"])
     return md, paths
+
+
+def _trial_signature(sweep_dir: Path) -> tuple | None:
+    """What a sweep measured: its (value, seed, target-val mIoU) rows from trials.csv, or (value, mIoU) from
+    sweep.csv where there is no trials.csv; None when neither holds them."""
+    for name, keys in (("trials.csv", ["value", "seed"]), ("sweep.csv", None)):
+        path = sweep_dir / name
+        if not path.exists():
+            continue
+        frame = pd.read_csv(path)
+        cols = (keys or [frame.columns[0]]) + ["mIoU"]
+        if set(cols) <= set(frame.columns):
+            frame = frame[cols].assign(mIoU=frame["mIoU"].round(6))
+            return tuple(sorted(map(tuple, frame.astype(str).to_numpy().tolist())))
+    return None
+
+
+def _same_trials(root: Path, names: list[str]) -> dict[str, str]:
+    """Sweeps that repeat another's trials → {left out: kept}; of each group the newest regret.csv is kept, so a
+    study run again under a new name (the same stages, served from the cache) counts once in the summary."""
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        sig = _trial_signature(root / name)
+        if sig:
+            groups.setdefault(sig, []).append(name)
+    left_out = {}
+    for group in groups.values():
+        newest = max(group, key=lambda n: ((root / n / "regret.csv").stat().st_mtime, n))
+        left_out.update({n: newest for n in group if n != newest})
+    return left_out

@@ -131,6 +131,35 @@ def test_regret_matrix_puts_sweeps_side_by_side(tmp_path, capsys):
     assert "no sweep with a regret.csv under" in capsys.readouterr().err
 
 
+def test_regret_summary_counts_a_sweep_run_under_two_names_once(tmp_path):
+    import os
+
+    from bench.regret import selection_regret
+    from bench.sweep_report import write_regret_summary
+
+    root = tmp_path / "minicity" / "sweeps"
+    trials = pd.DataFrame({"value": [1.0, 2.0, 1.0, 2.0], "seed": [0, 0, 1, 1], "mIoU": [30.0, 31.0, 29.0, 32.5]})
+    per_value = pd.DataFrame({"mIoU": [29.5, 31.75], "snd": [1.0, 2.0]}, index=[1.0, 2.0])
+    runs = {"old_name": trials, "new_name": trials, "other_study": trials.assign(mIoU=trials["mIoU"] + 0.5)}
+    for age, (name, t) in enumerate(runs.items()):
+        (root / name).mkdir(parents=True)
+        t.to_csv(root / name / "trials.csv", index=False)
+        per_value.to_csv(root / name / "sweep.csv")
+        selection_regret(per_value).to_csv(root / name / "regret.csv", index=False)
+        stamp = 1_000_000 + (0 if name == "old_name" else 10 * (age + 1))
+        os.utime(root / name / "regret.csv", (stamp, stamp))
+    md, paths = write_regret_summary(tmp_path, "minicity")
+    kept = pd.read_csv(paths["csv"], index_col=0)
+    assert "over 2 sweeps" in md and {"new_name", "other_study"} <= set(kept.index)
+    assert "old_name" not in kept.index and "`old_name` (as `new_name`)" in md
+    # sweep.csv alone (an older sweep without trials.csv) is compared by its per-value mIoU
+    (root / "other_study" / "trials.csv").unlink()
+    (root / "new_name" / "trials.csv").unlink()
+    (root / "old_name" / "trials.csv").unlink()
+    md, _ = write_regret_summary(tmp_path, "minicity")
+    assert "over 1 sweep " in md and "`old_name` (as `other_study`)" in md and "`new_name` (as `other_study`)" in md
+
+
 def test_select_stage_criteria_see_a_shift_and_rank_confident_models():
     from bench.select_stage import criteria_from_outputs, pick_images
 
