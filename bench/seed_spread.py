@@ -15,8 +15,9 @@ observed over seeds), is the **model part**: a different recipe can change it, m
 seeds only make the row's mean more certain. With 3 seeds v has 2 degrees of freedom: the split is rough.
 
 ``python -m bench.seed_spread SUITE [overrides] [--results DIR] [--cache DIR]`` prints, for each planned row with
-two or more cached seeds, its seed std, the image part's share of its variance, the model part (as a std) and the
-classes that move the seeds' mIoUs most (each class's share of a seed's deviation from the mean, in mIoU points).
+two or more cached seeds, its seed std with a 95 % interval for the spread behind it, the image part's share of its
+variance, the model part (as a std) and the classes that move the seeds' mIoUs most (each class's share of a seed's
+deviation from the mean, in mIoU points).
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ def split_seed_variance(confs: np.ndarray, classes=None) -> dict:
     return {"seeds_miou": seeds_miou, "std": float(np.sqrt(v)), "image_var": c / n,
             "image_share": c / n / v if v > 0 else float("inf"),
             "model_std": float(np.sqrt(max(v - c / n, 0.0)))}
+
+
+def std_interval(std: float, seeds: int, level: float = 0.95) -> tuple[float, float]:
+    """Confidence interval for the spread σ behind a sample std over ``seeds`` runs, taking the runs as normal draws:
+    (S − 1)·s²/σ² ~ χ²(S − 1), so σ ∈ [s·√((S − 1)/χ²_{1−a/2}), s·√((S − 1)/χ²_{a/2})], a = 1 − level (the textbook
+    interval for a normal variance, e.g. NIST/SEMATECH e-Handbook §1.3.5.8). With 3 seeds it is wide: s = 1.5 gives
+    [0.78, 9.4] at 95 %, so a 3-seed std alone cannot show that a row's spread is below a bound."""
+    from scipy.stats import chi2
+
+    if seeds < 2 or not 0 < level < 1 or not std >= 0:
+        raise ValueError(f"std_interval: need seeds ≥ 2, 0 < level < 1 and std ≥ 0; got {seeds}, {level}, {std}")
+    a, df = 1 - level, seeds - 1
+    return std * float(np.sqrt(df / chi2.ppf(1 - a / 2, df))), std * float(np.sqrt(df / chi2.ppf(a / 2, df)))
 
 
 def class_shares(confs: np.ndarray, classes=None) -> np.ndarray:
@@ -106,12 +120,14 @@ def spread_rows(suite: dict, cache_root: Path, top: int = 3) -> tuple[list[dict]
 
 def format_rows(rows: list[dict]) -> str:
     """A Markdown table of :func:`spread_rows`'s rows."""
-    head = ["row", "seeds", "images", "mIoU per seed", "std", "image part of the variance", "model part (std)",
+    head = ["row", "seeds", "images", "mIoU per seed", "std", "σ, 95 % CI", "image part of the variance",
+            "model part (std)",
             "classes that move the seeds most (share of each seed's deviation, points)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [f"{r['target']}: {r['row']}" if r["target"] else r["row"], ",".join(map(str, r["seeds"])),
                  str(r["images"]), " / ".join(f"{v:.1f}" for v in r["seeds_miou"]), f"{r['std']:.2f}",
+                 "[{:.2f}, {:.2f}]".format(*std_interval(r["std"], len(r["seeds"]))),
                  f"{100 * r['image_share']:.0f} %" if np.isfinite(r["image_share"]) else "– (std 0)",
                  f"{r['model_std']:.2f}", r["movers"]]
         lines.append("| " + " | ".join(cells) + " |")
