@@ -14,7 +14,7 @@ N − 1 over images). That part shrinks as 1/N with a larger validation set. The
 observed over seeds), is the **model part**: a different recipe can change it, more images cannot, and more
 seeds only make the row's mean more certain. With 3 seeds v has 2 degrees of freedom: the split is rough.
 
-``python -m bench.seed_spread SUITE [overrides] [--results DIR] [--cache DIR]`` prints, for each planned row with
+``python -m bench.seed_spread SUITE [overrides] [--results DIR] [--cache DIR ...]`` prints, for each planned row with
 two or more cached seeds, its seed std with a 95 % interval for the spread behind it, the image part's share of its
 variance, the model part (as a std) and the classes that move the seeds' mIoUs most (each class's share of a seed's
 deviation from the mean, in mIoU points).
@@ -85,20 +85,23 @@ def class_shares(confs: np.ndarray, classes=None) -> np.ndarray:
         return (iou - np.nanmean(iou, axis=0)) / iou.shape[1]
 
 
-def spread_rows(suite: dict, cache_root: Path, top: int = 3) -> tuple[list[dict], list[str]]:
+def spread_rows(suite: dict, cache_root, top: int = 3) -> tuple[list[dict], list[str]]:
     """``(rows, skipped)``: one dict per planned row (target, method, variant) with ≥ 2 seeds whose eval stage has
     per-image matrices in ``cache_root`` (its seeds, :func:`split_seed_variance` and the ``top`` classes by the
-    size of their shares), and a line for each row left out because its seeds were scored on different images."""
+    size of their shares), and a line for each row left out because its seeds were scored on different images.
+    ``cache_root`` may be a list of caches (seeds run into different result dirs): the first that holds a key wins;
+    a key is the stage's content, so any cache holding it holds the same bytes."""
     from bench.data.labels import CLASS_NAMES, SUBSETS
     from bench.metrics import PER_IMAGE_FILE, load_per_image
     from bench.suite_plan import plan_suite
     from bench.tables import row_name
 
     classes = list(SUBSETS[str((suite.get("evaluation") or {}).get("subsets", ["19"])[0])])
+    roots = [Path(c) for c in (cache_root if isinstance(cache_root, (list, tuple)) else [cache_root])]
     groups: dict[tuple, dict[int, tuple]] = {}
     for e in plan_suite(suite)[0]:
-        path = Path(cache_root) / e.eval.key / PER_IMAGE_FILE
-        if path.is_file():
+        path = next((p for p in (r / e.eval.key / PER_IMAGE_FILE for r in roots) if p.is_file()), None)
+        if path is not None:
             groups.setdefault((e.target or "", row_name(e.method, e.variant)), {})[e.seed] = load_per_image(path)
     rows, skipped = [], []
     for (target, name), per_seed in groups.items():
@@ -139,12 +142,15 @@ def main(argv=None) -> None:
     ap.add_argument("suite", help="suite name or YAML path")
     ap.add_argument("overrides", nargs="*", help="suite overrides, as for bench run (e.g. seeds=[0,1,2,3,4])")
     ap.add_argument("--results", type=Path, help="results root (default: <repo>/results)")
-    ap.add_argument("--cache", type=Path, help="cache root holding the eval stages (default: <results>/cache)")
+    ap.add_argument("--cache", type=Path, action="append",
+                    help="cache root holding the eval stages (default: <results>/cache); repeat it to pool seeds "
+                         "run into different result dirs")
     a = ap.parse_args(argv)
     from bench.paths import REPO
     from bench.suite_runner import load_suite
 
-    rows, skipped = spread_rows(load_suite(a.suite, a.overrides), a.cache or (a.results or REPO / "results") / "cache")
+    caches = a.cache or [(a.results or REPO / "results") / "cache"]
+    rows, skipped = spread_rows(load_suite(a.suite, a.overrides), caches)
     for line in skipped:
         print("skipped:", line)
     if not rows:

@@ -147,3 +147,28 @@ def test_std_interval_by_hand_and_by_coverage():
     for bad in ((1.0, 1), (1.0, 3, 1.2), (-1.0, 3)):
         with pytest.raises(ValueError, match="std_interval"):
             spread.std_interval(*bad)
+
+
+def test_spread_rows_pool_seeds_from_several_caches(tmp_path, monkeypatch):
+    """Seeds run into different result dirs pool into one row when each cache is named; the first cache holding a
+    key wins, and a cache that holds none of the row's keys changes nothing."""
+    n_cls = 19
+    exps, roots = [], [tmp_path / "a", tmp_path / "b", tmp_path / "empty"]
+    for r in roots:
+        r.mkdir()
+    for s, root in ((0, roots[0]), (1, roots[0]), (2, roots[1])):
+        m = np.zeros((3, n_cls, n_cls), dtype=np.int64)
+        m[:, np.arange(n_cls), np.arange(n_cls)] = 10
+        m[:, 0, 0], m[:, 0, 1] = 10 - s, s   # each seed confuses more road for sidewalk
+        (root / f"eval-{s}").mkdir()
+        save_per_image(root / f"eval-{s}" / PER_IMAGE_FILE, m, ["i0", "i1", "i2"])
+        exps.append(SimpleNamespace(method="alpha", variant=None, seed=s, target="",
+                                    eval=SimpleNamespace(key=f"eval-{s}")))
+    monkeypatch.setattr("bench.suite_plan.plan_suite", lambda suite: (exps, {}, {}))
+    suite = {"evaluation": {"subsets": ["19"]}}
+    assert spread.spread_rows(suite, roots[0])[0][0]["seeds"] == [0, 1]
+    pooled = spread.spread_rows(suite, roots)[0]
+    assert len(pooled) == 1 and pooled[0]["seeds"] == [0, 1, 2]
+    # seed 2's IoU of road falls with its 2 confused pixels of 10 per image: the pooled seeds' mIoUs fall in order
+    assert pooled[0]["seeds_miou"][0] > pooled[0]["seeds_miou"][1] > pooled[0]["seeds_miou"][2]
+    assert spread.spread_rows(suite, [roots[2], roots[1]])[0] == []   # one seed alone is no row
