@@ -35,10 +35,28 @@ def cmd_data_check(a) -> int:
 
 def cmd_data_minicity(a) -> int:
     from bench.data.minicity import ensure_minicity
+    from bench.paths import resolve_root
+    from bench.suite_runner import load_suite, minicity_options
 
-    if a.root is None:  # a tree without weather never overwrites the default one
-        a.root = REPO / "datasets" / ("minicity" if a.source_weather else "minicity_clear")
-    stats = ensure_minicity(a.root, seed=a.seed, source_weather=a.source_weather, force=a.force)
+    # the tree a suite reads, with its counts and options; without weather the minicity_clear suite's, which never
+    # overwrites the default one
+    name = a.suite or ("minicity_clear" if a.source_weather is False else "minicity")
+    try:
+        block = load_suite(name).get("minicity")
+    except (FileNotFoundError, KeyError, ValueError) as e:  # SuiteError is a ValueError
+        print(f"error: bench data minicity --suite {name}: {e}", file=sys.stderr)
+        return 2
+    if not block:
+        print(f"error: suite {name!r} has no minicity section: it reads no generated tree", file=sys.stderr)
+        return 2
+    opts = minicity_options(block)
+    if a.seed is not None:
+        opts["seed"] = a.seed
+    if a.source_weather is not None:
+        opts["source_weather"] = a.source_weather
+    if a.root is None:
+        a.root = resolve_root(block["root"])
+    stats = ensure_minicity(a.root, force=a.force, **opts)
     if stats.get("regenerated"):
         print(f"MiniCity at {a.root}: {stats.get('files', '?')} files, {stats.get('bytes', 0) / 1e6:.1f} MB, "
               f"{stats.get('seconds', 0):.1f} s")
@@ -287,14 +305,15 @@ def add_data_parsers(sub) -> None:
                    "by their header only, which a truncated file passes)")
     c.set_defaults(func=cmd_data_check)
     m = data.add_parser("minicity", help="generate the embedded MiniCity benchmark (GTA5/SYNTHIA/Cityscapes trees)")
-    m.add_argument("--root", type=Path, default=None,
-                   help="where to write it (default: datasets/minicity, or datasets/minicity_clear with "
-                   "--no-source-weather)")
-    m.add_argument("--seed", type=int, default=0, help="generator seed; another seed is another benchmark "
-                   "(default: %(default)s)")
+    m.add_argument("--suite", default=None,
+                   help="write the tree this suite reads, with its counts and options (default: minicity, or "
+                   "minicity_clear with --no-source-weather), e.g. --suite minicity_src1k")
+    m.add_argument("--root", type=Path, default=None, help="where to write it (default: the suite's root)")
+    m.add_argument("--seed", type=int, default=None, help="generator seed; another seed is another benchmark "
+                   "(default: the suite's, 0)")
     m.add_argument("--force", action="store_true", help="regenerate even when up to date")
-    m.add_argument("--source-weather", action=argparse.BooleanOptionalAction, default=True,
-                   help="the synthetic sources draw their sky per image, clear to overcast (default); "
+    m.add_argument("--source-weather", action=argparse.BooleanOptionalAction, default=None,
+                   help="the synthetic sources draw their sky per image, clear to overcast (the default suite's); "
                    "--no-source-weather: generator v3's one blue source sky (the minicity_clear suite's tree)")
     m.set_defaults(func=cmd_data_minicity)
 

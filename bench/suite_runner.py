@@ -155,14 +155,20 @@ def ensure_data(suite: dict) -> dict:
     return fingerprint_targets(suite)
 
 
+def minicity_options(mc: dict) -> dict:
+    """The generator's keyword arguments (seed, size, counts, source_weather) from a suite's ``minicity`` section;
+    what the section leaves out takes the generator's defaults."""
+    extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts", "source_weather") if k in mc}
+    return {"seed": mc.get("seed", 0), **extra}
+
+
 def ensure_minicity_data(mc: dict) -> None:
     """The suite's ``minicity`` section: generate the tree (once per content) and its generic pretraining."""
     from bench.data.minicity import ensure_minicity
     from bench.paths import resolve_root
 
-    extra = {k: tuple(mc[k]) if k == "size" else mc[k] for k in ("size", "counts", "source_weather") if k in mc}
     # two runs starting together on a fresh checkout never generate one tree at once: ensure_minicity locks it
-    st = ensure_minicity(resolve_root(mc["root"]), seed=mc.get("seed", 0), **extra)
+    st = ensure_minicity(resolve_root(mc["root"]), **minicity_options(mc))
     if st.get("regenerated"):
         print(f"MiniCity generated at {mc['root']}: {st['files']} files, {st['bytes'] / 1e6:.1f} MB, "
               f"{st['seconds']:.0f} s")

@@ -97,5 +97,11 @@ def test_the_suite_and_the_cli_pass_source_weather_to_the_generator(tmp_path, mo
     monkeypatch.setattr(mc, "ensure_minicity", lambda root, **kw: calls.append((root, kw)) or {})
     assert cli.main(["data", "minicity", "--no-source-weather"]) == 0
     assert calls[0][0].name == "minicity_clear" and calls[0][1]["source_weather"] is False  # not the default tree
+    assert calls[0][1]["counts"] == {"gta5": 1000}  # the minicity_clear suite's source size, not the default's
     assert cli.main(["data", "minicity"]) == 0
-    assert calls[1][0].name == "minicity" and calls[1][1]["source_weather"] is True
+    assert calls[1][0].name == "minicity" and calls[1][1].get("source_weather", True) is True
+    assert "counts" not in calls[1][1] and mc.DEFAULT_COUNTS["gta5"] == 4000  # the generator's default counts
+    assert cli.main(["data", "minicity", "--suite", "minicity_src1k", "--seed", "3"]) == 0  # any suite's tree
+    assert calls[2][0].name == "minicity_src1k" and calls[2][1]["counts"] == {"gta5": 1000}
+    assert calls[2][1]["seed"] == 3 and calls[2][1].get("source_weather", True) is True
+    assert cli.main(["data", "minicity", "--suite", "no_such_suite"]) == 2 and len(calls) == 3
