@@ -98,6 +98,7 @@ class LabelStats:
         self.labelled = self.total = 0
         self.scored = np.zeros(NUM_CLASSES, np.int64)  # pseudo-labelled pixels per class with a ground-truth class
         self.correct = np.zeros(NUM_CLASSES, np.int64)
+        self.gt_pixels = np.zeros(NUM_CLASSES, np.int64)  # per class, for recall (bench.label_coverage)
         self.with_gt = 0
 
     def update(self, pseudo: np.ndarray, gt: np.ndarray | None = None) -> None:
@@ -110,6 +111,7 @@ class LabelStats:
             self.scored += np.bincount(pseudo[scored], minlength=NUM_CLASSES)[:NUM_CLASSES]
             hit = scored & (gt == pseudo)
             self.correct += np.bincount(pseudo[hit], minlength=NUM_CLASSES)[:NUM_CLASSES]
+            self.gt_pixels += np.bincount(gt[gt != IGNORE], minlength=NUM_CLASSES)[:NUM_CLASSES]
 
     def summary(self, prefix: str = "pl_") -> dict:
         out = {f"{prefix}ratio": self.labelled / self.total if self.total else 0.0}
