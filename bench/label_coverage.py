@@ -46,10 +46,9 @@ def coverage(label_dir: Path, gt) -> pd.DataFrame:
     rows = pd.DataFrame({"gt pixels": stats.gt_pixels, "labelled": stats.scored, "correct": stats.correct},
                         index=list(CLASS_NAMES))
     rows.loc["all"] = rows.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rows["precision %"] = 100 * rows["correct"] / rows["labelled"].replace(0, np.nan)
-        rows["recall %"] = 100 * rows["correct"] / rows["gt pixels"].replace(0, np.nan)
-        rows["label share"] = rows["labelled"] / rows["gt pixels"].replace(0, np.nan)
+    rows["precision %"] = 100 * rows["correct"] / rows["labelled"].replace(0, np.nan)  # NaN, not 0: no label
+    rows["recall %"] = 100 * rows["correct"] / rows["gt pixels"].replace(0, np.nan)
+    rows["label share"] = rows["labelled"] / rows["gt pixels"].replace(0, np.nan)
     return rows
 
 
