@@ -369,9 +369,12 @@ def test_table4_transcription():
     with open(REPO / "results" / "paper" / "ssf_dan_t4_ablation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     t4 = TABLES["t4"]
-    # printed order, every row mapped to a variant
-    assert [r["row"] for r in rows] == [t4.baseline[1]] + [label for label, _ in t4.rows.values()]
-    assert {o["ablation"] for o in t4.variants().values()} <= set(SWITCHES)
+    # printed order, every row mapped to a variant; "without adaptation" twice: the source_only row, and δ = 0 at
+    # SSF-DAN's own schedule
+    labels = [t4.baseline[1]] + [label for label, _ in t4.rows.values()]
+    assert [r["row"] for r in rows] == list(dict.fromkeys(labels))
+    assert t4.rows["delta0"] == (t4.baseline[1], {"delta": 0})
+    assert {o.get("ablation", "ssd_car") for o in t4.variants().values()} <= set(SWITCHES)
     for r in rows:
         assert (r["paper"], r["table"], r["Oracle"]) == ("ssf_dan", "4", "65.1")
         # the printed gap is Adapt − Oracle

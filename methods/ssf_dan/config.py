@@ -36,6 +36,8 @@ SWITCHES: dict[str, Variant] = {  # the `ablation` setting → what it switches 
 # Table 4 (results/paper/ssf_dan_t4_ablation.csv) in printed order: our variant → (printed row, overrides).
 TABLES = {
     "t4": PaperTable("ssf_dan", 4, {
+        # the paper's first row at SSF-DAN's own schedule: the harness's source_only row trains another one
+        "delta0": ("without adaptation", {"delta": 0}),
         "global": ("global", {"ablation": "global"}),
         "soft": ('"soft" class-wise', {"ablation": "soft"}),
         "soft_global": ('"soft" class-wise + global', {"ablation": "soft_global"}),
