@@ -8,7 +8,9 @@ cached model, byte for byte. Then::
 
 prints, per checkpoint, the mIoU, the IoU of each ``--classes`` class, and for each ``--pairs a:b`` the share of
 class a's pixels predicted as b. It scores the held-out 20 % of target train that sweeps select on (``--split
-holdout``, the default); ``--split val`` is for diagnosis only: never pick a checkpoint or a setting on it.
+holdout``, the default); ``--split val`` is for diagnosis only: never pick a checkpoint or a setting on it. The
+sweeps score the held-out images through target train's training options, which flip about half of them (seeded
+per image); this reads them as they are, so its figures differ from a sweep's by a few tenths.
 """
 
 from __future__ import annotations
