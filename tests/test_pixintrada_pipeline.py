@@ -96,10 +96,20 @@ def test_imported_inter_checkpoint_loads_as_a_trained_model(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("variant", "both"), ("intra_init", "coco"), ("kld_on", "hard"),
-                                       ("threshold_scheme", "otsu"), ("rounds", 3), ("alpha", 1.5)])
+                                       ("threshold_scheme", "otsu"), ("rounds", 3), ("alpha", 1.5),
+                                       ("intra_d_lr", 0.0)])
 def test_bad_setting_names_its_key(key, value):
     with pytest.raises(ValueError, match=key):
         pp.stages(px.Config(**{key: value}))
+
+
+def test_intra_d_lr_sets_stage_two_only_and_unset_keeps_every_key():
+    base, same, fast = (pp.stages(px.Config(**o)) for o in ({}, {"intra_d_lr": 1e-4}, {"intra_d_lr": 1e-2}))
+    assert [_key(s) for s in same] == [_key(s) for s in base]  # = d_lr: the default's keys stay
+    assert [_key(s) for s in fast][:4] == [_key(s) for s in base][:4]  # Stage I and round 1's labels shared
+    trains = [s for s in fast if s.name == "pixintrada.train"]
+    assert [s.params["d_lr"] for s in trains] == [1e-2, 1e-2] and fast[1].params["d_lr"] == 1e-4
+    assert _key(fast[4]) != _key(base[4])
 
 
 TABLE3 = {**TABLES["t3"].variants(), "": {}}  # Table 3's rows as the config declares them

@@ -91,6 +91,8 @@ class Config(InterConfig, IntraSchedule, intra_init_fields("inferred", "§5.1 ba
                                "adversarial sums ÷ N·H·W ('mean', the scale of AdaptSegNet's λ) or ÷ N "
                                "('sum', literal)")
     d_betas: tuple = param((0.9, 0.99), "paper", "Stage II's Adam momenta (§5.3); Stage I: AdaptSegNet's, equal")
+    intra_d_lr: float | None = param(None, "harness", "Stage II's D Adam lr; None = d_lr, the one lr §5.3 gives both "
+                                     "stages (a small net's short rounds may need a faster D)")
     aux_weight: float = param(0.1, "paper", "λ_seg aux, 'same as [32]' (§5.3)")
     beta_main: float = param(0.001, "inferred", "β of Eq. 9, unstated; AdaptSegNet's λ_adv main")
     beta_aux: float = param(0.0002, "inferred", "β of the aux D; AdaptSegNet's λ_adv aux")

@@ -170,6 +170,8 @@ def check(cfg: Config) -> None:
         raise ValueError(f"pixintrada: threshold_scheme={cfg.threshold_scheme!r}; valid: {SCHEMES}")
     if cfg.rounds not in (0, 1, 2):
         raise ValueError(f"pixintrada: rounds={cfg.rounds!r}; valid: 0 (INTER), 1 (T=0), 2 (T=0 and T=1)")
+    if cfg.intra_d_lr is not None and not cfg.intra_d_lr > 0:
+        raise ValueError(f"pixintrada: intra_d_lr={cfg.intra_d_lr!r}: expected a learning rate > 0, or null for d_lr")
     if cfg.alpha is not None and not 0 <= cfg.alpha <= 1:
         raise ValueError(f"pixintrada: alpha={cfg.alpha!r} outside [0, 1]")
 
@@ -192,7 +194,8 @@ def _round(cfg: Config, model: Stage, inter: Stage, init: str, iters: int, kld_w
     label = Stage("pixintrada.label", "label", label_split, rule, upstream=up, datasets=domains, version=VERSION,
                   seeded=False)
     train = {"variant": cfg.variant, "pla_form": cfg.pla_form, "d_activation": cfg.d_activation,
-             "adv_reduction": cfg.adv_reduction, "d_lr": cfg.d_lr, "d_betas": list(cfg.d_betas),
+             "adv_reduction": cfg.adv_reduction, "d_betas": list(cfg.d_betas),
+             "d_lr": cfg.d_lr if cfg.intra_d_lr is None else cfg.intra_d_lr,
              "d_channels": list(cfg.d_channels), **schedule_params(cfg), "iters": iters,
              "aux_weight": cfg.aux_weight, "beta_main": cfg.beta_main, "beta_aux": cfg.beta_aux,
              "train_size": list(cfg.train_size) if cfg.train_size else None,
