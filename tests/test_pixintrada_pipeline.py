@@ -97,7 +97,7 @@ def test_imported_inter_checkpoint_loads_as_a_trained_model(tmp_path):
 
 @pytest.mark.parametrize("key,value", [("variant", "both"), ("intra_init", "coco"), ("kld_on", "hard"),
                                        ("threshold_scheme", "otsu"), ("rounds", 3), ("alpha", 1.5),
-                                       ("intra_d_lr", 0.0)])
+                                       ("intra_d_lr", 0.0), ("intra_d_channels", []), ("intra_d_channels", [8, 0])])
 def test_bad_setting_names_its_key(key, value):
     with pytest.raises(ValueError, match=key):
         pp.stages(px.Config(**{key: value}))
@@ -110,6 +110,10 @@ def test_intra_d_lr_sets_stage_two_only_and_unset_keeps_every_key():
     trains = [s for s in fast if s.name == "pixintrada.train"]
     assert [s.params["d_lr"] for s in trains] == [1e-2, 1e-2] and fast[1].params["d_lr"] == 1e-4
     assert _key(fast[4]) != _key(base[4])
+    narrow = pp.stages(px.Config(intra_d_channels=(16, 32)))
+    assert [_key(s) for s in narrow][:4] == [_key(s) for s in base][:4] and _key(narrow[4]) != _key(base[4])
+    assert narrow[4].params["d_channels"] == [16, 32] and list(narrow[1].params["d_channels"]) == [64, 128, 256, 512]
+    assert [_key(s) for s in pp.stages(px.Config(intra_d_channels=px.Config().d_channels))] == [_key(s) for s in base]
 
 
 TABLE3 = {**TABLES["t3"].variants(), "": {}}  # Table 3's rows as the config declares them

@@ -93,6 +93,9 @@ class Config(InterConfig, IntraSchedule, intra_init_fields("inferred", "§5.1 ba
     d_betas: tuple = param((0.9, 0.99), "paper", "Stage II's Adam momenta (§5.3); Stage I: AdaptSegNet's, equal")
     intra_d_lr: float | None = param(None, "harness", "Stage II's D Adam lr; None = d_lr, the one lr §5.3 gives both "
                                      "stages (a small net's short rounds may need a faster D)")
+    intra_d_channels: tuple | None = param(None, "harness",
+                                           "Stage II's D widths; None = d_channels. Each width is one stride-2 conv "
+                                           "(output stride 2^(len+1)): fewer let D place Z on small images")
     aux_weight: float = param(0.1, "paper", "λ_seg aux, 'same as [32]' (§5.3)")
     beta_main: float = param(0.001, "inferred", "β of Eq. 9, unstated; AdaptSegNet's λ_adv main")
     beta_aux: float = param(0.0002, "inferred", "β of the aux D; AdaptSegNet's λ_adv aux")

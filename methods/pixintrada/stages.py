@@ -172,6 +172,10 @@ def check(cfg: Config) -> None:
         raise ValueError(f"pixintrada: rounds={cfg.rounds!r}; valid: 0 (INTER), 1 (T=0), 2 (T=0 and T=1)")
     if cfg.intra_d_lr is not None and not cfg.intra_d_lr > 0:
         raise ValueError(f"pixintrada: intra_d_lr={cfg.intra_d_lr!r}: expected a learning rate > 0, or null for d_lr")
+    if cfg.intra_d_channels is not None and not (cfg.intra_d_channels and all(
+            isinstance(c, int) and c > 0 for c in cfg.intra_d_channels)):
+        raise ValueError(f"pixintrada: intra_d_channels={cfg.intra_d_channels!r}: expected a list of widths > 0, or "
+                         "null for d_channels")
     if cfg.alpha is not None and not 0 <= cfg.alpha <= 1:
         raise ValueError(f"pixintrada: alpha={cfg.alpha!r} outside [0, 1]")
 
@@ -196,7 +200,8 @@ def _round(cfg: Config, model: Stage, inter: Stage, init: str, iters: int, kld_w
     train = {"variant": cfg.variant, "pla_form": cfg.pla_form, "d_activation": cfg.d_activation,
              "adv_reduction": cfg.adv_reduction, "d_betas": list(cfg.d_betas),
              "d_lr": cfg.d_lr if cfg.intra_d_lr is None else cfg.intra_d_lr,
-             "d_channels": list(cfg.d_channels), **schedule_params(cfg), "iters": iters,
+             "d_channels": list(cfg.d_channels if cfg.intra_d_channels is None else cfg.intra_d_channels),
+             **schedule_params(cfg), "iters": iters,
              "aux_weight": cfg.aux_weight, "beta_main": cfg.beta_main, "beta_aux": cfg.beta_aux,
              "train_size": list(cfg.train_size) if cfg.train_size else None,
              "train_scale_range": list(cfg.train_scale_range) if cfg.train_scale_range else None,
