@@ -31,14 +31,6 @@ def confusion_share(cm: np.ndarray, gt: int, pred: int) -> float:
     return float(100 * cm[gt, pred] / total) if total else float("nan")
 
 
-def class_iou(cm: np.ndarray) -> np.ndarray:
-    """Per-class IoU in per cent (NaN for a class absent from both prediction and ground truth)."""
-    inter = np.diag(cm).astype(float)
-    union = cm.sum(0) + cm.sum(1) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, 100 * inter / union, np.nan)
-
-
 def model_spec(stage_dir: Path, spec_dir: Path | None = None) -> dict:
     """The stage's ``model.json`` (or ``spec_dir``'s: a finished stage that built the same model)."""
     path = Path(spec_dir or stage_dir) / "model.json"
@@ -57,6 +49,7 @@ def curve(stage_dir, dataset, classes: list[int], pairs: list[tuple[int, int]], 
     from bench.checkpoint import list_checkpoints
     from bench.data.labels import CLASS_NAMES
     from bench.evaluate import evaluate
+    from bench.metrics import iou_from_confusion, miou_from_confusion
     from bench.models import build_model
 
     stage_dir = Path(stage_dir)
@@ -65,14 +58,18 @@ def curve(stage_dir, dataset, classes: list[int], pairs: list[tuple[int, int]], 
     if not found:
         raise FileNotFoundError(f"{stage_dir}: no checkpoint. Rerun the stage into another results root with "
                                 "train.checkpoint_every=N train.keep_checkpoints=0 to keep them all")
+    model = build_model(spec["name"], **spec["options"]).to(device)  # one net; each checkpoint loads into it
     rows = []
     for it, path in found:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        model = build_model(spec["name"], **spec["options"])
-        model.load_state_dict(state["modules"][spec["module"]])
-        cm = evaluate(model.to(device), dataset, device=device, per_image=False)["confusion"]
-        iou = class_iou(cm)
-        row = {"iteration": it, "mIoU": float(np.nanmean(iou))}
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["modules"][spec["module"]])
+        except Exception as e:  # noqa: BLE001 - any unreadable or foreign file: name it, keep the rows so far
+            raise RuntimeError(f"{path}: not a checkpoint of this stage's {spec['name']!r} model "
+                               f"({type(e).__name__}: {e}); move it aside and rerun") from e
+        cm = evaluate(model, dataset, device=device, per_image=False)["confusion"]
+        iou = 100 * iou_from_confusion(cm)
+        row = {"iteration": it, "mIoU": float(100 * miou_from_confusion(cm))}
         row.update({CLASS_NAMES[c]: float(iou[c]) for c in classes})
         row.update({f"{CLASS_NAMES[a]}→{CLASS_NAMES[b]} %": confusion_share(cm, a, b) for a, b in pairs})
         rows.append(row)
