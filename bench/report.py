@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -366,7 +367,11 @@ def log_outputs(tracker, invocation: str, out_dir: Path) -> None:
     files = [out_dir / "report.md", out_dir / TIMINGS, *sorted((out_dir / "tables").iterdir()),
              *sorted((out_dir / "plots").iterdir())]
     for p in files:
-        tracker.log_artifact(invocation, p, None if p.parent == out_dir else p.parent.name)
+        try:
+            tracker.log_artifact(invocation, p, None if p.parent == out_dir else p.parent.name)
+        except FileNotFoundError:  # another run of the suite on this results root rewrote its outputs meanwhile
+            print(f"warning: MLflow: {p} not logged: another run of this suite on the same results root replaced "
+                  "it meanwhile (that run logs its own copy)", file=sys.stderr)
 
 
 def protocol_lines(suite, protocols: dict[str, str] | None = None) -> list[str]:
