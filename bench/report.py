@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ import pandas as pd
 
 from bench.ablations import ablation_tables, paper_names
 from bench.data.labels import CLASS_NAMES, SUBSETS
+from bench.live_log import warn
 
 STATUS_OK = ("done", "cached")
 REFERENCE_METHOD = "source_only"  # every results table's differences are taken from this row
@@ -142,9 +142,18 @@ def _qualitative(experiments, outcomes, cache_root: Path, specs: dict, path: Pat
     for e in exps:
         d = cache_root / e.eval.key / "qualitative"
         preds[row_name(e.method, e.variant)] = [np.asarray(Image.open(d / f"{i:02d}.png")) for i in range(n)]
-    for old in path.parent.glob(f"{path.stem}*{path.suffix}"):  # a previous invocation's figures, maybe more
-        old.unlink()
-    return qualitative_figures(images, gts, preds, path)
+    return replace_figures(path, lambda: qualitative_figures(images, gts, preds, path))
+
+
+def replace_figures(path: Path, write) -> list[Path]:
+    """Run ``write()`` (→ the figures it wrote, ``path`` or its ``_k`` siblings), then delete a previous
+    invocation's leftovers. Overwriting first means no figure vanishes while another run of the suite on the same
+    results root is logging it to MLflow."""
+    old = set(path.parent.glob(f"{path.stem}*{path.suffix}"))
+    written = write()
+    for stale in old - set(written):
+        stale.unlink(missing_ok=True)
+    return written
 
 
 def per_image_lookup(results: list[dict], experiments, cache_root: Path) -> dict:
@@ -369,9 +378,8 @@ def log_outputs(tracker, invocation: str, out_dir: Path) -> None:
     for p in files:
         try:
             tracker.log_artifact(invocation, p, None if p.parent == out_dir else p.parent.name)
-        except FileNotFoundError:  # another run of the suite on this results root rewrote its outputs meanwhile
-            print(f"warning: MLflow: {p} not logged: another run of this suite on the same results root replaced "
-                  "it meanwhile (that run logs its own copy)", file=sys.stderr)
+        except FileNotFoundError as e:  # another run of the suite on this results root dropped it meanwhile
+            warn(f"{p} (another run of this suite on the same results root removed it; that run logs its own)", e)
 
 
 def protocol_lines(suite, protocols: dict[str, str] | None = None) -> list[str]:

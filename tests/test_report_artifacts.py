@@ -1,6 +1,6 @@
 """log_outputs: a file another run of the suite replaced meanwhile costs a warning, not the run."""
 
-from bench.report import TIMINGS, log_outputs
+from bench.report import TIMINGS, log_outputs, replace_figures
 
 
 class _Tracker:
@@ -21,4 +21,21 @@ def test_a_vanished_output_is_skipped_with_a_warning_and_the_rest_is_logged(tmp_
     log_outputs(tracker, "run", tmp_path)
     assert tracker.logged == [(None, "report.md"), (None, TIMINGS), ("tables", "t.md"), ("plots", "a.png")]
     err = capsys.readouterr().err
-    assert "qualitative.png not logged" in err and "another run of this suite" in err
+    assert "qualitative.png" in err and "not logged" in err and "another run of this suite" in err
+
+
+def test_figures_are_overwritten_before_the_leftovers_go(tmp_path):
+    path = tmp_path / "qualitative.png"
+    for name in ("qualitative.png", "qualitative_1.png", "qualitative_2.png", "other.png"):
+        (tmp_path / name).write_text("old")
+    seen = {}
+
+    def write():
+        seen["during"] = sorted(p.name for p in tmp_path.iterdir())
+        path.write_text("new")
+        return [path]
+
+    assert replace_figures(path, write) == [path]
+    assert seen["during"] == ["other.png", "qualitative.png", "qualitative_1.png", "qualitative_2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.png", "qualitative.png"]
+    assert path.read_text() == "new"
