@@ -261,8 +261,7 @@ def record_sweep(suite: dict, study, trials, cache_root: Path, results_root: Pat
 
     rows = trial_rows(study, trials, cache_root)
     frame = sweep_frame(rows)
-    name = f"{study.method}_{study.param}" + ("_" + "_".join(f"{k}-{v}" for k, v in study.fixed.items())
-                                              if study.fixed else "")
+    name = study.slug
     out_dir = results_root / suite["name"] / "sweeps" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     written = _write_tables(suite, study, rows, frame, out_dir, name, search)

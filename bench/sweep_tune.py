@@ -120,6 +120,12 @@ def search_setup(space, search: str, num_samples: int | None, seed: int) -> tupl
     return param_space, OptunaSearch(seed=seed), n
 
 
+def run_name(study, search: str) -> str:
+    """Tune's experiment folder under ``results/ray_tune``: one per study and search, never shared by two studies of
+    one key (their trials and experiment state would mix when both run)."""
+    return f"sweep-{study.slug}-{search}"
+
+
 def tune_values(planner: Planner, space, search: str, num_samples: int | None, metric: str, mode: str,
                 seed: int, resources: tuple[float, float], slots: int, storage: Path):
     """Run the search; → Tune's ``ResultGrid`` (raises when a trial failed: rerunning resumes it from the cache)."""
@@ -133,7 +139,7 @@ def tune_values(planner: Planner, space, search: str, num_samples: int | None, m
     tuner = Tuner(tune.with_resources(fn, {"cpu": resources[0], "gpu": resources[1]}), param_space=param_space,
                   tune_config=TuneConfig(metric=metric, mode=mode, search_alg=alg, num_samples=n,
                                          max_concurrent_trials=concurrent),
-                  run_config=RunConfig(name=f"sweep-{planner.study.method}-{planner.study.param}-{search}",
+                  run_config=RunConfig(name=run_name(planner.study, search),
                                        storage_path=str(storage), verbose=0))
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error]

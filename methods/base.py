@@ -132,6 +132,12 @@ class Study:
     ratio_key: str = "pl_ratio"
     paper_by_source: dict | None = None  # source dataset name -> a ``paper`` tuple (e.g. PixIntraDA T5 / T8)
 
+    @property
+    def slug(self) -> str:
+        """The study's name on disk and in Ray Tune: method, key and its fixed overrides, so two studies of one key
+        (SSF-DAN's progressive and fixed ρ) never share a results folder or a Tune experiment."""
+        return f"{self.method}_{self.param}" + "".join(f"_{k}-{v}" for k, v in self.fixed.items())
+
 
 @dataclasses.dataclass(frozen=True)
 class PaperTable:

@@ -339,3 +339,20 @@ def test_the_papers_points_leave_the_plot_when_their_values_are_in_another_unit(
     assert paper_on_axis([-25.0, -20.0, -15.0], paper) is None
     assert paper_on_axis([-10.0, 20.0], paper) is paper and paper_on_axis([120.0, 150.0], paper) is None
     assert paper_on_axis([], paper) is paper and paper_on_axis([1.0], None) is None
+
+
+def test_every_study_has_its_own_tune_experiment_and_results_folder():
+    """Two studies of one key (SSF-DAN's ssf_rho_upper and ssf_fixed_rho: same method and key, another ablation)
+    once shared one Ray Tune experiment folder, so run side by side their trials and experiment state mixed."""
+    from bench.sweep import all_studies
+    from bench.sweep_tune import run_name
+
+    studies = all_studies()
+    names = {name: run_name(study, "grid") for name, study in studies.items()}
+    shared = {n for n in names.values() if list(names.values()).count(n) > 1}
+    assert not shared, f"studies sharing a Tune experiment: {sorted(k for k, v in names.items() if v in shared)}"
+    assert len({s.slug for s in studies.values()}) == len(studies)
+    rho, fixed = studies["ssf_rho_upper"], studies["ssf_fixed_rho"]
+    assert (rho.method, rho.param) == (fixed.method, fixed.param)
+    assert run_name(fixed, "grid") == "sweep-ssf_dan_rho_upper_ablation-fixed_rho-grid"
+    assert run_name(rho, "random") == "sweep-ssf_dan_rho_upper-random"
