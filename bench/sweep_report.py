@@ -159,6 +159,15 @@ def log_axis(x) -> bool:
     return len(x) > 1 and bool((x > 0).all()) and x.max() / x.min() >= 20
 
 
+def axis_label(study) -> str:
+    """The plot's x label: the swept key and, on a second line, the settings the study fixes (SSF-DAN's fixed and
+    progressive ρ both sweep ``rho_upper``: without them the two plots read the same)."""
+    import textwrap
+
+    fixed = ", ".join(f"{k}={v}" for k, v in study.fixed.items())
+    return f"{study.param}\n" + textwrap.fill(f"({fixed})", 70) if fixed else study.param
+
+
 def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Path) -> Path:
     import matplotlib
 
@@ -185,7 +194,7 @@ def sweep_plot(frame: pd.DataFrame, study, paper: pd.DataFrame | None, path: Pat
         ax.set_xscale("log")
         ax.minorticks_off()  # the default minor labels (2×10⁻⁴, 3×10⁻⁴, …) overlap: label the swept values
         ax.set_xticks(x, [f"{v:g}" for v in frame.index], fontsize=8)
-    ax.set_xlabel(study.param)
+    ax.set_xlabel(axis_label(study), fontsize=9 if study.fixed else None)
     ax.set_ylabel("mIoU (%)")
     if frame["PL ratio"].notna().any() or paper is not None:
         ax2 = ax.twinx()

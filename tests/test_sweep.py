@@ -356,3 +356,15 @@ def test_every_study_has_its_own_tune_experiment_and_results_folder():
     assert (rho.method, rho.param) == (fixed.method, fixed.param)
     assert run_name(fixed, "grid") == "sweep-ssf_dan_rho_upper_ablation-fixed_rho-grid"
     assert run_name(rho, "random") == "sweep-ssf_dan_rho_upper-random"
+
+
+def test_a_plot_names_the_settings_its_study_fixes():
+    """ssf_fixed_rho and ssf_rho_upper sweep the same key; their plots' x labels tell them apart."""
+    from bench.sweep import all_studies
+    from bench.sweep_report import axis_label
+
+    studies = all_studies()
+    assert axis_label(studies["ssf_rho_upper"]) == "rho_upper"
+    assert axis_label(studies["ssf_fixed_rho"]) == "rho_upper\n(ablation=fixed_rho)"
+    long = axis_label(studies["bismap_cas_delta_d"]).split("\n")
+    assert long[0] == "cas_delta_d" and "pla=cas" in " ".join(long) and max(map(len, long)) <= 70
